@@ -132,16 +132,82 @@ class CheckpointsSection(_Section):
     keep_last: int = Field(5, ge=1)  # >= 1: the newest valid checkpoint is never pruned
 
 
+HEALTH_CHECKS = (
+    "directories",
+    "required_files",
+    "config",
+    "disk_space",
+    "memory",
+    "gpu",
+    "daemon",
+    "progress",
+    "checkpoints",
+    "orphans",
+)
+PREFLIGHT_CHECKS = ("ssh", "inputs", "ramdisk")
+
+
 class HealthSection(_Section):
-    disk_min_free_gb: float = Field(50, ge=0)
+    disk_min_free_gb: float = Field(50, ge=0)  # CRITICAL below this on any checked filesystem
+    disk_min_free_pct: float = Field(5, ge=0, le=100)  # WARNING below this share free
+    inodes_min_free_pct: float = Field(5, ge=0, le=100)  # CRITICAL below: no file can be made
+    # Filesystems checked besides those of base_dir, checkpoints, logs and the daemon's log.
+    disk_paths: list[str] = Field(default_factory=list)
     mem_min_available_gb: float = Field(4, ge=0)
+    swap_max_used_pct: float = Field(80, ge=0, le=100)  # WARNING above
     gpu_max_temp_c: float = Field(85, gt=0, le=150)
     gpu_max_mem_pct: float = Field(95, gt=0, le=100)
     gpus_expected: int = Field(0, ge=0)
+    excluded_gpus: list[int] = Field(default_factory=list)  # indexes: reported, never failed
+    rocm_smi_command: list[str] = Field(default_factory=lambda: ["rocm-smi"], min_length=1)
     required_dirs: list[str] = Field(
         default_factory=lambda: ["inbox", "logs", "status", "checkpoints"]
     )
     required_files: list[str] = Field(default_factory=lambda: ["config.json"])
+    job_config: str = "config.json"  # the training job's own config
+    job_config_required_keys: list[str] = Field(default_factory=lambda: ["base_model"])
+    job_config_backup: str = "status/config.last-good.json"  # refreshed on every OK run
+    # WARNING when the newest valid checkpoint is older than this while training; 0 = off.
+    checkpoint_max_age: float = Field(0, ge=0)
+    # Seconds each check may take before it reports UNKNOWN; per-check overrides by name.
+    check_timeout: float = Field(10, gt=0)
+    check_timeouts: dict[str, float] = Field(default_factory=dict)
+    log_file: str = "logs/health-check.log"  # every --fix action is logged here
+    # --preflight
+    nodes: list[str] = Field(default_factory=list)  # ssh targets: "host" or "user@host"
+    ssh_command: list[str] = Field(default_factory=lambda: ["ssh"], min_length=1)
+    ssh_timeout: float = Field(5, gt=0)
+    inputs: list[str] = Field(default_factory=list)  # files that must exist and be readable
+    ramdisk_dir: str = "/dev/shm"
+    ramdisk_files: list[str] = Field(default_factory=list)  # names inside ramdisk_dir
+
+    @field_validator("check_timeouts")
+    @classmethod
+    def _known_checks(cls, value: dict[str, float]) -> dict[str, float]:
+        known = (*HEALTH_CHECKS, *PREFLIGHT_CHECKS)
+        for name, seconds in value.items():
+            if name not in known:
+                raise ValueError(f"{name}: unknown check (known: {', '.join(known)})")
+            if seconds <= 0:
+                raise ValueError(f"{name}: must be > 0, got {seconds}")
+        return value
+
+    @field_validator("excluded_gpus")
+    @classmethod
+    def _gpu_indexes(cls, value: list[int]) -> list[int]:
+        for index in value:
+            if index < 0:
+                raise ValueError(f"GPU indexes are >= 0, got {index}")
+        return value
+
+    @field_validator("nodes")
+    @classmethod
+    def _ssh_targets(cls, value: list[str]) -> list[str]:
+        for index, node in enumerate(value):
+            # ssh would read "-oProxyCommand=..." as an option: a host never starts with "-".
+            if not node.strip() or node.startswith("-") or any(c.isspace() for c in node):
+                raise ValueError(f"item {index}: {node!r} is not a host or user@host")
+        return value
 
 
 class CrashDetectorSection(_Section):

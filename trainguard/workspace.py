@@ -54,7 +54,15 @@ class Workspace:
     @property
     def job_config(self) -> Path:
         """The training job's own config (config.json), which health-check backs up and restores."""
-        return self.base_dir / "config.json"
+        return self.path(self.config.health.job_config)
+
+    @property
+    def job_config_backup(self) -> Path:
+        return self.path(self.config.health.job_config_backup)
+
+    @property
+    def health_log(self) -> Path:
+        return self.path(self.config.health.log_file)
 
     def required_dirs(self) -> list[Path]:
         return [self.path(d) for d in self.config.health.required_dirs]

@@ -1,0 +1,3 @@
+from health_check.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Checkpoints: the newest valid one and its age, broken or staged leftovers, count vs keep_last."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from health_check.context import Context
+from health_check.result import CheckResult, Fix, FixError, Metric, Status
+from health_check.supervision import read_supervision
+from trainguard.checkpoints import (
+    CheckpointInfo,
+    list_checkpoints,
+    prune,
+    quarantine,
+    validate_checkpoint,
+)
+from trainguard.workspace import Workspace
+
+
+def probe(ctx: Context) -> CheckResult:
+    ws = ctx.ws
+    cfg = ws.config.checkpoints
+    folder = ws.checkpoints_dir
+    try:
+        infos = list_checkpoints(folder, cfg.pattern)
+    except OSError as exc:
+        return CheckResult(
+            "checkpoints", Status.CRITICAL, f"cannot list {folder}: {exc.strerror or exc}"
+        )
+    training = read_supervision(ws).daemon is not None
+    now = ctx.wall_clock()
+    valid = [i for i in infos if i.valid and not i.staged]
+    invalid = [i for i in infos if not i.valid and not i.staged]
+    # A staged folder may be one the trainer is writing right now: only one untouched for
+    # longer than progress_timeout, or with no daemon alive, is a leftover.
+    stale_after = ws.config.watchdog.progress_timeout
+    staged = [i for i in infos if i.staged and (not training or now - i.mtime > stale_after)]
+    numbered = [i for i in valid if i.step is not None]
+    beyond = max(0, len(numbered) - cfg.keep_last)
+    newest = valid[-1] if valid else None
+    metrics = [Metric("checkpoints_valid", len(valid)), Metric("checkpoints_invalid", len(invalid))]
+    details = [f"invalid: {i.path.name}: {i.reason}" for i in invalid]
+    details += [f"staged leftover: {i.path.name}" for i in staged]
+    problems: list[str] = []
+    if invalid:
+        problems.append(f"{len(invalid)} invalid ({invalid[-1].path.name}: {invalid[-1].reason})")
+    if staged:
+        problems.append(f"{len(staged)} staged leftover(s)")
+    if beyond:
+        problems.append(f"{len(numbered)} kept, {beyond} beyond keep_last={cfg.keep_last}")
+    if newest is not None:
+        age = max(0.0, now - newest.mtime)
+        metrics.append(Metric("checkpoint_newest_age_s", round(age, 1), "s"))
+        summary = f"newest valid: {newest.path.name}, {age / 60:.0f} min old; {len(valid)} valid"
+        limit = ws.config.health.checkpoint_max_age
+        if limit and training and age > limit:
+            problems.append(f"newest valid is {age:.0f} s old (> {limit:g} s)")
+    else:
+        summary = "no valid checkpoint yet"
+    if not problems:
+        return CheckResult("checkpoints", Status.OK, summary, details, metrics=metrics)
+    fix = _fix(ws, [*invalid, *staged], bool(beyond))
+    return CheckResult(
+        "checkpoints", Status.WARNING, "; ".join(problems), [summary, *details], fix, metrics
+    )
+
+
+def _fix(ws: Workspace, bad: list[CheckpointInfo], prune_too: bool) -> Fix | None:
+    if not bad and not prune_too:
+        return None
+    cfg = ws.config.checkpoints
+    parts = []
+    if bad:
+        parts.append(f"quarantine {', '.join(i.path.name for i in bad)}")
+    if prune_too:
+        parts.append(f"prune beyond keep_last={cfg.keep_last}")
+
+    def apply() -> str:
+        done = [f"quarantined {_move(i.path).name}" for i in bad if os.path.lexists(i.path)]
+        if prune_too:
+            removed = prune(ws.checkpoints_dir, cfg.keep_last, cfg.pattern)
+            done.append(f"pruned {len(removed)}")
+        return "; ".join(done) or "nothing left to do"
+
+    return Fix(" and ".join(parts), apply, key="checkpoints")
+
+
+def _move(path: Path) -> Path:
+    """Quarantine `path` if it is still bad: a staged folder may have been finished meanwhile."""
+    if not path.name.startswith("tmp-") and validate_checkpoint(path)[0]:
+        raise FixError(f"{path.name} is valid now; left in place")
+    return quarantine(path)

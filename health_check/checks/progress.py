@@ -1,0 +1,84 @@
+"""Training progress: while a daemon runs, progress.json must move within progress_timeout."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from health_check.context import Context
+from health_check.result import CheckResult, Metric, Status
+from health_check.supervision import read_supervision
+from trainguard.progress import ProgressError, read_progress
+
+DONE_PHASE = "done"
+
+
+def probe(ctx: Context) -> CheckResult:
+    ws = ctx.ws
+    w = ws.config.watchdog
+    sup = read_supervision(ws)
+    path = ws.progress_file
+    try:
+        progress = read_progress(path)
+        mtime = os.stat(path).st_mtime if progress is not None else None
+    except ProgressError as exc:
+        return CheckResult("progress", Status.CRITICAL, f"{path.name} is not valid progress: {exc}")
+    except OSError as exc:
+        return CheckResult("progress", Status.UNKNOWN, f"cannot read {path}: {exc.strerror or exc}")
+    training = sup.daemon is not None
+    if progress is None or mtime is None:
+        if not training:
+            return CheckResult("progress", Status.OK, "no progress yet; no daemon running")
+        return _no_progress_yet(ctx, sup.state)
+    age = max(0.0, ctx.wall_clock() - mtime)
+    total = f"/{progress.total_steps}" if progress.total_steps else ""
+    where = f"step {progress.step}{total}, phase {progress.phase}"
+    metrics = [Metric("progress_step", progress.step), Metric("progress_age_s", round(age, 1), "s")]
+    if progress.phase == DONE_PHASE:
+        return CheckResult("progress", Status.OK, f"finished: {where}", metrics=metrics)
+    if not training:
+        return CheckResult(
+            "progress", Status.OK, f"not training; last {where}, {age:.0f} s ago", metrics=metrics
+        )
+    timeout = w.phase_timeouts.get(progress.phase, w.progress_timeout)
+    if timeout == 0:
+        return CheckResult(
+            "progress",
+            Status.OK,
+            f"{where}, {age:.0f} s ago (no timeout in this phase)",
+            metrics=metrics,
+        )
+    metrics[-1] = Metric("progress_age_s", round(age, 1), "s", timeout / 2, timeout)
+    if age > timeout:
+        return CheckResult(
+            "progress",
+            Status.CRITICAL,
+            f"no progress for {age:.0f} s at {where} (timeout {timeout:g} s): hung?",
+            metrics=metrics,
+        )
+    if age > timeout / 2:
+        return CheckResult(
+            "progress",
+            Status.WARNING,
+            f"slow: {age:.0f} s since the last step at {where} (timeout {timeout:g} s)",
+            metrics=metrics,
+        )
+    return CheckResult("progress", Status.OK, f"{where}, {age:.0f} s ago", metrics=metrics)
+
+
+def _no_progress_yet(ctx: Context, state: dict[str, object] | None) -> CheckResult:
+    grace = ctx.ws.config.watchdog.startup_grace
+    started = state.get("daemon_started_at") if state else None
+    try:
+        # fromisoformat takes "Z" only from Python 3.11 on.
+        at = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+        since: float | None = ctx.wall_clock() - at.timestamp()
+    except ValueError:
+        since = None
+    if since is not None and since <= grace:
+        return CheckResult("progress", Status.OK, f"starting: no progress yet ({since:.0f} s in)")
+    return CheckResult(
+        "progress",
+        Status.WARNING,
+        f"daemon runs but has written no progress (startup_grace {grace:g} s)",
+    )

@@ -1,0 +1,128 @@
+"""health-check: is this node fit to train? `main(argv) -> int` is the console script.
+
+Exit codes follow the Nagios plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (a bad
+config or bad flags included: Nagios reads anything else as a plugin failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from health_check import report
+from health_check.context import Context
+from health_check.result import Status
+from health_check.runner import apply_fixes, run_checks
+from trainguard.argparsing import base_parser, run_cli
+from trainguard.config import HEALTH_CHECKS, PREFLIGHT_CHECKS, load_config
+from trainguard.errors import UsageError as _UsageError
+from trainguard.timestamps import utc_now_iso
+from trainguard.workspace import Workspace
+
+PROG = "health-check"
+UNKNOWN = int(Status.UNKNOWN)
+
+
+class UsageError(_UsageError):
+    exit_code = UNKNOWN
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = (*HEALTH_CHECKS, *PREFLIGHT_CHECKS)
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown check {', '.join(unknown) or repr(text)} (known: {', '.join(known)})"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser(PROG, "Check that this node and workspace are fit to train.")
+    parser.__class__ = _Parser  # argparse's usage errors exit 3 (UNKNOWN), not 2 (CRITICAL)
+    parser.add_argument("--fix", action="store_true", help="repair what is safe to repair")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --fix: say what would be repaired, change nothing",
+    )
+    parser.add_argument("--only", type=_names, metavar="NAME,...", help="run only these checks")
+    parser.add_argument("--skip", type=_names, metavar="NAME,...", help="skip these checks")
+    parser.add_argument(
+        "--preflight", action="store_true", help="also check ssh to nodes, inputs and ramdisk files"
+    )
+    parser.add_argument("--json", action="store_true", help="print the contract's JSON")
+    parser.add_argument("--quiet", action="store_true", help="print only the Nagios status line")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show each check's details")
+    parser.add_argument(
+        "--prometheus",
+        metavar="FILE",
+        help="also write node_exporter textfile metrics to FILE (atomically)",
+    )
+    return parser
+
+
+def _selected(args: argparse.Namespace) -> list[str]:
+    names = list(HEALTH_CHECKS) + (list(PREFLIGHT_CHECKS) if args.preflight else [])
+    if args.only:
+        names = [n for n in (*HEALTH_CHECKS, *PREFLIGHT_CHECKS) if n in args.only]
+    if args.skip:
+        names = [n for n in names if n not in args.skip]
+    if not names:
+        raise UsageError("no checks left to run (--only/--skip)")
+    return names
+
+
+def _handle(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.dry_run and not args.fix:
+        raise UsageError("--dry-run only makes sense with --fix")
+    ws = Workspace(load_config(args.config))
+    ctx = Context(ws, read_only=args.dry_run)
+    results = run_checks(ctx, _selected(args))
+    if args.fix:
+        results = apply_fixes(ctx, results, dry_run=args.dry_run, log=_fix_logger(ws))
+    if args.prometheus:
+        try:
+            report.write_prometheus(results, Path(args.prometheus), now=time.time())
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.prometheus}: {exc.strerror or exc}") from None
+    if args.json:
+        print(json.dumps(report.to_json(results), indent=2))
+    elif args.quiet:
+        print(report.nagios_line(results))
+    else:
+        print(report.nagios_line(results))
+        sys.stdout.flush()
+        report.print_human(results, verbose=args.verbose)
+    return int(report.overall(results))
+
+
+def _fix_logger(ws: Workspace) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        text = f"{utc_now_iso('seconds')} health-check[{os.getpid()}] {line}\n"
+        try:
+            ws.health_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(ws.health_log, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            print(f"{PROG}: cannot log to {ws.health_log}: {exc.strerror or exc}", file=sys.stderr)
+
+    return log
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(PROG, _handle, argv, config_exit_code=UNKNOWN)

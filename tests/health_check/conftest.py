@@ -1,0 +1,76 @@
+"""A fresh example workspace per test, and health-check run in-process against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon_watchdog.workspace_init import init_workspace
+from health_check.cli import main
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def report(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.out)
+        return data
+
+    def check(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.report["checks"] if c["name"] == name)
+
+
+@dataclass
+class Example:
+    base: Path
+    config: Path
+
+    def health(self, capsys: pytest.CaptureFixture[str], *args: str, gpu: bool = False) -> Run:
+        """`health-check -c CONFIG ARGS`; the gpu check is skipped unless asked for (it has
+        its own tests, and a GPU machine's real state must not colour the others)."""
+        argv = ["-c", str(self.config), *args]
+        if not gpu and "--only" not in args:
+            argv += ["--skip", "gpu"]
+        capsys.readouterr()
+        code = main(argv)
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Example:
+    base = tmp_path / "ws"
+    config = init_workspace(base, job={"total_steps": 40, "save_steps": 10, "step_seconds": 0.01})
+    return Example(base, Path(config))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB tmpfs, unmounted afterwards; skipped where mounting is not allowed."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
