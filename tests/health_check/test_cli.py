@@ -1,0 +1,121 @@
+"""The command line: contract JSON, Nagios line and exit codes, Prometheus textfile, errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from health_check.cli import main
+from tests.health_check.conftest import Example
+
+
+def test_json_follows_the_contract(example: Example, capsys: pytest.CaptureFixture[str]) -> None:
+    (example.base / "inbox").rmdir()
+    run = example.health(capsys, "--json")
+    report = run.report
+    assert report["status"] == "CRITICAL" and run.code == 2
+    for check in report["checks"]:
+        assert {"name", "status", "summary", "duration_s", "fix"} <= set(check)
+        assert check["status"] in ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+        assert isinstance(check["duration_s"], float)
+    fix = run.check("directories")["fix"]
+    assert fix["action"] == "create inbox" and fix["applied"] is False
+
+
+def test_first_line_is_a_nagios_status_with_perfdata(
+    example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = example.health(capsys, "--quiet")
+    assert run.code == 0
+    lines = run.out.splitlines()
+    assert len(lines) == 1
+    status, perfdata = lines[0].split(" | ")
+    assert status == "HEALTH OK - all 9 checks OK"
+    for item in perfdata.split():
+        assert re.fullmatch(r"'[^'=]+'=[-\d.e+]+[A-Za-z%]*;[\d.e+]*;[\d.e+]*", item), item
+
+
+def test_human_output_starts_with_the_nagios_line_then_a_table(
+    example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (example.base / "config.json").write_text("{")
+    run = example.health(capsys)
+    assert run.code == 2
+    first, *rest = run.out.splitlines()
+    assert first.startswith("HEALTH CRITICAL - config: config.json: not valid JSON")
+    assert any(line.split()[:2] == ["config", "CRITICAL"] for line in rest)
+    assert rest[-1] == "overall: CRITICAL"
+
+
+def test_prometheus_textfile_parses_and_is_replaced_atomically(
+    example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "textfile" / "trainguard.prom"
+    out.parent.mkdir()
+    example.health(capsys, "--prometheus", str(out))
+    (example.base / "logs").rmdir()
+    run = example.health(capsys, "--prometheus", str(out))
+    assert run.code == 2
+    families = {f.name: f for f in text_string_to_metric_families(out.read_text())}
+    status = {
+        s.labels["check"]: s.value for s in families["trainguard_health_check_status"].samples
+    }
+    assert status["directories"] == 2 and status["memory"] == 0
+    assert families["trainguard_health_status"].samples[0].value == 2
+    assert "trainguard_health_mem_available_gb" in families
+    assert sorted(p.name for p in out.parent.iterdir()) == ["trainguard.prom"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--only", "nonsense"], ["--dry-run"], ["--skip", "directories,daemon", "--only", "daemon"]],
+)
+def test_bad_flags_exit_unknown_with_one_line(
+    example: Example, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        code = main(["-c", str(example.config), *argv])
+        raise SystemExit(code)
+    assert exited.value.code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "health-check" in err
+
+
+def test_bad_config_is_unknown_not_ex_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "trainguard.toml"
+    config.write_text("[health]\ncheck_timeout = -1\nbogus = 1\n")
+    assert main(["-c", str(config)]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"health-check: {config}: health.check_timeout: must be > 0.0 (got -1)",
+        f"health-check: {config}: health.bogus: unknown key",
+    ]
+
+
+def test_console_script_runs_as_a_module(example: Example) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "health_check",
+            "-c",
+            str(example.config),
+            "--quiet",
+            "--skip",
+            "gpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("HEALTH OK - ")
