@@ -47,8 +47,6 @@ def probe(ctx: Context) -> CheckResult:
         problems.append(f"{len(invalid)} invalid ({invalid[-1].path.name}: {invalid[-1].reason})")
     if staged:
         problems.append(f"{len(staged)} staged leftover(s)")
-    if beyond:
-        problems.append(f"{len(numbered)} kept, {beyond} beyond keep_last={cfg.keep_last}")
     if newest is not None:
         age = max(0.0, now - newest.mtime)
         metrics.append(Metric("checkpoint_newest_age_s", round(age, 1), "s"))
@@ -58,12 +56,15 @@ def probe(ctx: Context) -> CheckResult:
             problems.append(f"newest valid is {age:.0f} s old (> {limit:g} s)")
     else:
         summary = "no valid checkpoint yet"
-    if not problems:
-        return CheckResult("checkpoints", Status.OK, summary, details, metrics=metrics)
+    # More than keep_last is tidying, not a health problem (disk_space warns when it matters):
+    # it is reported and --fix prunes, but the status stays OK.
+    extra = f"{len(numbered)} kept, {beyond} beyond keep_last={cfg.keep_last}" if beyond else ""
     fix = _fix(ws, [*invalid, *staged], bool(beyond))
-    return CheckResult(
-        "checkpoints", Status.WARNING, "; ".join(problems), [summary, *details], fix, metrics
-    )
+    if not problems:
+        text = f"{summary}; {extra}" if extra else summary
+        return CheckResult("checkpoints", Status.OK, text, details, fix, metrics)
+    text = "; ".join([*problems, extra] if extra else problems)
+    return CheckResult("checkpoints", Status.WARNING, text, [summary, *details], fix, metrics)
 
 
 def _fix(ws: Workspace, bad: list[CheckpointInfo], prune_too: bool) -> Fix | None:

@@ -23,7 +23,7 @@ def probe(ctx: Context) -> CheckResult:
     sup = read_supervision(ws)
     token = sup.token
     if token is None:
-        return CheckResult("orphans", Status.OK, "none (no daemon recorded by a watchdog)")
+        return CheckResult("orphans", Status.OK, "none (no live run recorded by a watchdog)")
     marked = find_marked(token)
     if sup.daemon is not None:
         # The live daemon's own workers are not orphans; marked processes outside its tree are.
