@@ -178,7 +178,7 @@ class HealthSection(_Section):
     ssh_command: list[str] = Field(default_factory=lambda: ["ssh"], min_length=1)
     ssh_timeout: float = Field(5, gt=0)
     inputs: list[str] = Field(default_factory=list)  # files that must exist and be readable
-    ramdisk_dir: str = "/dev/shm"
+    ramdisk_dir: str = "/dev/shm"  # noqa: S108 - the ramdisk is the point, not a temp file
     ramdisk_files: list[str] = Field(default_factory=list)  # names inside ramdisk_dir
 
     @field_validator("check_timeouts")
@@ -215,6 +215,48 @@ class CrashDetectorSection(_Section):
     history_file: str = ".crash_history.jsonl"
 
 
+ALERT_KINDS = ("crash", "hang", "fatal", "health_critical", "disk_low")
+
+
+class AlertsSection(_Section):
+    # apprise URLs: "slack://...", "discord://...", "mailto://...", "ntfy://...", "json://host".
+    urls: list[str] = Field(default_factory=list)
+    cooldown: float = Field(900, ge=0)  # seconds an identical alert stays quiet
+    kinds: list[str] = Field(default_factory=lambda: list(ALERT_KINDS))
+    state_file: str = "status/alerts.json"  # when each alert was last sent (de-duplication)
+    timeout: float = Field(20, gt=0)  # seconds one delivery may take before it is abandoned
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, value: list[str]) -> list[str]:
+        for kind in value:
+            if kind not in ALERT_KINDS:
+                raise ValueError(f"unknown alert kind {kind!r} (known: {', '.join(ALERT_KINDS)})")
+        return value
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for index, url in enumerate(value):
+            if "://" not in url:
+                raise ValueError(f"item {index}: {url!r} is not an apprise URL (scheme://...)")
+        return value
+
+
+class MetricsSection(_Section):
+    listen: str = ""  # "127.0.0.1:9464" serves Prometheus /metrics from the watchdog; "" = off
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if not value:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+        return value
+
+
 class Config(_Section):
     """The whole trainguard.toml. After `load_config`, `base_dir` is an absolute path."""
 
@@ -224,6 +266,8 @@ class Config(_Section):
     checkpoints: CheckpointsSection = Field(default_factory=CheckpointsSection)
     health: HealthSection = Field(default_factory=HealthSection)
     crash_detector: CrashDetectorSection = Field(default_factory=CrashDetectorSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
 
 def find_config_path(
