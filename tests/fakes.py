@@ -23,8 +23,9 @@ class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     bus_id: str = "00000000:3B:00.0"
     temp: int = 40
-    slowdown: int = 87
-    shutdown: int = 92
+    slowdown: int = 89  # the thresholds an H100 reported
+    gpu_max: int | None = 87  # None: NOT_SUPPORTED, as on boards without it
+    shutdown: int = 95
     mem_used: int = 8 * GIB
     mem_total: int = 80 * GIB
     ecc_volatile_uncorrected: int = 0
@@ -103,10 +104,14 @@ class FakeNvml:
 
     def nvmlDeviceGetTemperatureThreshold(self, handle: FakeHandle, threshold: int) -> int:
         gpu = self._gpu("nvmlDeviceGetTemperatureThreshold", handle)
-        return {
+        value = {
             pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: gpu.slowdown,
+            pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX: gpu.gpu_max,
             pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: gpu.shutdown,
         }[threshold]
+        if value is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return value
 
     def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle) -> Any:
         gpu = self._gpu("nvmlDeviceGetMemoryInfo", handle)

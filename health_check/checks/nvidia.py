@@ -117,13 +117,20 @@ def _read_temperature(nvml: Any, handle: Any, reading: GpuReading) -> None:
         nvml.NVML_TEMPERATURE_GPU,
     )
     reading.temp_c = None if temp is None else float(temp)
-    for attr, what, threshold in (
-        ("slowdown_c", "slowdown threshold", nvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
-        ("shutdown_c", "shutdown threshold", nvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
+    limits = {}
+    for what, threshold in (
+        ("slowdown threshold", nvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
+        # Where the GPU may drop below its base clock (SW slowdown); on an H100 it is 87°C,
+        # below the 89°C HW slowdown, so it is the first point where training slows.
+        ("GPU max threshold", nvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX),
+        ("shutdown threshold", nvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
     ):
         value = _call(nvml, reading, what, ["nvmlDeviceGetTemperatureThreshold"], handle, threshold)
         # Some boards answer 0 for a threshold they do not have.
-        setattr(reading, attr, float(value) if value else None)
+        limits[what] = float(value) if value else None
+    slowdowns = [v for k, v in limits.items() if v and k != "shutdown threshold"]
+    reading.slowdown_c = min(slowdowns) if slowdowns else None
+    reading.shutdown_c = limits["shutdown threshold"]
 
 
 def _read_memory_errors(nvml: Any, handle: Any, reading: GpuReading) -> None:

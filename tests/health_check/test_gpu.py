@@ -293,8 +293,8 @@ def test_newer_nvml_calls_fall_back_to_the_older_ones(tmp_path: Path) -> None:
         (79, 85, Status.OK, None),
         (80, 85, Status.WARNING, "80°C: near the 85°C limit"),
         (85, 85, Status.CRITICAL, "85°C: at or above the 85°C limit"),
-        (87, 100, Status.CRITICAL, "87°C: at or above the 87°C limit"),  # its slowdown point
-        (92, 100, Status.CRITICAL, "92°C: at its shutdown temperature"),
+        (87, 100, Status.CRITICAL, "87°C: at or above the 87°C limit"),  # its SW slowdown
+        (95, 100, Status.CRITICAL, "95°C: at its shutdown temperature"),
     ],
 )
 def test_temperature_is_graded_against_the_lower_of_config_and_the_gpus_own_limits(
@@ -308,6 +308,14 @@ def test_temperature_is_graded_against_the_lower_of_config_and_the_gpus_own_limi
         assert result.summary.startswith(f"GPU0: {text}")
     temp_metric = next(m for m in result.metrics if m.name == "temp_c")
     assert (temp_metric.warn, temp_metric.crit) == (min(max_temp, 87) - 5, min(max_temp, 87))
+
+
+def test_without_a_gpu_max_threshold_the_hw_slowdown_one_counts(tmp_path: Path) -> None:
+    fake = FakeNvml([FakeGpu(temp=88, gpu_max=None)])
+    result = gpu.probe(gpu_context(tmp_path, fake, gpu_max_temp_c=100))
+    assert result.status == Status.WARNING
+    assert result.summary.startswith("GPU0: 88°C: near the 89°C limit")
+    assert "N/A: GPU max threshold" in result.details[0]
 
 
 def test_memory_above_the_limit_is_a_warning(tmp_path: Path) -> None:
