@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,8 +18,9 @@ from typing import NoReturn
 
 from health_check import report
 from health_check.context import Context
-from health_check.result import Status
+from health_check.result import CheckResult, Status
 from health_check.runner import apply_fixes, run_checks
+from trainguard.alerts import Alert, Alerter
 from trainguard.argparsing import base_parser, run_cli
 from trainguard.config import HEALTH_CHECKS, PREFLIGHT_CHECKS, load_config
 from trainguard.errors import UsageError as _UsageError
@@ -95,6 +97,8 @@ def _handle(argv: Sequence[str] | None) -> int:
     results = run_checks(ctx, _selected(args))
     if args.fix:
         results = apply_fixes(ctx, results, dry_run=args.dry_run, log=_fix_logger(ws))
+    if not args.dry_run:
+        _alert(ws, results)
     if args.prometheus:
         try:
             report.write_prometheus(results, Path(args.prometheus), now=time.time())
@@ -122,6 +126,30 @@ def _fix_logger(ws: Workspace) -> Callable[[str], None]:
             print(f"{PROG}: cannot log to {ws.health_log}: {exc.strerror or exc}", file=sys.stderr)
 
     return log
+
+
+def _alert(ws: Workspace, results: Sequence[CheckResult]) -> None:
+    """One alert per CRITICAL check (disk as `disk_low`), each de-duplicated by its cooldown."""
+    alerter = Alerter(ws.config.alerts, ws.path(ws.config.alerts.state_file))
+    if not alerter.enabled:
+        return
+    host = socket.gethostname()
+    threads = [
+        alerter.send(
+            Alert(
+                "disk_low" if r.name == "disk_space" else "health_critical",
+                f"health:{r.name}",
+                f"health-check CRITICAL on {host}: {r.name}",
+                f"{r.summary}\nworkspace: {ws.base_dir}",
+            )
+        )
+        for r in results
+        if r.status == Status.CRITICAL
+    ]
+    deadline = time.monotonic() + ws.config.alerts.timeout + 5
+    for thread in threads:
+        if thread is not None:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from health_check.cli import main
 from tests.health_check.conftest import Example
+from tests.trainguard.test_alerts import Receiver
 
 
 def test_json_follows_the_contract(example: Example, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,3 +120,20 @@ def test_console_script_runs_as_a_module(example: Example) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("HEALTH OK - ")
+
+
+def test_a_critical_check_alerts_once_per_cooldown(
+    example: Example, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = Receiver()
+    try:
+        monkeypatch.setenv("TRAINGUARD_ALERTS__URLS", f'["{receiver.url}"]')
+        (example.base / "logs").rmdir()
+        assert example.health(capsys).code == 2
+        assert [p["title"].split(": ")[-1] for p in receiver.posts] == ["directories"]
+        assert "logs" in receiver.posts[0]["message"]
+        assert example.health(capsys).code == 2  # still broken, but already reported
+        assert len(receiver.posts) == 1
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
