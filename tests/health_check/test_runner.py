@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -10,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from health_check.context import Context
 from health_check.result import CheckResult, Status, worst
-from health_check.runner import run_in_threads
+from health_check.runner import run_checks, run_in_threads
+from tests.fakes import FakeGpu, FakeNvml
+from tests.health_check.conftest import Example
+from trainguard.config import load_config
+from trainguard.workspace import Workspace
 
 
 @pytest.fixture
@@ -21,17 +27,9 @@ def fifo(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "stuck"
     os.mkfifo(path)
     yield path
-    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK) if _has_reader(path) else None
-    if fd is not None:
-        os.close(fd)
-
-
-def _has_reader(path: Path) -> bool:
-    try:
+    # Opening the write end releases the reader blocked in open(); ENXIO: none is waiting.
+    with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError:  # ENXIO: no reader is waiting
-        return False
-    return True
 
 
 def test_a_hung_probe_is_unknown_and_the_others_still_report(fifo: Path) -> None:
@@ -73,3 +71,35 @@ def test_critical_outranks_unknown_in_the_overall_status() -> None:
     assert worst([Status.OK, Status.UNKNOWN, Status.CRITICAL]) == Status.CRITICAL
     assert worst([Status.WARNING, Status.UNKNOWN]) == Status.UNKNOWN
     assert worst([]) == Status.OK
+
+
+class WedgedNvml(FakeNvml):
+    """A GPU library stuck inside nvmlInit (a wedged driver), until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__([FakeGpu()])
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def nvmlInit(self) -> None:
+        self.entered.set()
+        self.release.wait()
+
+
+def test_a_wedged_gpu_library_makes_gpu_unknown_and_the_run_ends_on_time(
+    example: Example, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAINGUARD_HEALTH__CHECK_TIMEOUTS", "{gpu = 1}")
+    wedged = WedgedNvml()
+    ctx = Context(Workspace(load_config(example.config)), nvml=wedged, kernel_log=lambda: "")
+    try:
+        t0 = time.monotonic()
+        results = run_checks(ctx, ["gpu", "memory", "directories"])
+        took = time.monotonic() - t0
+    finally:
+        wedged.release.set()
+    gpu, memory, directories = results
+    assert wedged.entered.is_set()
+    assert gpu.status == Status.UNKNOWN and "no answer within 1 s" in gpu.summary
+    assert memory.status == Status.OK and directories.status == Status.OK
+    assert 1.0 <= took < 3.0
