@@ -1,0 +1,50 @@
+"""The Hugging Face callback against the real transformers classes (skipped without them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainguard.progress import read_progress
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_callback_writes_steps_eval_phase_and_done(tmp_path: Path) -> None:
+    from trainguard.hf_callback import TrainguardCallback
+
+    progress = tmp_path / "status" / "progress.json"
+    callback = TrainguardCallback(progress)
+    state = transformers.TrainerState()
+    state.max_steps = 100
+    args: Any = object()  # the callback never reads TrainingArguments
+    control = transformers.TrainerControl()
+
+    callback.on_train_begin(args, state, control)
+    state.global_step = 1
+    callback.on_log(args, state, control, logs={"loss": 2.5})
+    callback.on_step_end(args, state, control)
+    first = read_progress(progress)
+    assert first is not None
+    assert (first.step, first.phase, first.total_steps, first.loss) == (1, "train", 100, 2.5)
+
+    callback.on_prediction_step(args, state, control)
+    assert (p := read_progress(progress)) is not None and p.phase == "eval"
+    callback.on_evaluate(args, state, control)
+    state.global_step = 100
+    callback.on_train_end(args, state, control)
+    last = read_progress(progress)
+    assert last is not None and (last.step, last.phase) == (100, "done")
+
+
+def test_only_the_main_process_writes(tmp_path: Path) -> None:
+    from trainguard.hf_callback import TrainguardCallback
+
+    progress = tmp_path / "progress.json"
+    state = transformers.TrainerState()
+    state.is_world_process_zero = False
+    args: Any = object()
+    TrainguardCallback(progress).on_step_end(args, state, transformers.TrainerControl())
+    assert not progress.exists()

@@ -1,0 +1,79 @@
+"""A Hugging Face `TrainerCallback` that writes the progress protocol (pip install trainguard[hf]).
+
+    from transformers import Trainer
+    from trainguard.hf_callback import TrainguardCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=ds,
+                      callbacks=[TrainguardCallback("status/progress.json")])
+    trainer.train(resume_from_checkpoint=resume)  # the watchdog passes --resume-from
+
+Importing this module imports transformers; nothing else in trainguard does. Only the main
+process (rank 0) writes. Phases: `train` after every optimizer step, `eval` while evaluating
+(give it its own `[watchdog.phase_timeouts] eval = ...`), `done` at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from trainguard.progress import ProgressWriter
+
+
+class TrainguardCallback(TrainerCallback):
+    def __init__(self, progress_file: str | os.PathLike[str] = "status/progress.json") -> None:
+        self.writer = ProgressWriter(progress_file)
+        self.loss: float | None = None
+        self.phase = "train"
+
+    def _write(self, state: TrainerState, phase: str) -> None:
+        if not state.is_world_process_zero:
+            return
+        self.phase = phase
+        self.writer.total_steps = state.max_steps or None
+        self.writer.write(state.global_step, phase, loss=self.loss)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._write(state, "train")
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._write(state, "train")
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kw: Any,
+    ) -> None:
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, (int, float)):
+            self.loss = float(loss)  # NaN stays NaN: a diverged run must show
+
+    def on_prediction_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self.phase != "eval":  # once per evaluation: a phase change is progress
+            self._write(state, "eval")
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._write(state, "train")
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._write(state, "train")
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._write(state, "done")
