@@ -1,0 +1,434 @@
+"""A throwaway workspace and every process a scenario starts in it, cleaned up whatever happens.
+
+The workspace lives under a fresh `mkdtemp` folder that only this sandbox knows. Every tool runs
+as a subprocess, as an operator would run it, with `-c` pointing into the sandbox and with the
+caller's `TRAINGUARD_*` variables scrubbed, so neither the user's config nor their overrides
+ever leak in. Cleanup signals only processes the sandbox started, their descendants, processes
+carrying an owner token the sandbox's watchdogs issued, and processes whose command line names
+the sandbox's private folder: nothing else can be ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from edge_cases.deadline import Deadline
+from edge_cases.scenario import Cancelled, ScenarioFailed, ScenarioSkipped, expect
+from trainguard.config import EXAMPLE_COMMAND
+from trainguard.process_tree import kill_tree
+from trainguard.procs import find_marked
+
+TOOL_TIMEOUT = 30.0
+KILL_WAIT = 5.0
+
+# Small numbers so a fault shows within seconds; the template's own are tuned for humans.
+FAST_WATCHDOG: dict[str, Any] = {
+    "check_interval": 1,
+    "progress_timeout": 4,
+    "startup_grace": 20,
+    "backoff_base": 0.1,
+    "backoff_max": 0.5,
+    "max_restarts": 5,
+    "hang_dump_timeout": 2,
+    "prune_interval": 3600,
+}
+FAST_DAEMON: dict[str, Any] = {"stop_timeout": 2}
+# 20 steps a second, a checkpoint every half second: long enough that no run ends by itself.
+DEFAULT_JOB: dict[str, Any] = {"total_steps": 400, "save_steps": 10, "step_seconds": 0.05}
+
+Status = dict[str, Any]
+
+
+class Sandbox:
+    """One scenario's workspace (`base`) inside its private folder (`root`)."""
+
+    def __init__(
+        self, name: str, deadline: Deadline, *, env_overrides: Mapping[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.deadline = deadline
+        self.root = Path(tempfile.mkdtemp(prefix=f"trainguard-edge-{name}-")).resolve()
+        self.base = self.root / "ws"
+        self.config = self.base / "trainguard.toml"
+        self.env_overrides = dict(env_overrides or {})
+        self.daemon_argv = list(EXAMPLE_COMMAND)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._tokens: set[str] = set()
+        self._mounts: list[Path] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # --- the workspace ----------------------------------------------------------------------
+
+    def create(self, **job: Any) -> None:
+        """`daemon-watchdog init`, then fast watchdog settings and the job's knobs."""
+        self.create_at(self.base, **job)
+        self.configure("watchdog", **FAST_WATCHDOG)
+        self.configure("daemon", **FAST_DAEMON)
+
+    def create_at(self, where: Path, **job: Any) -> None:
+        result = self.tool("daemon_watchdog", "init", str(where), config=False)
+        expect(result.returncode == 0, f"daemon-watchdog init failed: {result.stderr.strip()}")
+        self.set_job(where, **{**DEFAULT_JOB, **job})
+
+    def set_job(self, where: Path | None = None, **knobs: Any) -> None:
+        path = (where or self.base) / "config.json"
+        data = json.loads(path.read_text())
+        data.update(knobs)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+    def configure(self, section: str, **values: Any) -> None:
+        """Set keys of one trainguard.toml section, as an operator would edit the file."""
+        text = self.config.read_text()
+        for key, value in values.items():
+            text = set_toml_key(text, section, key, value)
+        self.config.write_text(text)
+
+    def daemon_args(self, *args: str) -> None:
+        """Extra arguments for the example daemon (its simulated `--fault`, for instance)."""
+        self.configure("daemon", command=[*self.daemon_argv, *args])
+
+    def path(self, relative: str) -> Path:
+        return self.base / relative
+
+    # --- processes --------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINGUARD_")}
+        env.update(self.env_overrides)
+        return env
+
+    def spawn(
+        self, argv: list[str], *, label: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a tracked process; its output goes to ROOT/LABEL-N.out.
+
+        Its own session: Ctrl+C in the terminal reaches the runner alone, which then stops
+        everything in order instead of racing a half-interrupted watchdog.
+        """
+        with self._lock:
+            if self._closed:
+                raise Cancelled("sandbox already cleaned up")
+            out = self.root / f"{label}-{len(self._procs)}.out"
+            with open(out, "ab") as fh:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    env=dict(env) if env is not None else self.env(),
+                    cwd=self.root,
+                    start_new_session=True,
+                )
+            self._procs.append(proc)
+        return proc
+
+    def start_watchdog(self, *args: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "daemon_watchdog", "run", "-c", str(self.config), *args]
+        return self.spawn(argv, label="watchdog")
+
+    def tool(
+        self, module: str, *args: str, config: bool = True, timeout: float = TOOL_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `python -m MODULE ARGS [-c CONFIG]`, as an operator would run the command."""
+        config_args = ["-c", str(self.config)] if config else []
+        return self.run([sys.executable, "-m", module, *args, *config_args], timeout=timeout)
+
+    def run(self, argv: list[str], *, timeout: float = TOOL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run `argv` to completion (within the deadline), tracked like any process."""
+        with self._lock:
+            if self._closed:
+                raise Cancelled("sandbox already cleaned up")
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self.env(),
+                cwd=self.root,
+                start_new_session=True,
+            )
+            self._procs.append(proc)
+        limit = max(1.0, min(timeout, self.deadline.remaining()))
+        try:
+            out, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            shown = " ".join(Path(a).name if os.sep in a else a for a in argv[:4])
+            raise ScenarioFailed(f"`{shown}` did not finish within {limit:.0f} s") from None
+        self.deadline.check()
+        return subprocess.CompletedProcess(
+            argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+    def tool_json(self, module: str, *args: str) -> tuple[int, dict[str, Any]]:
+        """Run a tool with `--json`; its exit code and the parsed object."""
+        result = self.tool(module, *args, "--json")
+        try:
+            data = json.loads(result.stdout)
+        except ValueError:
+            raise ScenarioFailed(
+                f"{module} --json printed no JSON (exit {result.returncode}): "
+                f"{(result.stdout + result.stderr).strip()[-300:]}"
+            ) from None
+        expect(isinstance(data, dict), f"{module} --json printed {type(data).__name__}")
+        return result.returncode, data
+
+    # --- what the watchdog says -------------------------------------------------------------
+
+    def status(self) -> Status:
+        """status/watchdog.json as it is now; {} when absent or unreadable."""
+        try:
+            data = json.loads(self.path("status/watchdog.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        token = data.get("owner_token")
+        if isinstance(token, str) and token:
+            self._tokens.add(token)  # every daemon's token, so cleanup finds all its processes
+        return data
+
+    def wait_status(
+        self, predicate: Callable[[Status], bool], what: str, *, within: float | None = None
+    ) -> Status:
+        def probe() -> Status | None:
+            status = self.status()
+            return status if status and predicate(status) else None
+
+        return self.deadline.wait_for(probe, what, within=within, context=self.describe)
+
+    def wait_running(self, past_step: int = 1, *, restarts: int = 0) -> Status:
+        what = f"RUNNING past step {past_step}" + (f" after {restarts} restart(s)" if restarts else "")
+        return self.wait_status(
+            lambda s: (
+                s.get("state") == "RUNNING"
+                and s.get("restart_count", 0) >= restarts
+                and step_of(s) >= past_step
+            ),
+            what,
+        )
+
+    def wait_state(self, state: str, *, within: float | None = None) -> Status:
+        return self.wait_status(lambda s: s.get("state") == state, f"state {state}", within=within)
+
+    def describe(self) -> str:
+        s = self.status()
+        if not s:
+            return "no state file yet"
+        crash = (s.get("last_crash") or {}).get("reason")
+        return (
+            f"last seen: state {s.get('state')}, step {step_of(s)}, "
+            f"restarts {s.get('restart_count')}, last crash {crash!r}"
+        )
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.path(".crash_history.jsonl")
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def checkpoint_steps(self) -> list[int]:
+        steps = []
+        for path in self.path("checkpoints").glob("checkpoint-*"):
+            suffix = path.name.removeprefix("checkpoint-")
+            if suffix.isdigit():
+                steps.append(int(suffix))
+        return sorted(steps)
+
+    def trainer_step(self) -> int:
+        """The step in the trainer's own progress file (the state file lags by up to 1 s)."""
+        try:
+            step = json.loads(self.path("status/progress.json").read_bytes()).get("step")
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return step if isinstance(step, int) else 0
+
+    def daemon_tree(self) -> list[psutil.Process]:
+        """The live daemon and its workers: processes carrying the current owner token."""
+        token = self.status().get("owner_token")
+        return find_marked(token) if isinstance(token, str) else []
+
+    def workers(self) -> list[psutil.Process]:
+        return [p for p in self.daemon_tree() if "train.py" in " ".join(_cmdline(p))]
+
+    def daemons(self) -> list[psutil.Process]:
+        """Example daemons of this workspace, whoever started them."""
+        return [
+            p
+            for p in self.strays()
+            if "daemon_watchdog.example.daemon" in " ".join(_cmdline(p)) and alive(p)
+        ]
+
+    def signal_daemon(self, sig: int) -> psutil.Process:
+        """Signal the daemon the state file names, once proven to be this workspace's daemon."""
+        pid = self.status().get("daemon_pid")
+        proc = next((p for p in self.daemons() if p.pid == pid), None)
+        expect(proc is not None, f"daemon pid {pid} of the state file is not this sandbox's daemon")
+        assert proc is not None
+        proc.send_signal(sig)
+        return proc
+
+    def suspend_tree(self) -> list[psutil.Process]:
+        """SIGSTOP the daemon and its workers: a hang, or a frozen moment to tamper in."""
+        tree = self.daemon_tree()
+        expect(tree, "no daemon tree to suspend")
+        for proc in tree:
+            proc.suspend()
+        return tree
+
+    def watchdog_log(self) -> str:
+        try:
+            return self.path("logs/watchdog.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # --- mounts -----------------------------------------------------------------------------
+
+    def mount_tmpfs(self, where: Path, size: str) -> None:
+        """A real small filesystem that can fill up; skips the scenario where that is impossible."""
+        if os.geteuid() != 0:
+            raise ScenarioSkipped("mounting a small tmpfs needs root; not running as root")
+        mount = shutil.which("mount")
+        if mount is None:
+            raise ScenarioSkipped("no mount(8) on this host")
+        result = subprocess.run(
+            [mount, "-t", "tmpfs", "-o", f"size={size},mode=0755", "trainguard-edge", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if result.returncode != 0:
+            raise ScenarioSkipped(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        self._mounts.append(where)
+
+    # --- cleanup ----------------------------------------------------------------------------
+
+    def close(self, *, keep: bool) -> None:
+        """Kill every process of the sandbox, unmount, remove the folder (unless `keep`).
+
+        Idempotent and safe from two threads: the runner calls it after an interrupt while the
+        scenario's own thread may be calling it too.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.status()  # learn the newest daemon's token
+        # Watchdogs and tools first: a live watchdog would start a daemon while we kill its last.
+        started = [p for p in self._procs if p.poll() is None]
+        self._kill(_with_descendants(started))
+        for proc in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(KILL_WAIT)  # reap: they are our children
+        for _ in range(5):
+            strays = self.strays()
+            if not strays:
+                break
+            self._kill(strays)
+        for where in reversed(self._mounts):
+            _unmount(where)
+        if not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def strays(self) -> list[psutil.Process]:
+        """Live processes of ours that provably belong to this sandbox."""
+        me = psutil.Process()
+        skip = {me.pid, *(parent.pid for parent in me.parents())}
+        uid = os.getuid()
+        root = str(self.root)
+        found: dict[int, psutil.Process] = {}
+        for proc in psutil.process_iter(["uids", "cmdline"]):
+            uids, cmdline = proc.info["uids"], proc.info["cmdline"] or []
+            if proc.pid in skip or uids is None or uids.real != uid:
+                continue
+            if any(root in arg for arg in cmdline):
+                found[proc.pid] = proc
+        for token in list(self._tokens):
+            for proc in find_marked(token):
+                found.setdefault(proc.pid, proc)
+        return [p for p in found.values() if alive(p)]
+
+    def _kill(self, procs: Iterable[psutil.Process]) -> None:
+        procs = [p for p in procs if alive(p)]
+        if procs:
+            kill_tree(procs, sig=signal.SIGKILL, timeout=KILL_WAIT)
+
+
+def set_toml_key(text: str, section: str, key: str, value: Any) -> str:
+    """Replace (or add) `key = value` in `[section]`; JSON literals are valid TOML for these."""
+    lines = text.splitlines()
+    start = lines.index(f"[{section}]")
+    literal = json.dumps(value)
+    end = len(lines)
+    for i in range(start + 1, len(lines)):
+        if lines[i].startswith("["):
+            end = i
+            break
+        if lines[i].split("=")[0].strip() == key:
+            lines[i] = f"{key} = {literal}"
+            return "\n".join(lines) + "\n"
+    lines.insert(end, f"{key} = {literal}")
+    return "\n".join(lines) + "\n"
+
+
+def step_of(status: Status) -> int:
+    step = (status.get("last_progress") or {}).get("step")
+    return step if isinstance(step, int) else 0
+
+
+def resumed_step(restart: object) -> int:
+    """The checkpoint step a `restarts` entry of the state file resumed from."""
+    name = restart.get("resume_from") if isinstance(restart, dict) else None
+    if not isinstance(name, str) or not name.startswith("checkpoint-"):
+        raise ScenarioFailed(f"the restart resumed from {name!r}, not from a checkpoint")
+    return int(name.removeprefix("checkpoint-"))
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _with_descendants(procs: Iterable[subprocess.Popen[bytes]]) -> list[psutil.Process]:
+    found: list[psutil.Process] = []
+    for popen in procs:
+        try:
+            proc = psutil.Process(popen.pid)
+            found += [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return found
+
+
+def _unmount(where: Path) -> None:
+    umount = shutil.which("umount") or "umount"
+    for argv in ([umount, str(where)], [umount, "-l", str(where)]):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            if subprocess.run(argv, capture_output=True, timeout=10).returncode == 0:
+                return

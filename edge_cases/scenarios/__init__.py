@@ -1,0 +1,30 @@
+"""Every scenario of the suite, in the order they are listed and started (slowest first)."""
+
+from __future__ import annotations
+
+from edge_cases.scenario import Scenario
+from edge_cases.scenarios import (
+    checkpoints,
+    config,
+    crashes,
+    disk,
+    gpu,
+    hangs,
+    processes,
+    status,
+    watchdog,
+)
+
+ALL: tuple[Scenario, ...] = (
+    *config.SCENARIOS,
+    *disk.SCENARIOS,
+    *checkpoints.SCENARIOS,
+    *processes.SCENARIOS,
+    *gpu.SCENARIOS,
+    *status.SCENARIOS,
+    *crashes.SCENARIOS,
+    *hangs.SCENARIOS,
+    *watchdog.SCENARIOS,
+)
+
+__all__ = ["ALL"]

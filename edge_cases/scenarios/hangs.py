@@ -1,0 +1,105 @@
+"""A daemon alive but going nowhere, or one that will not stop when asked."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from edge_cases.sandbox import Sandbox, alive
+from edge_cases.scenario import Scenario, expect
+
+PROGRESS_TIMEOUT = 3
+STOP_TIMEOUT = 2
+
+
+def daemon_hang_sigstop(sb: Sandbox) -> str:
+    sb.create()
+    sb.configure("watchdog", progress_timeout=PROGRESS_TIMEOUT, hang_dump_timeout=1)
+    sb.configure("daemon", stop_timeout=1)
+    sb.start_watchdog()
+    sb.wait_running(past_step=10)
+    frozen = sb.suspend_tree()
+    status = sb.wait_running(restarts=1)
+    crash = status["restarts"][0]
+    expect(crash.get("category") == "timeout", f"classified {crash.get('category')!r}")
+    expect(str(crash.get("reason")).startswith("hang"), f"reason {crash.get('reason')!r}")
+    survivors = [p.pid for p in frozen if alive(p)]
+    expect(not survivors, f"stopped processes {survivors} were not killed")
+    expect(list(sb.path("status/incidents").glob("*hang*.json")), "no hang incident file")
+    return f"SIGSTOPped tree of {len(frozen)} seen as a hang, killed, restarted"
+
+
+def daemon_hang_no_progress(sb: Sandbox) -> str:
+    sb.create()
+    sb.configure("watchdog", progress_timeout=PROGRESS_TIMEOUT)
+    sb.daemon_args("--fault", "hang@20")
+    sb.start_watchdog()
+    started = time.monotonic()
+    status = sb.wait_running(restarts=1)
+    crash = status["restarts"][0]
+    expect(crash.get("category") == "timeout", f"classified {crash.get('category')!r}")
+    incidents = list(sb.path("status/incidents").glob("*hang*.json"))
+    expect(len(incidents) == 1, f"{len(incidents)} hang incident files")
+    stacks = str(json.loads(incidents[0].read_text()).get("stacks"))
+    expect("_wait_for_allreduce" in stacks, "the incident's stacks do not show where it hung")
+    sb.wait_running(past_step=25, restarts=1)
+    took = time.monotonic() - started
+    return f"hang at step 20 seen, stacks saved (in _wait_for_allreduce), resumed; {took:.0f} s"
+
+
+def sigterm_ignored_escalates_to_sigkill(sb: Sandbox) -> str:
+    sb.create()
+    sb.configure(
+        "daemon",
+        stop_timeout=STOP_TIMEOUT,
+        command=["{python}", "-m", "edge_cases.children.stubborn_daemon", "--base-dir", "{base_dir}"],
+    )
+    watchdog = sb.start_watchdog()
+    sb.wait_running(past_step=5)
+    tree = sb.daemon_tree()
+    expect(len(tree) == 2, f"expected the stubborn daemon and its worker, found {len(tree)}")
+    started = time.monotonic()
+    stop = sb.tool("daemon_watchdog", "stop", "--timeout", "30")
+    took = time.monotonic() - started
+    expect(stop.returncode == 0, f"`stop` exit {stop.returncode}: {stop.stderr.strip()}")
+    expect(took >= STOP_TIMEOUT * 0.9, f"`stop` returned after {took:.1f} s, before stop_timeout")
+    expect(took < STOP_TIMEOUT + 10, f"`stop` took {took:.1f} s for stop_timeout={STOP_TIMEOUT}")
+    survivors = [p.pid for p in tree if alive(p)]
+    expect(not survivors, f"processes {survivors} survived `stop`")
+    expect("ignored SIGTERM" in sb.watchdog_log(), "the escalation to SIGKILL is not logged")
+    sb.deadline.wait_for(lambda: watchdog.poll() is not None, "the watchdog exiting", within=10)
+    expect(sb.status().get("state") == "STOPPED", f"state {sb.status().get('state')}")
+    return f"SIGTERM ignored by daemon and worker: SIGKILL after stop_timeout; stop took {took:.1f} s"
+
+
+SCENARIOS = (
+    Scenario(
+        name="daemon_hang_sigstop",
+        summary="a frozen (SIGSTOPped) daemon tree is a hang: killed and restarted",
+        fault="SIGSTOP to the daemon and its worker",
+        expected="after progress_timeout: category timeout, reason 'hang...', incident file, "
+        "frozen processes killed, restart RUNNING",
+        deadline=45,
+        run=daemon_hang_sigstop,
+    ),
+    Scenario(
+        name="daemon_hang_no_progress",
+        summary="a live worker stuck in a collective is seen by missing progress",
+        fault="--fault hang@20: the worker blocks forever in _wait_for_allreduce",
+        expected="after progress_timeout: incident with the stuck stack, category timeout, "
+        "restart; training passes step 25",
+        deadline=45,
+        run=daemon_hang_no_progress,
+        sabotage={"TRAINGUARD_WATCHDOG__PROGRESS_TIMEOUT": "3600"},
+        sabotage_deadline=12,
+    ),
+    Scenario(
+        name="sigterm_ignored_escalates_to_sigkill",
+        summary="a daemon that ignores SIGTERM is SIGKILLed after stop_timeout",
+        fault="a daemon and worker with SIGTERM ignored, then `daemon-watchdog stop`",
+        expected="`stop` exits 0 after about stop_timeout; both processes gone; the log says "
+        "they ignored SIGTERM; state STOPPED",
+        deadline=45,
+        run=sigterm_ignored_escalates_to_sigkill,
+    ),
+)
