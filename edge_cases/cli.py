@@ -1,4 +1,4 @@
-"""edge-cases: real faults against throwaway workspaces; `main(argv) -> int` is the console script."""
+"""edge-cases: real faults on throwaway workspaces; `main(argv) -> int` is the console script."""
 
 from __future__ import annotations
 
@@ -99,14 +99,17 @@ def _run(scenarios: Sequence[object], *, as_json: bool, keep: bool, jobs: int | 
     def show(result: Result) -> None:
         report.progress_line(console, result, width)
 
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (systemd, a CI timeout) cleans up like Ctrl+C does.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    in_main = threading.current_thread() is threading.main_thread()
+    # SIGTERM (systemd, a CI timeout) cleans up as Ctrl+C does: both raise KeyboardInterrupt.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
         results = run_scenarios(chosen, keep=keep, jobs=workers, on_result=show)
     except KeyboardInterrupt:
         console.print("interrupted: every process started was stopped", style="bold red")
         return exitcodes.INTERRUPTED
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     if as_json:
         print(report.results_json(results))
     else:

@@ -7,11 +7,13 @@ process it started is killed and its folder removed (kept with `keep`).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from edge_cases.deadline import Deadline
@@ -61,6 +63,23 @@ class _Live:
     def snapshot(self) -> list[Sandbox]:
         with self._lock:
             return list(self._sandboxes)
+
+
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Ignore further Ctrl+C / SIGTERM while cleaning up: a second one must not leave orphans.
+
+    The cleanup is bounded (CLEANUP_GRACE, then SIGKILL), so this cannot hang the terminal.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_one(
@@ -145,10 +164,11 @@ def run_scenarios(
                     on_result(result)
     except BaseException:
         cancel.set()
-        executor.shutdown(wait=False, cancel_futures=True)
-        wait(set(futures), timeout=CLEANUP_GRACE)
-        for sandbox in live.snapshot():
-            sandbox.close(keep=keep)  # a thread stuck in a blocking call: clean up for it
+        with _uninterruptible():
+            executor.shutdown(wait=False, cancel_futures=True)
+            wait(set(futures), timeout=CLEANUP_GRACE)
+            for sandbox in live.snapshot():
+                sandbox.close(keep=keep)  # a thread stuck in a blocking call: clean up for it
         raise
     executor.shutdown(wait=True)
     return [results[s.name] for s in scenarios]

@@ -68,8 +68,10 @@ class Sandbox:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._tokens: set[str] = set()
         self._mounts: list[Path] = []
-        self._lock = threading.Lock()
-        self._closed = False
+        self._lock = threading.Lock()  # guards _procs and _closed
+        self._closed = False  # no new process may start
+        self._close_lock = threading.Lock()  # held for a whole cleanup: a second caller waits
+        self._cleaned = False
 
     # --- the workspace ----------------------------------------------------------------------
 
@@ -147,7 +149,9 @@ class Sandbox:
         config_args = ["-c", str(self.config)] if config else []
         return self.run([sys.executable, "-m", module, *args, *config_args], timeout=timeout)
 
-    def run(self, argv: list[str], *, timeout: float = TOOL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: list[str], *, timeout: float = TOOL_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
         """Run `argv` to completion (within the deadline), tracked like any process."""
         with self._lock:
             if self._closed:
@@ -213,7 +217,9 @@ class Sandbox:
         return self.deadline.wait_for(probe, what, within=within, context=self.describe)
 
     def wait_running(self, past_step: int = 1, *, restarts: int = 0) -> Status:
-        what = f"RUNNING past step {past_step}" + (f" after {restarts} restart(s)" if restarts else "")
+        what = f"RUNNING past step {past_step}" + (
+            f" after {restarts} restart(s)" if restarts else ""
+        )
         return self.wait_status(
             lambda s: (
                 s.get("state") == "RUNNING"
@@ -324,12 +330,17 @@ class Sandbox:
         """Kill every process of the sandbox, unmount, remove the folder (unless `keep`).
 
         Idempotent and safe from two threads: the runner calls it after an interrupt while the
-        scenario's own thread may be calling it too.
+        scenario's own thread may be calling it too; the second caller waits for the first.
         """
-        with self._lock:
-            if self._closed:
+        with self._close_lock:
+            if self._cleaned:
                 return
-            self._closed = True
+            with self._lock:
+                self._closed = True
+            self._clean(keep=keep)
+            self._cleaned = True
+
+    def _clean(self, *, keep: bool) -> None:
         self.status()  # learn the newest daemon's token
         # Watchdogs and tools first: a live watchdog would start a daemon while we kill its last.
         started = [p for p in self._procs if p.poll() is None]

@@ -52,13 +52,12 @@ def job_config_corruption(sb: Sandbox) -> str:
     expect(crash.get("category") == "config_error", f"classified {crash.get('category')!r}")
     expect(status.get("restart_count") == 0, f"restarted {status.get('restart_count')} times")
     code, report = sb.tool_json("health_check", "--only", "config")
-    expect(code == NAGIOS_CRITICAL, f"health-check saw the broken config.json as exit {code}")
+    summary = report.get("checks", [{}])[0].get("summary")
+    expect(code == NAGIOS_CRITICAL, f"health-check on the broken config.json: {code}, {summary!r}")
     fixed = sb.tool("health_check", "--only", "config", "--fix", "--quiet")
     expect(fixed.returncode == 0, f"health-check --fix exit {fixed.returncode}: {fixed.stdout}")
     expect(job.read_bytes() == text, "config.json was not restored from the last good backup")
-    expect(
-        list(sb.base.glob("config.json.broken-*")), "the broken config.json was not kept aside"
-    )
+    expect(list(sb.base.glob("config.json.broken-*")), "the broken config.json was not kept aside")
     restart = sb.tool("daemon_watchdog", "restart")
     expect(restart.returncode == 0, f"daemon-watchdog restart exit {restart.returncode}")
     sb.wait_running(past_step=5)
@@ -78,9 +77,7 @@ def missing_base_model(sb: Sandbox) -> str:
     sb.start_watchdog()
     status = sb.wait_state("FATAL")
     crash = status.get("last_crash") or {}
-    expect(
-        crash.get("category") == "file_not_found", f"classified {crash.get('category')!r}"
-    )
+    expect(crash.get("category") == "file_not_found", f"classified {crash.get('category')!r}")
     expect(
         status.get("restart_count", 0) <= 2,
         f"{status.get('restart_count')} restarts with max_restarts = 2",

@@ -51,7 +51,9 @@ def daemon_segfault(sb: Sandbox) -> str:
     categories = [r.get("category") for r in sb.history()]
     expect(categories == ["segfault"], f"crash history categories: {categories}")
     sb.wait_running(past_step=30, restarts=1)
-    return f"real SIGSEGV classified segfault; resumed from {crash.get('resume_from')}, past step 30"
+    return (
+        f"real SIGSEGV classified segfault; resumed from {crash.get('resume_from')}, past step 30"
+    )
 
 
 def crash_loop_goes_fatal(sb: Sandbox) -> str:
@@ -74,7 +76,11 @@ def non_retryable_goes_fatal(sb: Sandbox) -> str:
     sb.create()
     script = sb.path("train.py")
     # A broken environment (a package uninstalled under the job): every restart fails the same.
-    script.write_text("import flash_attn_removed_by_an_upgrade  # edge-cases\n" + script.read_text())
+    future = "from __future__ import annotations\n"
+    text = script.read_text()
+    expect(future in text, "train.py changed shape: no `from __future__` line to import after")
+    broken = future + "import flash_attn_removed_by_an_upgrade  # edge-cases\n"
+    script.write_text(text.replace(future, broken, 1))
     sb.start_watchdog()
     status = sb.wait_state("FATAL")
     crash = status.get("last_crash") or {}

@@ -53,7 +53,8 @@ def gpu_availability(sb: Sandbox) -> str:
         f"expecting {len(devices) + 1} GPUs on a {len(devices)}-GPU node: exit {missing}, "
         f"{summary!r}",
     )
-    return f"{len(devices)} GPU(s) reported ({', '.join(devices)}; exit {code}); one more expected is CRITICAL"
+    names = ", ".join(devices)
+    return f"{len(devices)} GPU(s) reported ({names}; exit {code}); one more expected is CRITICAL"
 
 
 SCENARIOS = (

@@ -52,7 +52,13 @@ def sigterm_ignored_escalates_to_sigkill(sb: Sandbox) -> str:
     sb.configure(
         "daemon",
         stop_timeout=STOP_TIMEOUT,
-        command=["{python}", "-m", "edge_cases.children.stubborn_daemon", "--base-dir", "{base_dir}"],
+        command=[
+            "{python}",
+            "-m",
+            "edge_cases.children.stubborn_daemon",
+            "--base-dir",
+            "{base_dir}",
+        ],
     )
     watchdog = sb.start_watchdog()
     sb.wait_running(past_step=5)
@@ -69,7 +75,9 @@ def sigterm_ignored_escalates_to_sigkill(sb: Sandbox) -> str:
     expect("ignored SIGTERM" in sb.watchdog_log(), "the escalation to SIGKILL is not logged")
     sb.deadline.wait_for(lambda: watchdog.poll() is not None, "the watchdog exiting", within=10)
     expect(sb.status().get("state") == "STOPPED", f"state {sb.status().get('state')}")
-    return f"SIGTERM ignored by daemon and worker: SIGKILL after stop_timeout; stop took {took:.1f} s"
+    return (
+        f"SIGTERM ignored by daemon and worker: SIGKILL after stop_timeout; stop took {took:.1f} s"
+    )
 
 
 SCENARIOS = (

@@ -24,7 +24,9 @@ def orphan_worker_cleanup(sb: Sandbox) -> str:
     old = workers[0]
     # The example daemon gives its worker no PR_SET_PDEATHSIG: killed, it leaves an orphan.
     sb.signal_daemon(signal.SIGKILL)
-    sb.deadline.wait_for(lambda: not alive(old), f"orphaned worker pid {old.pid} stopped", within=15)
+    sb.deadline.wait_for(
+        lambda: not alive(old), f"orphaned worker pid {old.pid} stopped", within=15
+    )
     sb.wait_running(restarts=1)
     now = sb.workers()
     expect(

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from edge_cases.sandbox import Sandbox, step_of
-from edge_cases.scenario import Scenario, expect
+from edge_cases.scenario import Scenario, ScenarioFailed, expect
 
 REQUIRED_KEYS = (
     "state",
@@ -59,7 +59,10 @@ def status_file_updates(sb: Sandbox) -> str:
         return bool(seen) and step_of(seen[-1]) >= 60
 
     sb.deadline.wait_for(record, "the state file reaching step 60", context=sb.describe)
-    expect(not torn, f"{len(torn)} of {len(seen) + len(torn)} reads saw a partial file: {torn[0]!r}")
+    if torn:
+        raise ScenarioFailed(
+            f"{len(torn)} of {len(seen) + len(torn)} reads saw a partial file: {torn[0]!r}"
+        )
     last = seen[-1]
     missing = [key for key in REQUIRED_KEYS if key not in last]
     expect(not missing, f"state file lacks {missing}")
@@ -68,11 +71,15 @@ def status_file_updates(sb: Sandbox) -> str:
     steps = [step_of(s) for s in seen]
     expect(steps == sorted(steps), "last_progress.step went backwards without a restart")
     versions = sorted({str(s.get("updated_at")) for s in seen})
-    expect(len(versions) >= 3, f"only {len(versions)} versions of the state file in 3 s of training")
+    expect(
+        len(versions) >= 3, f"only {len(versions)} versions of the state file in 3 s of training"
+    )
     _check_times(last)
     expect(last.get("watchdog_pid") == watchdog.pid, "watchdog_pid is not the watchdog's pid")
     pid_file = int(sb.path(".daemon.pid").read_text().split()[0])
-    expect(last.get("daemon_pid") == pid_file, f"daemon_pid {last.get('daemon_pid')} != .daemon.pid")
+    expect(
+        last.get("daemon_pid") == pid_file, f"daemon_pid {last.get('daemon_pid')} != .daemon.pid"
+    )
     shown = sb.tool("daemon_watchdog", "status", "--json")
     expect(shown.returncode == STATUS_RUNNING, f"`status` exit {shown.returncode} while RUNNING")
     expect(json.loads(shown.stdout).get("state") == "RUNNING", "`status --json` is not RUNNING")
@@ -128,7 +135,10 @@ def progress_file_garbage(sb: Sandbox) -> str:
 
     scribble()
     code, report = sb.tool_json("health_check", "--only", "progress")
-    expect(report.get("checks"), f"health-check progress on garbage printed {report}")
+    expect(
+        code in (0, 1, 2, 3) and report.get("checks"),
+        f"health-check progress on garbage: exit {code}, {report}",
+    )
 
     def restarted() -> dict[str, Any] | None:
         status = sb.status()

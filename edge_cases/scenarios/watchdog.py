@@ -42,7 +42,9 @@ def second_watchdog_refused(sb: Sandbox) -> str:
     status = sb.wait_running(past_step=3)
     daemon_pid = status["daemon_pid"]
     second = sb.start_watchdog()
-    sb.deadline.wait_for(lambda: second.poll() is not None, "the second watchdog exiting", within=20)
+    sb.deadline.wait_for(
+        lambda: second.poll() is not None, "the second watchdog exiting", within=20
+    )
     expect(second.returncode == EX_TEMPFAIL, f"second `run` exited {second.returncode}, not 75")
     output = "".join(p.read_text() for p in sb.root.glob("watchdog-*.out"))
     expect("already supervises" in output, "the refusal does not say why")

@@ -1,0 +1,126 @@
+"""The whole edge-case suite, for real; and proof that its scenarios can fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from edge_cases.runner import run_scenarios, select
+from edge_cases.scenario import Result
+from edge_cases.scenarios import ALL
+from tests.polling import wait_until
+
+pytestmark = [pytest.mark.edge_cases, pytest.mark.e2e]
+
+SABOTAGED = ("crash_loop_goes_fatal", "low_disk_threshold", "daemon_hang_no_progress")
+
+
+def _leftovers(scratch: Path) -> list[str]:
+    """Processes and folders of the suite still around after it ended."""
+    found = [str(p) for p in scratch.glob("trainguard-edge-*")]
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("trainguard-edge-" in arg for arg in proc.info["cmdline"] or []):
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(f"pid {proc.pid}: {' '.join(proc.info['cmdline'])[:100]}")
+            except psutil.Error:
+                continue
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_whole_suite_passes_and_reports_json() -> None:
+    scratch = Path(os.environ["TMPDIR"])
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_cases", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    took = time.monotonic() - started
+    report = json.loads(result.stdout)
+    assert set(report) == {"results", "passed", "failed", "skipped"}
+    failed = [r for r in report["results"] if r["status"] == "fail"]
+    assert not failed, json.dumps(failed, indent=2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["name"] for r in report["results"]] == [s.name for s in ALL]
+    for entry in report["results"]:
+        assert set(entry) == {"name", "status", "duration_s", "detail"}
+        assert entry["status"] in ("pass", "skip") and entry["detail"]
+        assert isinstance(entry["duration_s"], float)
+    assert report["passed"] + report["skipped"] == len(ALL) and report["failed"] == 0
+    assert took < 240, f"the suite took {took:.0f} s"
+    assert not _leftovers(scratch)
+
+
+@pytest.fixture(scope="module")
+def sabotaged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Result]]:
+    """The three scenarios run once, each with the mechanism it guards switched off."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("sabotaged")))
+        results = run_scenarios(select(SABOTAGED), sabotage=set(SABOTAGED))
+    yield {r.name: r for r in results}
+
+
+def test_crash_loop_scenario_fails_when_max_restarts_is_lifted(
+    sabotaged: dict[str, Result],
+) -> None:
+    result = sabotaged["crash_loop_goes_fatal"]
+    assert result.status == "fail", result
+    assert "state FATAL: not seen" in result.detail
+
+
+def test_low_disk_scenario_fails_when_the_threshold_is_zero(sabotaged: dict[str, Result]) -> None:
+    result = sabotaged["low_disk_threshold"]
+    assert result.status == "fail", result
+    assert "health-check disk_space exit 0" in result.detail
+
+
+def test_hang_scenario_fails_when_progress_timeout_is_an_hour(
+    sabotaged: dict[str, Result],
+) -> None:
+    result = sabotaged["daemon_hang_no_progress"]
+    assert result.status == "fail", result
+    assert "not seen" in result.detail and result.duration_s < 20
+
+
+def test_interrupted_run_stops_every_process_and_removes_its_workspaces() -> None:
+    scratch = Path(os.environ["TMPDIR"])
+    run = subprocess.Popen(
+        [sys.executable, "-m", "edge_cases", "--test", "daemon_sigkill", "--test", "daemon_hang_*"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def daemons_up() -> bool:
+            return (
+                sum(
+                    "daemon_watchdog.example.daemon" in " ".join(p.cmdline())
+                    for p in psutil.Process(run.pid).children(recursive=True)
+                    if p.is_running()
+                )
+                >= 2
+            )
+
+        wait_until(daemons_up, timeout=30, message="two example daemons running")
+        run.send_signal(signal.SIGINT)  # what Ctrl+C sends
+        out, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, out.decode()[-2000:]
+    assert b"interrupted" in out
+    assert not _leftovers(scratch)
