@@ -31,7 +31,8 @@ supervisor 4.x there, then, for each supervisor in turn:
    orphan itself, so that later runs are not slowed by stray trainers;
 4. idle RSS and CPU of the supervisor process alone (not the daemon): psutil memory_info().rss
    every 0.5 s and cpu_times() at both ends of an `--idle-seconds` window in which the
-   daemon trains normally;
+   daemon trains normally, once before the first crash of step 3 and once after the last
+   (daemon-watchdog loads its crash detector at the first crash);
 5. then, `--quiet-runs` times each, the same crash against a quiet daemon (`sleep 100000`:
    no output, no worker) under the same supervisor config: supervisord's event loop wakes on
    output or its 1 s timeout, so this shows what its restart costs when nothing is printed.
@@ -516,13 +517,25 @@ class Restart:
 
 
 @dataclass
+class Idle:
+    """The supervisor while its daemon trains normally: RSS samples, CPU, steps trained."""
+
+    rss_mib: list[float]
+    uss_mib: float
+    cpu_pct: float
+    seconds: float
+    steps: int
+
+
+@dataclass
 class TargetResult:
     name: str
     version: str
     config: str
     restarts: list[Restart] = field(default_factory=list)
     rss_fresh_mib: float = 0.0
-    rss_idle_mib: list[float] = field(default_factory=list)
+    before: Idle | None = None  # the idle window before the first crash
+    rss_idle_mib: list[float] = field(default_factory=list)  # the window after the crashes
     uss_idle_mib: float = 0.0
     cpu_pct: float = 0.0
     idle_seconds: float = 0.0
@@ -638,6 +651,8 @@ def measure(target: Target, args: argparse.Namespace, tracker: Tracker) -> Targe
     time.sleep(2)
     result = TargetResult(target.name, "", target.config_text, load=[os.getloadavg()[0]])
     result.rss_fresh_mib = sup.memory_info().rss / MiB
+    print(f"  idle window before any crash: {args.idle_seconds:g} s of normal training ...")
+    result.before = idle_window(target, sup, progress, args)
     not_before = time.monotonic()
     for i in range(args.runs):
         wait_for_kill_moment(target, progress, args.save_steps, not_before)
@@ -653,28 +668,45 @@ def measure(target: Target, args: argparse.Namespace, tracker: Tracker) -> Targe
         # The next kill at least `pause` s after this restart (supervisord's startsecs = 1:
         # a death sooner than that would count as a failed start, with its own backoff).
         not_before = time.monotonic() + args.pause
-    print(f"  idle window: {args.idle_seconds:g} s of normal training ...")
-    wait_for_kill_moment(target, progress, args.save_steps, time.monotonic() + 2)
-    daemon = target.daemon_pid()
-    step0 = progress.read() or 0
-    c0 = sup.cpu_times()
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < args.idle_seconds:
-        result.rss_idle_mib.append(sup.memory_info().rss / MiB)
-        time.sleep(0.5)
-    c1 = sup.cpu_times()
-    result.idle_seconds = time.perf_counter() - t0
-    result.cpu_pct = (c1.user + c1.system - c0.user - c0.system) / result.idle_seconds * 100
-    result.idle_steps = (progress.read() or 0) - step0
-    result.uss_idle_mib = sup.memory_full_info().uss / MiB
+    print(f"  idle window after the crashes: {args.idle_seconds:g} s of normal training ...")
+    after = idle_window(target, sup, progress, args)
+    result.rss_idle_mib = after.rss_mib
+    result.uss_idle_mib = after.uss_mib
+    result.cpu_pct = after.cpu_pct
+    result.idle_seconds = after.seconds
+    result.idle_steps = after.steps
     result.threads = sup.num_threads()
-    if target.daemon_pid() != daemon:
-        raise BenchError(f"{target.name}: the daemon restarted during the idle window")
     result.load.append(os.getloadavg()[0])
     assert target.proc is not None
     tracker.stop_supervisor(target.proc)
     result.breakdown = target.log_breakdown(result.restarts)
     return result
+
+
+def idle_window(
+    target: Target, sup: psutil.Process, progress: ProgressReader, args: argparse.Namespace
+) -> Idle:
+    """RSS every 0.5 s and CPU over `--idle-seconds` of normal training (no crash in it)."""
+    wait_for_kill_moment(target, progress, args.save_steps, time.monotonic() + 2)
+    daemon = target.daemon_pid()
+    step0 = progress.read() or 0
+    rss: list[float] = []
+    c0 = sup.cpu_times()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < args.idle_seconds:
+        rss.append(sup.memory_info().rss / MiB)
+        time.sleep(0.5)
+    c1 = sup.cpu_times()
+    seconds = time.perf_counter() - t0
+    if target.daemon_pid() != daemon:
+        raise BenchError(f"{target.name}: the daemon restarted during the idle window")
+    return Idle(
+        rss_mib=rss,
+        uss_mib=sup.memory_full_info().uss / MiB,
+        cpu_pct=(c1.user + c1.system - c0.user - c0.system) / seconds * 100,
+        seconds=seconds,
+        steps=(progress.read() or 0) - step0,
+    )
 
 
 def measure_quiet(target: Target, args: argparse.Namespace, tracker: Tracker) -> list[float]:
@@ -740,6 +772,16 @@ def product_source(project_venv: Path) -> str:
     )
 
 
+def has_re2(project_venv: Path) -> bool:
+    """Whether google-re2 is importable there: the crash detector then loads it too (~2.3 MiB).
+
+    It is a runtime dependency only where Hyperscan has no wheel; on x86-64 Linux only the dev
+    extras install it, so a dev venv overstates a user's memory after the first crash.
+    """
+    probe = [str(project_venv / "bin" / "python"), "-c", "import re2"]
+    return subprocess.run(probe, capture_output=True, check=False, cwd="/").returncode == 0
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
@@ -782,6 +824,10 @@ def summary(results: Sequence[TargetResult]) -> dict[str, Any]:
             "orphans_survived": sum(1 for r in ok if r.orphans),
             "train_procs_after_restart": sorted({r.train_procs for r in ok}),
             "rss_fresh_mib": res.rss_fresh_mib,
+            "rss_before_median_mib": statistics.median(res.before.rss_mib) if res.before else None,
+            "uss_before_mib": res.before.uss_mib if res.before else None,
+            "cpu_before_pct": res.before.cpu_pct if res.before else None,
+            "steps_before": res.before.steps if res.before else None,
             "rss_idle_median_mib": statistics.median(res.rss_idle_mib),
             "rss_idle_max_mib": max(res.rss_idle_mib),
             "uss_idle_mib": res.uss_idle_mib,
@@ -836,15 +882,28 @@ def print_report(
             f" (train.py processes: {f['train_procs_after_restart']})"
         ),
     )
-    row("supervisor RSS, fresh", lambda f: f"{f['rss_fresh_mib']:.1f} MiB")
     row(
-        f"supervisor RSS, idle {args.idle_seconds:g} s window, median (max)",
+        "supervisor RSS, fresh (2 s after the first progress)",
+        lambda f: f"{f['rss_fresh_mib']:.1f} MiB",
+    )
+    row(
+        f"supervisor RSS, idle {args.idle_seconds:g} s before any crash, median",
+        lambda f: f"{f['rss_before_median_mib']:.1f} MiB",
+    )
+    row(
+        f"supervisor RSS, idle {args.idle_seconds:g} s after the {crashes} crashes, median (max)",
         lambda f: f"{f['rss_idle_median_mib']:.1f} MiB ({f['rss_idle_max_mib']:.1f})",
     )
-    row("supervisor USS at the end of the window", lambda f: f"{f['uss_idle_mib']:.1f} MiB")
     row(
-        "supervisor CPU over the window (user+sys / wall)",
-        lambda f: f"{f['cpu_pct']:.2f} % ({f['idle_steps']} steps trained)",
+        "supervisor USS at the end of each window (before / after the crashes)",
+        lambda f: f"{f['uss_before_mib']:.1f} / {f['uss_idle_mib']:.1f} MiB",
+    )
+    row(
+        "supervisor CPU over each window (user+sys / wall; before / after the crashes)",
+        lambda f: (
+            f"{f['cpu_before_pct']:.2f} / {f['cpu_pct']:.2f} % "
+            f"({f['steps_before']} / {f['idle_steps']} steps trained)"
+        ),
     )
     row("supervisor threads", lambda f: str(f["threads"]))
     row(
@@ -853,7 +912,9 @@ def print_report(
     )
     if len(names) == 2 and {"trainguard", "supervisord"} <= set(names):
         tg, sd = figures["trainguard"], figures["supervisord"]
-        ratios = [f"idle RSS {tg['rss_idle_median_mib'] / sd['rss_idle_median_mib']:.2f}x"]
+        before = tg["rss_before_median_mib"] / sd["rss_before_median_mib"]
+        after = tg["rss_idle_median_mib"] / sd["rss_idle_median_mib"]
+        ratios = [f"idle RSS before any crash {before:.2f}x, after the crashes {after:.2f}x"]
         if tg["pid_median_ms"] and sd["pid_median_ms"]:
             ratios = [
                 f"new pid {tg['pid_median_ms'] / sd['pid_median_ms']:.2f}x",
@@ -945,7 +1006,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"\nmachine: {os.cpu_count()} CPUs, Linux {os.uname().release}; "
             f"Python {sys.version.split()[0]}; supervisord {version}; {tg_version} "
-            f"from {product_source(args.project_venv)}"
+            f"from {product_source(args.project_venv)}; google-re2 in its venv: "
+            + ("yes" if has_re2(args.project_venv) else "no")
         )
         print(
             f"job: total_steps {job.total_steps}, step_seconds {job.step_seconds}, "

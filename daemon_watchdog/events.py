@@ -1,4 +1,5 @@
-"""What the supervisor's one loop reacts to. Threads, timers and signal handlers only post these."""
+"""What the supervisor's one loop reacts to. Threads and signal handlers only post these; the
+periodic work (checks, pruning) runs on the loop's own deadlines."""
 
 from __future__ import annotations
 
@@ -30,14 +31,4 @@ class ProgressChanged:
     pass
 
 
-@dataclass(frozen=True)
-class Tick:
-    """Periodic check (check_interval): liveness, hang deadline, state file heartbeat."""
-
-
-@dataclass(frozen=True)
-class PruneDue:
-    pass
-
-
-Event = SignalReceived | ChildExited | AdoptedExited | ProgressChanged | Tick | PruneDue
+Event = SignalReceived | ChildExited | AdoptedExited | ProgressChanged

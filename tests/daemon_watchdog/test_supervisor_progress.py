@@ -1,0 +1,99 @@
+"""The supervisor's progress rules, driven event by event: real files, a real (idle) daemon, a
+real SIGKILL and restart, and no timing: each step is one call into the loop's handlers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon_watchdog import events as ev
+from daemon_watchdog.states import State
+from daemon_watchdog.supervisor import Supervisor
+from tests.polling import wait_until
+from trainguard.config import load_config
+from trainguard.progress import write_progress
+from trainguard.workspace import Workspace
+
+SLEEPER = Path(__file__).resolve().parent.parent / "children" / "sleeper.py"
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
+    base = tmp_path / "ws"
+    (base / "status").mkdir(parents=True)
+    command = [sys.executable, str(SLEEPER), str(tmp_path / "ready")]
+    (base / "trainguard.toml").write_text(
+        f"[daemon]\ncommand = {json.dumps(command)}\n\n"
+        "[watchdog]\nbackoff_base = 0\nstartup_grace = 60\nprogress_timeout = 60\n"
+    )
+    sup = Supervisor(Workspace(load_config(base / "trainguard.toml", env={})))
+    sup.next_check = sup.next_prune = math.inf  # no periodic work: only what the test drives
+    try:
+        yield sup
+    finally:
+        if sup.daemon is not None and sup.daemon.proc is not None:
+            sup.daemon.proc.kill()
+            sup.daemon.proc.wait()
+
+
+def _step(sup: Supervisor) -> int | None:
+    return sup.last_progress.step if sup.last_progress is not None else None
+
+
+def test_a_rewound_restart_takes_its_lower_steps_as_progress_not_the_old_file(
+    supervisor: Supervisor,
+) -> None:
+    sup = supervisor
+    progress = sup.ws.progress_file
+    sup._spawn(None)
+    write_progress(progress, 190)
+    sup._handle(ev.ProgressChanged())
+    assert (sup.state, _step(sup)) == (State.RUNNING, 190)
+
+    killed = sup.daemon
+    assert killed is not None
+    os.kill(killed.pid, signal.SIGKILL)
+
+    def restarted() -> bool:
+        sup._handle(ev.ChildExited(0, 0))  # what SIGCHLD posts; reaps once the kill has landed
+        return sup.daemon is not None and sup.daemon.pid != killed.pid
+
+    wait_until(restarted, message="the SIGKILLed daemon reaped and a new one spawned (backoff 0)")
+    assert sup.state == State.STARTING and sup.restarts[0]["exit_code"] == -signal.SIGKILL
+
+    # The killed run's file is still there: history, not the new daemon's first progress.
+    sup._handle(ev.ProgressChanged())
+    assert (sup.state, _step(sup)) == (State.STARTING, None)
+
+    # Resumed from checkpoint-100: far below 190, and still progress, so no hang clock runs
+    # from the old run's last step.
+    for step in (101, 150, 151):
+        write_progress(progress, step)
+        sup._handle(ev.ProgressChanged())
+        assert (sup.state, _step(sup)) == (State.RUNNING, step)
+    hang = sup._hang_deadline()
+    assert hang == sup.last_progress_mono + sup.cfg.watchdog.progress_timeout
+
+    write_progress(progress, 140)  # a step back within one run is not progress
+    sup._handle(ev.ProgressChanged())
+    assert _step(sup) == 151 and sup._hang_deadline() == hang
+
+
+def test_a_first_start_takes_an_existing_progress_file_as_history(
+    supervisor: Supervisor,
+) -> None:
+    sup = supervisor
+    write_progress(sup.ws.progress_file, 70)  # left by a run before this watchdog
+    sup._spawn(None)
+    sup._handle(ev.ProgressChanged())
+    assert (sup.state, _step(sup)) == (State.STARTING, None)
+    write_progress(sup.ws.progress_file, 1)
+    sup._handle(ev.ProgressChanged())
+    assert (sup.state, _step(sup)) == (State.RUNNING, 1)
