@@ -99,6 +99,15 @@ class Sandbox:
             text = set_toml_key(text, section, key, value)
         self.config.write_text(text)
 
+    def hang_timeout(self, seconds: float) -> None:
+        """No progress for `seconds` is a hang, in the train phase and in eval/save alike.
+
+        The template gives eval its own, longer timeout: a tree frozen mid-save would
+        otherwise be judged by that one.
+        """
+        self.configure("watchdog", progress_timeout=seconds)
+        self.configure("watchdog.phase_timeouts", eval=seconds)
+
     def daemon_args(self, *args: str) -> None:
         """Extra arguments for the example daemon (its simulated `--fault`, for instance)."""
         self.configure("daemon", command=[*self.daemon_argv, *args])
@@ -237,10 +246,14 @@ class Sandbox:
         if not s:
             return "no state file yet"
         crash = (s.get("last_crash") or {}).get("reason")
-        return (
+        seen = (
             f"last seen: state {s.get('state')}, step {step_of(s)}, "
             f"restarts {s.get('restart_count')}, last crash {crash!r}"
         )
+        daemon = s.get("daemon")
+        if isinstance(daemon, dict) and daemon.get("cmdline") == []:
+            seen += "; the daemon's identity was recorded with an empty cmdline (taken mid-exec)"
+        return seen
 
     def history(self) -> list[dict[str, Any]]:
         path = self.path(".crash_history.jsonl")

@@ -14,7 +14,8 @@ STOP_TIMEOUT = 2
 
 def daemon_hang_sigstop(sb: Sandbox) -> str:
     sb.create()
-    sb.configure("watchdog", progress_timeout=PROGRESS_TIMEOUT, hang_dump_timeout=1)
+    sb.hang_timeout(PROGRESS_TIMEOUT)
+    sb.configure("watchdog", hang_dump_timeout=1)
     sb.configure("daemon", stop_timeout=1)
     sb.start_watchdog()
     sb.wait_running(past_step=10)
@@ -31,7 +32,7 @@ def daemon_hang_sigstop(sb: Sandbox) -> str:
 
 def daemon_hang_no_progress(sb: Sandbox) -> str:
     sb.create()
-    sb.configure("watchdog", progress_timeout=PROGRESS_TIMEOUT)
+    sb.hang_timeout(PROGRESS_TIMEOUT)
     sb.daemon_args("--fault", "hang@20")
     sb.start_watchdog()
     started = time.monotonic()
@@ -98,7 +99,10 @@ SCENARIOS = (
         "restart; training passes step 25",
         deadline=45,
         run=daemon_hang_no_progress,
-        sabotage={"TRAINGUARD_WATCHDOG__PROGRESS_TIMEOUT": "3600"},
+        sabotage={
+            "TRAINGUARD_WATCHDOG__PROGRESS_TIMEOUT": "3600",
+            "TRAINGUARD_WATCHDOG__PHASE_TIMEOUTS__EVAL": "3600",
+        },
         sabotage_deadline=12,
     ),
     Scenario(

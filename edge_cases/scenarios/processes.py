@@ -59,7 +59,10 @@ def unrelated_process_untouched(sb: Sandbox) -> str:
     sb.signal_daemon(signal.SIGKILL)
     sb.wait_running(restarts=1)
     fixed = sb.tool("health_check", "--only", "orphans,daemon", "--fix", "--quiet")
-    expect(fixed.returncode == 0, f"health-check --fix exit {fixed.returncode}: {fixed.stdout}")
+    expect(
+        fixed.returncode == 0,
+        f"health-check --fix exit {fixed.returncode}: {fixed.stdout.strip()}; {sb.describe()}",
+    )
     stop = sb.tool("daemon_watchdog", "stop")
     expect(stop.returncode == 0, f"daemon-watchdog stop exit {stop.returncode}: {stop.stderr}")
     for name, proc in (("plain train.py", plain), ("train.py with a foreign token", foreign)):
@@ -96,7 +99,10 @@ def stale_pid_reuse(sb: Sandbox) -> str:
     status = sb.wait_running(past_step=5)
     expect(status.get("daemon_pid") != bystander.pid, "the watchdog adopted the reused pid")
     fixed = sb.tool("health_check", "--only", "daemon,orphans", "--fix", "--quiet")
-    expect(fixed.returncode == 0, f"health-check --fix exit {fixed.returncode}: {fixed.stdout}")
+    expect(
+        fixed.returncode == 0,
+        f"health-check --fix exit {fixed.returncode}: {fixed.stdout.strip()}; {sb.describe()}",
+    )
     stop = sb.tool("daemon_watchdog", "stop")
     expect(stop.returncode == 0, f"daemon-watchdog stop exit {stop.returncode}: {stop.stderr}")
     expect(bystander.poll() is None, f"the process holding the reused pid {bystander.pid} died")

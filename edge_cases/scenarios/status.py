@@ -80,6 +80,16 @@ def status_file_updates(sb: Sandbox) -> str:
     expect(
         last.get("daemon_pid") == pid_file, f"daemon_pid {last.get('daemon_pid')} != .daemon.pid"
     )
+    # Adoption and every later signal rest on this record matching the live daemon exactly.
+    recorded = last.get("daemon") or {}
+    live = next((p for p in sb.daemons() if p.pid == pid_file), None)
+    expect(live is not None, f"no live daemon with pid {pid_file}")
+    assert live is not None
+    expect(
+        recorded.get("cmdline") == live.cmdline()
+        and abs(float(recorded.get("create_time", 0)) - live.create_time()) < 0.01,
+        f"the recorded daemon identity does not match the live daemon: {recorded}",
+    )
     shown = sb.tool("daemon_watchdog", "status", "--json")
     expect(shown.returncode == STATUS_RUNNING, f"`status` exit {shown.returncode} while RUNNING")
     expect(json.loads(shown.stdout).get("state") == "RUNNING", "`status --json` is not RUNNING")
@@ -119,7 +129,7 @@ GARBAGE = (
 
 def progress_file_garbage(sb: Sandbox) -> str:
     sb.create()
-    sb.configure("watchdog", progress_timeout=3)
+    sb.hang_timeout(3)
     watchdog = sb.start_watchdog()
     sb.wait_running(past_step=10)
     sb.suspend_tree()  # the trainer stops; only garbage lands in its progress file from now
@@ -159,6 +169,9 @@ def progress_file_garbage(sb: Sandbox) -> str:
 def log_with_binary_and_huge_lines(sb: Sandbox) -> str:
     fault_step = 100
     sb.create()
+    # No restart: a resumed run's step lines would soon mark the OOM as survived, and
+    # crash-detector rightly reports no crash for a log whose every crash was survived.
+    sb.configure("watchdog", max_restarts=0)
     sb.daemon_args("--fault", f"cuda_oom@{fault_step}")
     watchdog = sb.start_watchdog()
     sb.wait_running(past_step=2)
@@ -171,8 +184,8 @@ def log_with_binary_and_huge_lines(sb: Sandbox) -> str:
     with open(sb.path("logs/daemon.log"), "ab") as fh:
         fh.write(junk)
     expect(sb.trainer_step() < fault_step, "too slow: the fault fired before the junk landed")
-    status = sb.wait_running(restarts=1)
-    crash = status["restarts"][0]
+    status = sb.wait_state("FATAL")
+    crash = status.get("last_crash") or {}
     expect(crash.get("category") == "cuda_oom", f"classified {crash.get('category')!r}")
     expect(watchdog.poll() is None, f"the watchdog died (exit {watchdog.returncode})")
     started = time.monotonic()
@@ -207,8 +220,8 @@ SCENARIOS = (
         name="log_with_binary_and_huge_lines",
         summary="a daemon log full of binary bytes and a 16 MiB line still yields the root cause",
         fault="17 MiB of binary junk and a 16 MiB line appended to the log, then a CUDA OOM",
-        expected="the watchdog classifies cuda_oom and restarts; crash-detector --json exits 1 "
-        "with primary cuda_oom",
+        expected="the watchdog classifies the crash cuda_oom (max_restarts = 0: FATAL, so the log "
+        "ends with it); crash-detector --json exits 1 with primary cuda_oom",
         deadline=45,
         run=log_with_binary_and_huge_lines,
     ),
