@@ -1,4 +1,4 @@
-"""Every scenario of the suite, in the order they are listed and started (slowest first)."""
+"""Every scenario of the suite, by family, in the order they are listed, started and reported."""
 
 from __future__ import annotations
 

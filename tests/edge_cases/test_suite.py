@@ -26,10 +26,10 @@ SABOTAGED = ("crash_loop_goes_fatal", "low_disk_threshold", "daemon_hang_no_prog
 
 
 def _leftovers(scratch: Path) -> list[str]:
-    """Processes and folders of the suite still around after it ended."""
+    """Processes and folders of the suite (its workspaces are under `scratch`) still around."""
     found = [str(p) for p in scratch.glob("trainguard-edge-*")]
     for proc in psutil.process_iter(["cmdline"]):
-        if any("trainguard-edge-" in arg for arg in proc.info["cmdline"] or []):
+        if any(f"{scratch}/trainguard-edge-" in arg for arg in proc.info["cmdline"] or []):
             try:
                 if proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(f"pid {proc.pid}: {' '.join(proc.info['cmdline'])[:100]}")
@@ -105,14 +105,13 @@ def test_interrupted_run_stops_every_process_and_removes_its_workspaces() -> Non
     try:
 
         def daemons_up() -> bool:
-            return (
-                sum(
-                    "daemon_watchdog.example.daemon" in " ".join(p.cmdline())
-                    for p in psutil.Process(run.pid).children(recursive=True)
-                    if p.is_running()
-                )
-                >= 2
-            )
+            count = 0
+            for proc in psutil.Process(run.pid).children(recursive=True):
+                try:
+                    count += "daemon_watchdog.example.daemon" in " ".join(proc.cmdline())
+                except psutil.Error:
+                    continue
+            return count >= 2
 
         wait_until(daemons_up, timeout=30, message="two example daemons running")
         run.send_signal(signal.SIGINT)  # what Ctrl+C sends
