@@ -14,25 +14,26 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from edge_cases.deadline import Deadline
-from edge_cases.scenario import Cancelled, ScenarioFailed, ScenarioSkipped, expect
+from edge_cases.reaper import KILL_WAIT, alive, belonging_to, cmdline, kill_all, with_descendants
+from edge_cases.scenario import Cancelled, ScenarioFailed, expect
+from edge_cases.state_file import Status, step_of
+from edge_cases.tmpfs import mount_tmpfs, unmount
+from edge_cases.toml_keys import set_toml_key
 from trainguard.config import EXAMPLE_COMMAND
-from trainguard.process_tree import kill_tree
 from trainguard.procs import find_marked
 
 TOOL_TIMEOUT = 30.0
-KILL_WAIT = 5.0
 
 # Small numbers so a fault shows within seconds; the template's own are tuned for humans.
 FAST_WATCHDOG: dict[str, Any] = {
@@ -48,8 +49,6 @@ FAST_WATCHDOG: dict[str, Any] = {
 FAST_DAEMON: dict[str, Any] = {"stop_timeout": 2}
 # 20 steps a second, a checkpoint every half second: long enough that no run ends by itself.
 DEFAULT_JOB: dict[str, Any] = {"total_steps": 400, "save_steps": 10, "step_seconds": 0.05}
-
-Status = dict[str, Any]
 
 
 class Sandbox:
@@ -285,14 +284,14 @@ class Sandbox:
         return find_marked(token) if isinstance(token, str) else []
 
     def workers(self) -> list[psutil.Process]:
-        return [p for p in self.daemon_tree() if "train.py" in " ".join(_cmdline(p))]
+        return [p for p in self.daemon_tree() if "train.py" in " ".join(cmdline(p))]
 
     def daemons(self) -> list[psutil.Process]:
         """Example daemons of this workspace, whoever started them."""
         return [
             p
             for p in self.strays()
-            if "daemon_watchdog.example.daemon" in " ".join(_cmdline(p)) and alive(p)
+            if "daemon_watchdog.example.daemon" in " ".join(cmdline(p)) and alive(p)
         ]
 
     def signal_daemon(self, sig: int) -> psutil.Process:
@@ -322,19 +321,7 @@ class Sandbox:
 
     def mount_tmpfs(self, where: Path, size: str) -> None:
         """A real small filesystem that can fill up; skips the scenario where that is impossible."""
-        if os.geteuid() != 0:
-            raise ScenarioSkipped("mounting a small tmpfs needs root; not running as root")
-        mount = shutil.which("mount")
-        if mount is None:
-            raise ScenarioSkipped("no mount(8) on this host")
-        result = subprocess.run(
-            [mount, "-t", "tmpfs", "-o", f"size={size},mode=0755", "trainguard-edge", str(where)],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if result.returncode != 0:
-            raise ScenarioSkipped(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mount_tmpfs(where, size)
         self._mounts.append(where)
 
     # --- cleanup ----------------------------------------------------------------------------
@@ -357,7 +344,7 @@ class Sandbox:
         self.status()  # learn the newest daemon's token
         # Watchdogs and tools first: a live watchdog would start a daemon while we kill its last.
         started = [p for p in self._procs if p.poll() is None]
-        self._kill(_with_descendants(started))
+        kill_all(with_descendants(started))
         for proc in self._procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(KILL_WAIT)  # reap: they are our children
@@ -365,94 +352,12 @@ class Sandbox:
             strays = self.strays()
             if not strays:
                 break
-            self._kill(strays)
+            kill_all(strays)
         for where in reversed(self._mounts):
-            _unmount(where)
+            unmount(where)
         if not keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def strays(self) -> list[psutil.Process]:
         """Live processes of ours that provably belong to this sandbox."""
-        me = psutil.Process()
-        skip = {me.pid, *(parent.pid for parent in me.parents())}
-        uid = os.getuid()
-        root = str(self.root)
-        found: dict[int, psutil.Process] = {}
-        for proc in psutil.process_iter(["uids", "cmdline"]):
-            uids, cmdline = proc.info["uids"], proc.info["cmdline"] or []
-            if proc.pid in skip or uids is None or uids.real != uid:
-                continue
-            if any(root in arg for arg in cmdline):
-                found[proc.pid] = proc
-        for token in list(self._tokens):
-            for proc in find_marked(token):
-                found.setdefault(proc.pid, proc)
-        return [p for p in found.values() if alive(p)]
-
-    def _kill(self, procs: Iterable[psutil.Process]) -> None:
-        procs = [p for p in procs if alive(p)]
-        if procs:
-            kill_tree(procs, sig=signal.SIGKILL, timeout=KILL_WAIT)
-
-
-def set_toml_key(text: str, section: str, key: str, value: Any) -> str:
-    """Replace (or add) `key = value` in `[section]`; JSON literals are valid TOML for these."""
-    lines = text.splitlines()
-    start = lines.index(f"[{section}]")
-    literal = json.dumps(value)
-    end = len(lines)
-    for i in range(start + 1, len(lines)):
-        if lines[i].startswith("["):
-            end = i
-            break
-        if lines[i].split("=")[0].strip() == key:
-            lines[i] = f"{key} = {literal}"
-            return "\n".join(lines) + "\n"
-    lines.insert(end, f"{key} = {literal}")
-    return "\n".join(lines) + "\n"
-
-
-def step_of(status: Status) -> int:
-    step = (status.get("last_progress") or {}).get("step")
-    return step if isinstance(step, int) else 0
-
-
-def resumed_step(restart: object) -> int:
-    """The checkpoint step a `restarts` entry of the state file resumed from."""
-    name = restart.get("resume_from") if isinstance(restart, dict) else None
-    if not isinstance(name, str) or not name.startswith("checkpoint-"):
-        raise ScenarioFailed(f"the restart resumed from {name!r}, not from a checkpoint")
-    return int(name.removeprefix("checkpoint-"))
-
-
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _cmdline(proc: psutil.Process) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.Error:
-        return []
-
-
-def _with_descendants(procs: Iterable[subprocess.Popen[bytes]]) -> list[psutil.Process]:
-    found: list[psutil.Process] = []
-    for popen in procs:
-        try:
-            proc = psutil.Process(popen.pid)
-            found += [proc, *proc.children(recursive=True)]
-        except psutil.Error:
-            continue
-    return found
-
-
-def _unmount(where: Path) -> None:
-    umount = shutil.which("umount") or "umount"
-    for argv in ([umount, str(where)], [umount, "-l", str(where)]):
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            if subprocess.run(argv, capture_output=True, timeout=10).returncode == 0:
-                return
+        return belonging_to(self.root, self._tokens)

@@ -9,8 +9,9 @@ import signal
 import time
 from pathlib import Path
 
-from edge_cases.sandbox import Sandbox, resumed_step
+from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
+from edge_cases.state_file import resumed_step
 
 NAGIOS_WARNING = 1
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 import sys
 
-from edge_cases.sandbox import Sandbox, resumed_step
+from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
+from edge_cases.state_file import resumed_step
 
 STATUS_DONE = 2  # `daemon-watchdog status` for FATAL or STOPPED
 

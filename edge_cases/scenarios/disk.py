@@ -7,8 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-from edge_cases.sandbox import Sandbox, resumed_step
+from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
+from edge_cases.state_file import resumed_step
 
 NAGIOS_CRITICAL = 2
 KEEP_LAST = 2

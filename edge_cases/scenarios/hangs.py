@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from edge_cases.sandbox import Sandbox, alive
+from edge_cases.reaper import alive
+from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 
 PROGRESS_TIMEOUT = 3

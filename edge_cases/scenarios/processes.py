@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from edge_cases.sandbox import Sandbox, alive
+from edge_cases.reaper import alive
+from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 from trainguard.procs import OWNER_ENV
 

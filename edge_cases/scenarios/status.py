@@ -9,8 +9,9 @@ import signal
 import time
 from typing import Any
 
-from edge_cases.sandbox import Sandbox, step_of
+from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, ScenarioFailed, expect
+from edge_cases.state_file import step_of
 
 REQUIRED_KEYS = (
     "state",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from edge_cases.sandbox import Sandbox, alive
+from edge_cases.reaper import alive
+from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 
 EX_TEMPFAIL = 75
