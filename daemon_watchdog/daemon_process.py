@@ -64,11 +64,28 @@ def spawn(ws: Workspace, *, checkpoint: Path | None, token: str, started_at: str
             env=env,
             start_new_session=True,  # its own process group: signals reach the whole tree
         )
-    identity = identify(proc.pid) or ProcessIdentity(proc.pid, 0.0, tuple(argv), os.getuid())
+    identity = _identify_after_exec(proc.pid) or ProcessIdentity(
+        proc.pid, 0.0, tuple(argv), os.getuid()
+    )
     write_text_atomic(ws.pid_file, f"{proc.pid}\n")
     log.info("started daemon pid %d: %s", proc.pid, " ".join(argv))
     resumed = str(checkpoint) if checkpoint is not None else None
     return DaemonHandle(identity, token, started_at, time.monotonic(), proc, resumed)
+
+
+def _identify_after_exec(pid: int) -> ProcessIdentity | None:
+    """The child's identity once exec has finished.
+
+    Popen (vfork) returns as soon as the child has released our memory, which is before the
+    kernel has set up the new program's arguments: for a moment /proc/PID/cmdline is empty, and
+    an identity recorded then would never match the daemon again (no adoption, "pid reused").
+    """
+    deadline = time.monotonic() + 1.0
+    while True:
+        identity = identify(pid)
+        if identity is None or identity.cmdline or time.monotonic() >= deadline:
+            return identity
+        time.sleep(0.001)
 
 
 def adopt(ws: Workspace, status: dict[str, Any] | None) -> DaemonHandle | None:
