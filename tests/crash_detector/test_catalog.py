@@ -228,6 +228,8 @@ def test_interleaved_ranks_do_not_hide_the_error_behind_a_frame_line() -> None:
     [
         ("import importlib; importlib.import_module('trainguard_no_such_mod')", "import_error"),
         ("import trainguard_no_such_mod", "import_error"),
+        ("exec(compile('def f(:', 'train.py', 'exec'))", "import_error"),  # SyntaxError
+        ("exec(compile('if 1:\\nprint(1)', 'train.py', 'exec'))", "import_error"),  # Indentation
         ("open('/nonexistent/trainguard/file')", "file_not_found"),
     ],
 )
