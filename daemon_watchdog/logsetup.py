@@ -28,10 +28,13 @@ def setup_logging(log_file: Path, *, as_json: bool, level: int = logging.INFO) -
         logging.handlers.RotatingFileHandler(log_file, maxBytes=10 * 2**20, backupCount=5),
         logging.StreamHandler(sys.stderr),
     ]
-    logger = logging.getLogger("daemon_watchdog")
-    logger.handlers.clear()
     for handler in handlers:
         handler.setFormatter(formatter)
-        logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
+    # "trainguard" carries what the shared package logs on the watchdog's behalf (alerts).
+    for name in ("daemon_watchdog", "trainguard"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False

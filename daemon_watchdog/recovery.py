@@ -27,21 +27,24 @@ def pick_checkpoint(ws: Workspace) -> CheckpointInfo | None:
     return None
 
 
-def make_room(ws: Workspace) -> None:
-    """Prune old checkpoints when free disk is below [health].disk_min_free_gb."""
+def make_room(ws: Workspace) -> str | None:
+    """Prune old checkpoints when free disk is below [health].disk_min_free_gb; say what
+    happened (for the log and a disk_low alert), or None when there was room."""
     need = ws.config.health.disk_min_free_gb * 1e9
     target = ws.checkpoints_dir if ws.checkpoints_dir.exists() else ws.base_dir
     free = shutil.disk_usage(target).free
     if free >= need:
-        return
+        return None
     removed = prune(
         ws.checkpoints_dir, ws.config.checkpoints.keep_last, ws.config.checkpoints.pattern
     )
     free_after = shutil.disk_usage(target).free
-    log.warning(
-        "low disk: %.1f GB free (< %.1f GB); pruned %d old checkpoints, now %.1f GB free",
-        free / 1e9, need / 1e9, len(removed), free_after / 1e9,
-    )  # fmt: skip
+    message = (
+        f"low disk: {free / 1e9:.1f} GB free (< {need / 1e9:.1f} GB) on {target}; pruned "
+        f"{len(removed)} old checkpoints, now {free_after / 1e9:.1f} GB free"
+    )
+    log.warning("%s", message)
+    return message
 
 
 def prune_periodically(ws: Workspace) -> list[Path]:

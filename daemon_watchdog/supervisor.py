@@ -28,6 +28,7 @@ from daemon_watchdog.daemon_process import DaemonHandle, adopt, new_token, spawn
 from daemon_watchdog.incidents import capture_stacks, write_incident
 from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.recovery import make_room, pick_checkpoint, prune_periodically
+from daemon_watchdog.reporting import Reporter
 from daemon_watchdog.restart_policy import RestartPolicy
 from daemon_watchdog.states import TERMINAL, State, check_transition
 from daemon_watchdog.status_file import read_status, utc_now, write_status
@@ -47,8 +48,13 @@ PROGRESS_PUBLISH_INTERVAL = 1.0  # seconds; state changes are published at once
 
 
 class Supervisor:
-    def __init__(self, ws: Workspace, *, exit_when_done: bool = False) -> None:
+    def __init__(
+        self, ws: Workspace, *, exit_when_done: bool = False, reporter: Reporter | None = None
+    ) -> None:
         self.ws = ws
+        self.reporter = reporter or Reporter(ws)
+        self.last_status: dict[str, Any] | None = None  # what /metrics reads (swapped whole)
+        self.next_ping: float | None = None  # monotonic time of the next systemd WATCHDOG=1
         self.cfg = ws.config
         self.exit_when_done = exit_when_done
         self.events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
@@ -100,8 +106,12 @@ class Supervisor:
         now = time.monotonic()
         self.next_check = now + self.cfg.watchdog.check_interval
         self.next_prune = now + self.cfg.watchdog.prune_interval
+        self.reporter.start_metrics(lambda: self.last_status)
         try:
             self._start_or_adopt()
+            self.reporter.ready(self._status_line())
+            if self.reporter.ping_interval is not None:
+                self.next_ping = time.monotonic()
             while self.exit_code is None:
                 try:
                     event: ev.Event | None = self.events.get(timeout=self._wait_timeout())
@@ -109,11 +119,15 @@ class Supervisor:
                     event = None  # a deadline came: `_handle` sees which
                 self._handle(event)
         finally:
+            self.reporter.stopping()
             watch.stop()
+            self.reporter.close()
         return self.exit_code
 
     def _wait_timeout(self) -> float:
         deadlines = [self.next_check, self.next_prune]
+        if self.next_ping is not None:
+            deadlines.append(self.next_ping)
         if self.restart_at is not None:
             deadlines.append(self.restart_at)
         hang = self._hang_deadline()
@@ -132,6 +146,11 @@ class Supervisor:
         elif isinstance(event, ev.ProgressChanged):
             self._on_progress()
         now = time.monotonic()
+        interval = self.reporter.ping_interval
+        if self.next_ping is not None and interval is not None and now >= self.next_ping:
+            # From the loop itself: if it wedges, the pings stop and systemd restarts us.
+            self.reporter.ping()
+            self.next_ping = now + interval
         if now >= self.next_prune:
             self.next_prune = now + self.cfg.watchdog.prune_interval
             self._prune()
@@ -186,7 +205,9 @@ class Supervisor:
 
     def _restart_now(self) -> None:
         self.restart_at = None
-        make_room(self.ws)
+        low = make_room(self.ws)
+        if low is not None:
+            self.reporter.disk_low(low)
         self._spawn(pick_checkpoint(self.ws))
 
     # --- events -----------------------------------------------------------------------------
@@ -206,6 +227,7 @@ class Supervisor:
             self._finish(State.STOPPED, "stopped by the operator", leave=True)
             return
         self.stopping_for = "operator"
+        self.reporter.stopping()
         self._transition(State.STOPPING, "stop requested")
         self._stop_tree()
 
@@ -236,6 +258,8 @@ class Supervisor:
                 if self.daemon.proc is not None:
                     self.daemon.proc.returncode = code  # we reaped it: tell Popen
                 self._on_daemon_exit(code)
+            elif self.reporter.is_alert_sender(pid):
+                pass  # an alert's delivery child: its thread reads the outcome from its pipe
             else:
                 log.info(
                     "reaped orphaned process %d (%s)",
@@ -324,8 +348,16 @@ class Supervisor:
         if decision.action == "give_up":
             self.fatal_reason = f"{decision.reason}; last crash: {diagnosis.reason}"
             log.error("FATAL: %s. %s", self.fatal_reason, diagnosis.suggestion)
+            self.reporter.fatal(diagnosis.category, self.fatal_reason, diagnosis.suggestion)
             self._finish(State.FATAL, self.fatal_reason)
             return
+        if not hang:  # a hang was alerted when it was seen
+            then = f"restarting in {decision.delay:.0f} s from " + (
+                checkpoint.path.name if checkpoint is not None else "the start"
+            )
+            self.reporter.crash(
+                diagnosis.category, diagnosis.reason, diagnosis.suggestion, diagnosis.evidence, then
+            )
         self.restarts = [*self.restarts, entry][-MAX_RESTARTS_KEPT:]
         self.restart_at = time.monotonic() + decision.delay
         self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {decision.delay:.0f} s")
@@ -371,6 +403,7 @@ class Supervisor:
                      "details": capture.details, "stacks": capture.text},
         )  # fmt: skip
         log.error("%s; stacks (%s) saved to %s", self.hang_reason, capture.method, incident)
+        self.reporter.hang(self.hang_reason, str(incident))
         self.stopping_for = "hang"
         self._transition(State.STOPPING, "stopping the hung daemon")
         self._stop_tree()
@@ -456,6 +489,7 @@ class Supervisor:
         self.state = new
         log.info("state %s -> %s: %s", old, new.value, reason)
         self._publish()
+        self.reporter.status(f"{new.value}: {reason}")
 
     def _finish(self, state: State, reason: str, *, leave: bool = False) -> None:
         """FATAL or STOPPED: no more restarts. The watchdog stays up to report (an operator's
@@ -490,10 +524,16 @@ class Supervisor:
             "fatal_reason": self.fatal_reason,
         }
         self.published_mono = time.monotonic()
+        self.last_status = status
         try:
             write_status(self.ws.state_file, status)
         except OSError as exc:
             log.error("cannot write %s: %s", self.ws.state_file, exc)
+
+    def _status_line(self) -> str:
+        state = self.state.value if self.state else "?"
+        daemon = f"daemon pid {self.daemon.pid}" if self.daemon else "no daemon"
+        return f"{state}: {daemon}, {len(self.restarts)} restarts"
 
     def _install_signal_handlers(self) -> None:
         def handle_signal(signum: int, _frame: object) -> None:

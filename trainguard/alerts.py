@@ -44,6 +44,8 @@ class Alerter:
     def __init__(self, config: AlertsSection, state_file: Path) -> None:
         self.config = config
         self.state_file = state_file
+        # Senders still running: a supervisor that reaps every child can tell them apart.
+        self.sender_pids: set[int] = set()
 
     @property
     def enabled(self) -> bool:
@@ -107,23 +109,30 @@ class Alerter:
             "severity": alert.severity,
         }
         try:
-            done = subprocess.run(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "trainguard.alert_sender"],
-                input=json.dumps(request),
-                capture_output=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=self.config.timeout,
-                check=False,
                 env={**os.environ, "PYTHONWARNINGS": "ignore"},
             )
+        except OSError as exc:
+            log.error("alert %s: cannot start the sender: %s", alert.key, exc)
+            return
+        self.sender_pids.add(proc.pid)
+        try:
+            stdout, stderr = proc.communicate(json.dumps(request), timeout=self.config.timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             log.error(
                 "alert %s: no answer from its targets within %g s", alert.key, self.config.timeout
             )
             return
-        except OSError as exc:
-            log.error("alert %s: cannot start the sender: %s", alert.key, exc)
-            return
+        finally:
+            self.sender_pids.discard(proc.pid)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
         try:
             outcome = json.loads(done.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
