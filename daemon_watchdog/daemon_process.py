@@ -19,7 +19,7 @@ import psutil
 
 from trainguard.atomicio import write_text_atomic
 from trainguard.config import expand_argv
-from trainguard.procs import OWNER_ENV, ProcessIdentity, identify, still_running
+from trainguard.procs import OWNER_ENV, ProcessIdentity, identify, locate_marked
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
@@ -102,9 +102,12 @@ def adopt(ws: Workspace, status: dict[str, Any] | None) -> DaemonHandle | None:
         log.warning("state file names no valid daemon identity; not adopting")
         return None
     token = status.get("owner_token")
-    if not isinstance(token, str) or not token or not still_running(identity):
+    found = locate_marked(identity, token) if isinstance(token, str) and token else None
+    if found is None or not isinstance(token, str):
         _warn_about_stale_pid_file(ws, identity)
         return None
+    # Its cmdline may have changed since it was recorded (an exec'ing wrapper): record it anew.
+    identity = identify(found.pid) or identity
     started_at = str(status.get("daemon_started_at") or "")
     log.info("adopted running daemon pid %d (started %s)", identity.pid, started_at)
     return DaemonHandle(identity, token, started_at, time.monotonic(), None, None)

@@ -18,8 +18,8 @@ from typing import Any
 import psutil
 
 from daemon_watchdog.states import State
-from trainguard.checkpoints import list_checkpoints
-from trainguard.procs import ProcessIdentity, locate
+from trainguard.checkpoints import find_candidates, is_staged
+from trainguard.procs import ProcessIdentity, locate_marked
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
@@ -81,32 +81,37 @@ class WatchdogCollector:
         yield from self._gpus()
 
     def _checkpoints(self) -> Iterator[Any]:
+        """By folder name and mtime only: validating on every scrape would read every byte of
+        each `.bin`/`.pt` checkpoint (zip checksums)."""
         from prometheus_client.core import GaugeMetricFamily
 
         cfg = self.ws.config.checkpoints
         try:
             found = [
-                c
-                for c in list_checkpoints(self.ws.checkpoints_dir, cfg.pattern)
-                if c.valid and not c.staged
+                p for p in find_candidates(self.ws.checkpoints_dir, cfg.pattern) if not is_staged(p)
             ]
+            newest = max((p.stat().st_mtime for p in found), default=None)
         except OSError:
             return
         yield GaugeMetricFamily(
-            f"{PREFIX}_checkpoints", "Valid checkpoints on disk", value=len(found)
+            f"{PREFIX}_checkpoints", "Checkpoint folders on disk (not validated)", value=len(found)
         )
-        if found:
+        if newest is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_checkpoint_newest_age_seconds",
-                "Age of the newest valid checkpoint",
-                value=max(0.0, time.time() - found[-1].mtime),
+                "Age of the newest checkpoint folder",
+                value=max(0.0, time.time() - newest),
             )
 
     def _daemon(self, status: dict[str, Any]) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         try:
-            root = locate(ProcessIdentity.from_json(status.get("daemon")))
+            token = status.get("owner_token")
+            root = locate_marked(
+                ProcessIdentity.from_json(status.get("daemon")),
+                token if isinstance(token, str) else None,
+            )
         except ValueError:
             root = None
         if root is None:

@@ -67,7 +67,11 @@ class Reporter:
     # --- alerts ---------------------------------------------------------------------------
 
     def is_alert_sender(self, pid: int) -> bool:
-        return pid in self.alerter.sender_pids
+        return pid in self.alerter.senders()
+
+    def alert_senders(self) -> set[int]:
+        """Our own alert delivery children: never orphans to kill."""
+        return self.alerter.senders()
 
     def crash(self, category: str, reason: str, suggestion: str, evidence: str, then: str) -> None:
         self._send(

@@ -146,11 +146,8 @@ class Supervisor:
         elif isinstance(event, ev.ProgressChanged):
             self._on_progress()
         now = time.monotonic()
-        interval = self.reporter.ping_interval
-        if self.next_ping is not None and interval is not None and now >= self.next_ping:
-            # From the loop itself: if it wedges, the pings stop and systemd restarts us.
-            self.reporter.ping()
-            self.next_ping = now + interval
+        if self.next_ping is not None and now >= self.next_ping:
+            self._ping()
         if now >= self.next_prune:
             self.next_prune = now + self.cfg.watchdog.prune_interval
             self._prune()
@@ -393,6 +390,7 @@ class Supervisor:
         self._transition(State.HUNG, self.hang_reason)
         tree = [self.daemon.pid, *(p.pid for p in descendants(self.daemon.pid))]
         pythons = [pid for pid in tree if _is_python(pid)]
+        self._ping()
         capture = capture_stacks(
             pythons, timeout=self.cfg.watchdog.hang_dump_timeout, log_path=self.ws.daemon_log
         )
@@ -411,6 +409,7 @@ class Supervisor:
     def _stop_tree(self) -> None:
         assert self.daemon is not None
         d = self.cfg.daemon
+        self._ping()
         report = stop_process_tree(
             self.daemon.identity,
             sig=signal.Signals[d.stop_signal],
@@ -457,7 +456,12 @@ class Supervisor:
     def _reparented(self) -> list[psutil.Process]:
         """Our descendants outside the live daemon's tree: orphans of earlier daemons."""
         live = {self.daemon.pid} if self.daemon is not None else set()
-        return [p for p in descendants(os.getpid()) if p.pid not in live and not _in_tree(p, live)]
+        found = descendants(os.getpid())
+        # Read after the snapshot: every alert sender in it is registered by now (see Alerter).
+        ours = self.reporter.alert_senders()
+        return [
+            p for p in found if p.pid not in live and p.pid not in ours and not _in_tree(p, live)
+        ]
 
     def _kill(self, procs: list[psutil.Process], why: str) -> None:
         names = [f"{p.pid} ({_name(p)})" for p in procs]
@@ -529,6 +533,15 @@ class Supervisor:
             write_status(self.ws.state_file, status)
         except OSError as exc:
             log.error("cannot write %s: %s", self.ws.state_file, exc)
+
+    def _ping(self) -> None:
+        """WATCHDOG=1 from the loop itself: if it wedges, the pings stop and systemd restarts
+        us. Also sent just before each wait that may block the loop for long (stack dump, tree
+        stop), so one such wait, not it plus a ping interval, must fit in WatchdogSec."""
+        interval = self.reporter.ping_interval
+        if interval is not None:
+            self.reporter.ping()
+            self.next_ping = time.monotonic() + interval
 
     def _status_line(self) -> str:
         state = self.state.value if self.state else "?"

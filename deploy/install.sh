@@ -36,7 +36,10 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-case "$WORKSPACE" in /*) ;; *) die "--workspace must be an absolute path: $WORKSPACE" ;; esac
+# Both end up inside sed expressions, TOML and the unit: allow only plain, safe characters.
+[[ "$WORKSPACE" =~ ^/[A-Za-z0-9._/@+-]*$ ]] && [[ "$WORKSPACE" != *..* ]] \
+    || die "--workspace must be an absolute path of letters, digits and ._/@+- : $WORKSPACE"
+[[ "$RUN_USER" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--user is not a valid user name: $RUN_USER"
 ROOT="${ROOT%/}"
 
 PREFIX="$ROOT/opt/trainguard"
@@ -81,7 +84,9 @@ elif [ ! -x "$VENV/bin/python" ] && [ "$DRY_RUN" = 0 ]; then
 fi
 
 # 3. the workspace and its config (never overwritten)
+CREATED_WS=0
 if [ ! -e "$WS/trainguard.toml" ]; then
+    [ -e "$WS" ] || CREATED_WS=1
     step "$VENV/bin/daemon-watchdog" init "$WS"
 else
     echo "= $WS (exists, kept)"
@@ -113,7 +118,14 @@ if [ ! -d "$ROOT/var/log/trainguard" ]; then
     step install -d -m 0750 "$ROOT/var/log/trainguard"
 fi
 if [ -z "$ROOT" ]; then
-    step chown -R "$RUN_USER:$RUN_USER" "$WS" /var/log/trainguard
+    step chown "$RUN_USER:$RUN_USER" /var/log/trainguard
+    # Only a workspace this run created is handed over whole; an existing folder (someone's
+    # home, a shared data disk) keeps its owners: chown what the service needs yourself.
+    if [ "$CREATED_WS" = 1 ]; then
+        step chown -R "$RUN_USER:$RUN_USER" "$WS"
+    else
+        echo "= $WS keeps its owners: make sure $RUN_USER can write there"
+    fi
 fi
 
 # 5. systemd

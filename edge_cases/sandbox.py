@@ -25,7 +25,15 @@ from typing import Any
 import psutil
 
 from edge_cases.deadline import Deadline
-from edge_cases.reaper import KILL_WAIT, alive, belonging_to, cmdline, kill_all, with_descendants
+from edge_cases.reaper import (
+    KILL_WAIT,
+    SANDBOX_ENV,
+    alive,
+    belonging_to,
+    cmdline,
+    kill_all,
+    with_descendants,
+)
 from edge_cases.scenario import Cancelled, ScenarioFailed, expect
 from edge_cases.state_file import Status, step_of
 from edge_cases.tmpfs import mount_tmpfs, unmount
@@ -119,6 +127,7 @@ class Sandbox:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINGUARD_")}
         env.update(self.env_overrides)
+        env[SANDBOX_ENV] = str(self.root)  # what lets cleanup prove a process is ours
         return env
 
     def spawn(

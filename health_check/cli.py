@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from health_check import report
 from health_check.context import Context
-from health_check.result import CheckResult, Status
+from health_check.result import CheckResult, Status, worst
 from health_check.runner import apply_fixes, run_checks
 from trainguard.alerts import Alert, Alerter
 from trainguard.argparsing import base_parser, run_cli
@@ -99,11 +99,6 @@ def _handle(argv: Sequence[str] | None) -> int:
         results = apply_fixes(ctx, results, dry_run=args.dry_run, log=_fix_logger(ws))
     if not args.dry_run:
         _alert(ws, results)
-    if args.prometheus:
-        try:
-            report.write_prometheus(results, Path(args.prometheus), now=time.time())
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.prometheus}: {exc.strerror or exc}") from None
     if args.json:
         print(json.dumps(report.to_json(results), indent=2))
     elif args.quiet:
@@ -112,7 +107,16 @@ def _handle(argv: Sequence[str] | None) -> int:
         print(report.nagios_line(results))
         sys.stdout.flush()
         report.print_human(results, verbose=args.verbose)
-    return int(report.overall(results))
+    status = report.overall(results)
+    if args.prometheus:
+        try:
+            report.write_prometheus(results, Path(args.prometheus), now=time.time())
+        except OSError as exc:
+            # The checks' verdict is out already; the broken metrics pipe makes it at least
+            # UNKNOWN, never hides a CRITICAL.
+            print(f"{PROG}: cannot write {args.prometheus}: {exc.strerror or exc}", file=sys.stderr)
+            status = worst([status, Status.UNKNOWN])
+    return int(status)
 
 
 def _fix_logger(ws: Workspace) -> Callable[[str], None]:

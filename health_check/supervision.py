@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 
 from trainguard.atomicio import read_json
-from trainguard.procs import ProcessIdentity, locate
+from trainguard.procs import ProcessIdentity, locate, locate_marked
 from trainguard.workspace import Workspace
 
 
@@ -40,9 +40,14 @@ def read_supervision(ws: Workspace) -> Supervision:
     except (OSError, ValueError):
         data = None
     state = data if isinstance(data, dict) else None
-    return Supervision(
-        state, _live(state, "watchdog"), _live(state, "daemon"), _identity(state, "daemon")
+    token = state.get("owner_token") if state else None
+    daemon_identity = _identity(state, "daemon")
+    daemon = (
+        locate_marked(daemon_identity, token if isinstance(token, str) else None)
+        if daemon_identity is not None
+        else None
     )
+    return Supervision(state, _live(state, "watchdog"), daemon, daemon_identity)
 
 
 def _identity(state: dict[str, Any] | None, key: str) -> ProcessIdentity | None:

@@ -71,6 +71,26 @@ def newest_valid(directory: Path, pattern: str = DEFAULT_PATTERN) -> CheckpointI
     return None
 
 
+def find_candidates(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[Path]:
+    """Checkpoint and staged folders, oldest first, by name only: nothing is read or validated
+    (for callers that must stay cheap however large the checkpoints are)."""
+    return _candidates(directory, pattern)
+
+
+def inspect(path: Path) -> CheckpointInfo | None:
+    """Validate one checkpoint folder; None when it vanished meanwhile."""
+    return _inspect(path)
+
+
+def is_staged(path: Path) -> bool:
+    return _is_staged(path.name)
+
+
+def step_of(path: Path) -> int | None:
+    """The folder name's trailing step number (`checkpoint-500` -> 500), if any."""
+    return _step_of(path.name)
+
+
 def quarantine(path: Path) -> Path:
     """Move a bad checkpoint to `<parent>/quarantine/<name>.<UTC time>`, keeping every byte.
 

@@ -7,9 +7,10 @@
                       callbacks=[TrainguardCallback("status/progress.json")])
     trainer.train(resume_from_checkpoint=resume)  # the watchdog passes --resume-from
 
-Importing this module imports transformers; nothing else in trainguard does. Only the main
-process (rank 0) writes. Phases: `train` after every optimizer step, `eval` while evaluating
-(give it its own `[watchdog.phase_timeouts] eval = ...`), `done` at the end.
+Importing this module imports transformers; nothing else in trainguard does. The main
+process of each node (local rank 0) writes: every node's watchdog watches its own progress
+file. Phases: `train` after every optimizer step, `eval` while evaluating (give it its own
+`[watchdog.phase_timeouts] eval = ...`), `done` at the end.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class TrainguardCallback(TrainerCallback):
         self.phase = "train"
 
     def _write(self, state: TrainerState, phase: str) -> None:
-        if not state.is_world_process_zero:
+        if not state.is_local_process_zero:
             return
         self.phase = phase
         self.writer.total_steps = state.max_steps or None

@@ -21,7 +21,7 @@ from typing import Literal
 
 import psutil
 
-from trainguard.procs import ProcessIdentity, find_marked, locate
+from trainguard.procs import ProcessIdentity, find_marked, locate, locate_marked
 
 KILL_TIMEOUT = 10.0
 """How long SIGKILLed processes get to vanish: a GPU process can take seconds to free its device."""
@@ -252,7 +252,7 @@ def stop_process_tree(
     which also reaches children forked after the snapshot. Marked processes that appear during
     the grace period (a dying daemon respawning workers) get SIGKILL at the end.
     """
-    root = locate(identity)
+    root = locate_marked(identity, token)
     procs: list[psutil.Process] = []
     if root is not None:
         # Snapshot first: once the root dies, its children are re-parented out of reach.

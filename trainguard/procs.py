@@ -148,6 +148,26 @@ def still_running(identity: ProcessIdentity) -> bool:
     return locate(identity) is not None
 
 
+def locate_marked(identity: ProcessIdentity, token: str | None) -> psutil.Process | None:
+    """`locate`, or else the process with the recorded pid, start time and uid that carries
+    our owner `token`: its cmdline may have changed since it was recorded (a wrapper script
+    that execs the trainer, setproctitle), and the token proves it ours without it."""
+    proc = locate(identity)
+    if proc is not None or not token:
+        return proc
+    try:
+        candidate = psutil.Process(identity.pid)
+        with candidate.oneshot():
+            same = (
+                candidate.status() != psutil.STATUS_ZOMBIE
+                and abs(candidate.create_time() - identity.create_time) <= CREATE_TIME_TOLERANCE
+                and candidate.uids().real == identity.uid
+            )
+    except psutil.Error:
+        return None
+    return candidate if same and has_owner_mark(candidate, token) else None
+
+
 def has_owner_mark(proc: psutil.Process, token: str) -> bool:
     """Whether `proc` inherited our owner token; an empty token proves nothing and never matches."""
     if not token:

@@ -63,7 +63,8 @@ def staged_checkpoint_ignored(sb: Sandbox) -> str:
     staged = sb.path("checkpoints/tmp-checkpoint-9000")
     shutil.copytree(sb.path(f"checkpoints/checkpoint-{newest}"), staged)
     an_hour_ago = time.time() - 3600  # left by a run killed mid-save: no trainer is writing it
-    os.utime(staged, (an_hour_ago, an_hour_ago))
+    for path in [*staged.iterdir(), staged]:  # files too: a fresh file means "being written"
+        os.utime(path, (an_hour_ago, an_hour_ago))
     digest = _digest(staged)
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_running(restarts=1)

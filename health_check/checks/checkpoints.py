@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -10,9 +11,12 @@ from health_check.result import CheckResult, Fix, FixError, Metric, Status
 from health_check.supervision import read_supervision
 from trainguard.checkpoints import (
     CheckpointInfo,
-    list_checkpoints,
+    find_candidates,
+    inspect,
+    is_staged,
     prune,
     quarantine,
+    step_of,
     validate_checkpoint,
 )
 from trainguard.workspace import Workspace
@@ -23,20 +27,22 @@ def probe(ctx: Context) -> CheckResult:
     cfg = ws.config.checkpoints
     folder = ws.checkpoints_dir
     try:
-        infos = list_checkpoints(folder, cfg.pattern)
+        infos, older = _validate_newest(folder, cfg.pattern)
     except OSError as exc:
         return CheckResult(
             "checkpoints", Status.CRITICAL, f"cannot list {folder}: {exc.strerror or exc}"
         )
     training = read_supervision(ws).daemon is not None
     now = ctx.wall_clock()
-    valid = [i for i in infos if i.valid and not i.staged]
-    invalid = [i for i in infos if not i.valid and not i.staged]
-    # A staged folder may be one the trainer is writing right now: only one untouched for
-    # longer than progress_timeout, or with no daemon alive, is a leftover.
     stale_after = ws.config.watchdog.progress_timeout
-    staged = [i for i in infos if i.staged and (not training or now - i.mtime > stale_after)]
-    numbered = [i for i in valid if i.step is not None]
+    valid = [i for i in infos if i.valid and not i.staged]
+    # A folder the trainer may be writing right now is neither broken nor a leftover: some
+    # trainers stage into tmp-*, others (Hugging Face) write checkpoint-N/ in place. While a
+    # daemon runs, only folders untouched for longer than progress_timeout count.
+    settled = [i for i in infos if not training or now - _newest_mtime(i.path) > stale_after]
+    invalid = [i for i in settled if not i.valid and not i.staged]
+    staged = [i for i in settled if i.staged]
+    numbered = [i for i in valid if i.step is not None] + older
     beyond = max(0, len(numbered) - cfg.keep_last)
     newest = valid[-1] if valid else None
     metrics = [Metric("checkpoints_valid", len(valid)), Metric("checkpoints_invalid", len(invalid))]
@@ -65,6 +71,37 @@ def probe(ctx: Context) -> CheckResult:
         return CheckResult("checkpoints", Status.OK, text, details, fix, metrics)
     text = "; ".join([*problems, extra] if extra else problems)
     return CheckResult("checkpoints", Status.WARNING, text, [summary, *details], fix, metrics)
+
+
+def _validate_newest(folder: Path, pattern: str) -> tuple[list[CheckpointInfo], list[Path]]:
+    """Validate newest first down to the newest valid checkpoint (the one a restart would use);
+    older ones are only counted by name. Validation reads headers and zip checksums, which for
+    `.bin`/`.pt` files means every byte: done for every checkpoint each hour it could take
+    minutes on a real run."""
+    checked: list[CheckpointInfo] = []
+    older: list[Path] = []
+    for path in reversed(find_candidates(folder, pattern)):
+        if any(i.valid and not i.staged for i in checked):
+            if not is_staged(path) and step_of(path) is not None:
+                older.append(path)
+            continue
+        info = inspect(path)
+        if info is not None:
+            checked.append(info)
+    return list(reversed(checked)), older
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = 0.0
+    try:
+        newest = os.stat(folder).st_mtime
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    except OSError:
+        pass
+    return newest
 
 
 def _fix(ws: Workspace, bad: list[CheckpointInfo], prune_too: bool) -> Fix | None:

@@ -25,14 +25,15 @@ def probe(ctx: Context) -> CheckResult:
     if token is None:
         return CheckResult("orphans", Status.OK, "none (no live run recorded by a watchdog)")
     marked = find_marked(token)
-    if sup.daemon is not None:
-        # The live daemon's own workers are not orphans; marked processes outside its tree are.
-        tree = {sup.daemon.pid, *(p.pid for p in descendants(sup.daemon.pid))}
-        live_watchdog = {sup.watchdog.pid} if sup.watchdog is not None else set()
-        marked = [p for p in marked if p.pid not in tree and p.pid not in live_watchdog]
-        if sup.watchdog is not None:
-            # Re-parented to the watchdog (a subreaper) a moment ago: it is stopping them.
-            marked = [p for p in marked if _parent(p) != sup.watchdog.pid]
+    # Whatever lives in a live watchdog's tree is its to handle: the daemon, its workers, and
+    # orphans re-parented to it (a subreaper), which it stops within milliseconds. Only marked
+    # processes outside that tree, or any when no watchdog runs, are orphans.
+    spared = (
+        {sup.daemon.pid, *(p.pid for p in descendants(sup.daemon.pid))} if sup.daemon else set()
+    )
+    if sup.watchdog is not None:
+        spared |= {sup.watchdog.pid, *(p.pid for p in descendants(sup.watchdog.pid))}
+    marked = [p for p in marked if p.pid not in spared]
     metrics = [Metric("orphans", len(marked))]
     if not marked:
         return CheckResult("orphans", Status.OK, "none", metrics=metrics)
@@ -58,13 +59,6 @@ def probe(ctx: Context) -> CheckResult:
         Fix(f"stop orphans {', '.join(str(p.pid) for p in marked)}", stop, key="orphans"),
         metrics,
     )
-
-
-def _parent(proc: psutil.Process) -> int | None:
-    try:
-        return proc.ppid()
-    except psutil.Error:
-        return None
 
 
 def _describe(proc: psutil.Process) -> str:

@@ -143,3 +143,22 @@ def _try_scrape(port: int) -> dict[str, dict[str, float]] | None:
     except OSError:
         return None
     return metrics if "trainguard_daemon_rss_bytes" in metrics else None
+
+
+def test_a_hang_alert_is_delivered_though_the_hung_tree_is_killed(run: Run) -> None:
+    """The alert's sender is a child of the watchdog, like the orphans it kills: it must live."""
+    receiver = Receiver()
+    try:
+        run.configure(command_extra=["--fault", "hang@12"])
+        with open(run.config, "a") as fh:
+            fh.write(f'\n[alerts]\nurls = ["{receiver.url}"]\n')
+        run.start()
+        run.wait_for(_restarted(1), "a restart after the hang", timeout=60)
+        wait_until(lambda: receiver.posts, timeout=30, message="the hang alert")
+        assert receiver.posts[0]["title"].startswith("training hung on ")
+        assert "no progress for" in receiver.posts[0]["message"]
+        log = (run.base / "logs" / "watchdog.log").read_text()
+        assert "alert_sender" not in log  # never taken for an orphan and killed
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()

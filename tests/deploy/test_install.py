@@ -100,3 +100,24 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Unknown key" not in done.stderr and "Unknown" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--workspace", "/srv/R&D/run1"],
+        ["--workspace", '/x";touch /tmp/trainguard-pwned;#|e;#'],
+        ["--workspace", "relative/run1"],
+        ["--workspace", "/srv/../etc"],
+        ["--user", "a;b"],
+    ],
+)
+def test_unsafe_workspace_or_user_is_refused_before_anything_runs(
+    staging: Path, args: list[str]
+) -> None:
+    before = snapshot(staging)
+    done = install(staging, *args)
+    assert done.returncode == 2
+    assert done.stderr.startswith("install.sh: --")
+    assert snapshot(staging) == before
+    assert not Path("/tmp/trainguard-pwned").exists()

@@ -137,3 +137,16 @@ def test_a_critical_check_alerts_once_per_cooldown(
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
+
+
+def test_an_unwritable_prometheus_file_never_hides_the_verdict(
+    example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = str(tmp_path / "no-such-dir" / "x.prom")
+    (example.base / "inbox").rmdir()
+    broken = example.health(capsys, "--quiet", "--prometheus", target)
+    assert broken.code == 2  # still CRITICAL, not masked by the metrics failure
+    assert broken.out.startswith("HEALTH CRITICAL - directories")
+    assert f"cannot write {target}" in broken.err
+    (example.base / "inbox").mkdir()
+    assert example.health(capsys, "--quiet", "--prometheus", target).code == 3

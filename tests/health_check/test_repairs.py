@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -350,3 +351,38 @@ def test_thresholds_beyond_the_machine_are_critical(
     assert run.code == 2
     assert run.check(check)["status"] == "CRITICAL"
     assert psutil.Process().is_running()
+
+
+def test_a_checkpoint_a_live_trainer_is_writing_is_left_alone(
+    example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ready = tmp_path / "ready"
+    daemon = subprocess.Popen([sys.executable, str(CHILDREN / "sleeper.py"), str(ready)])
+    try:
+        wait_until(ready.exists)
+        me = identify(daemon.pid)
+        assert me is not None
+        write_json_atomic(
+            example.base / "status" / "watchdog.json",
+            {"state": "RUNNING", "daemon": me.to_json(), "owner_token": "t"},
+        )
+        folder = example.base / "checkpoints"
+        make_checkpoint(folder, 10)
+        # Written in place (no tmp- staging), half done: invalid, but fresh.
+        partial = folder / "checkpoint-20"
+        partial.mkdir()
+        (partial / "model.safetensors").write_bytes(b"\x10\x00")
+
+        run = example.health(capsys, "--only", "checkpoints", "--fix", "--json")
+        assert run.check("checkpoints")["status"] == "OK"
+        assert partial.is_dir()  # not quarantined under the trainer's feet
+
+        old = time.time() - 3600  # untouched for an hour: a broken leftover after all
+        for path in (partial / "model.safetensors", partial):
+            os.utime(path, (old, old))
+        fixed = example.health(capsys, "--only", "checkpoints", "--fix", "--json")
+        assert fixed.check("checkpoints")["fix"]["applied"] is True
+        assert not partial.exists()
+    finally:
+        daemon.kill()
+        daemon.wait()

@@ -128,3 +128,14 @@ def test_no_urls_or_an_unwanted_kind_sends_nothing(receiver: Receiver, tmp_path:
     only_fatal = AlertsSection(urls=[receiver.url], kinds=["fatal"])
     assert Alerter(only_fatal, tmp_path / "b.json").send(crash()) is None
     assert receiver.posts == []
+
+
+def test_a_failed_delivery_does_not_silence_the_next_alert(tmp_path: Path) -> None:
+    url = f"json://127.0.0.1:{free_port()}/"
+    alerter = Alerter(AlertsSection(urls=[url], cooldown=600), tmp_path / "alerts.json")
+    first = alerter.send(crash())
+    assert first is not None
+    first.join(timeout=30)
+    again = alerter.send(crash())  # the first never arrived: this one is not a duplicate
+    assert again is not None
+    again.join(timeout=30)

@@ -39,12 +39,12 @@ def test_callback_writes_steps_eval_phase_and_done(tmp_path: Path) -> None:
     assert last is not None and (last.step, last.phase) == (100, "done")
 
 
-def test_only_the_main_process_writes(tmp_path: Path) -> None:
+def test_only_the_nodes_main_process_writes(tmp_path: Path) -> None:
     from trainguard.hf_callback import TrainguardCallback
 
     progress = tmp_path / "progress.json"
     state = transformers.TrainerState()
-    state.is_world_process_zero = False
+    state.is_local_process_zero = False  # another process of this node writes
     args: Any = object()
     TrainguardCallback(progress).on_step_end(args, state, transformers.TrainerControl())
     assert not progress.exists()
