@@ -109,9 +109,14 @@ def _judge_pid(
             fix,
         )
     if proc is not None and sup.daemon_identity is None:
-        # No watchdog record to prove identity (a daemon started by hand): alive is all we know.
+        # No watchdog record to prove identity (a daemon started by hand): alive is all we know,
+        # and a recycled pid is alive too. Say so rather than vouch for it.
+        details.append(f"pid {pid} runs: {' '.join(_cmdline(proc))[:120]}")
         return CheckResult(
-            "daemon", Status.OK, f"pid {pid} alive ({where}; identity not recorded)", details
+            "daemon",
+            Status.WARNING,
+            f"pid {pid} alive, but no watchdog recorded it: cannot prove it is the daemon",
+            details,
         )
     if proc is not None:
         details.append(f"pid {pid} runs: {' '.join(_cmdline(proc))[:120]}")

@@ -386,3 +386,14 @@ def test_a_checkpoint_a_live_trainer_is_writing_is_left_alone(
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def test_a_pid_file_no_watchdog_recorded_is_not_vouched_for(
+    example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (example.base / ".daemon.pid").write_text("1\n")  # alive, and surely not our daemon
+    run = example.health(capsys, "--only", "daemon", "--fix", "--json")
+    check = run.check("daemon")
+    assert check["status"] == "WARNING" and "cannot prove" in check["summary"]
+    assert check["fix"] is None  # a live process's pid file is not ours to remove
+    assert (example.base / ".daemon.pid").exists()
