@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,11 @@ import pytest
 
 from daemon_watchdog.workspace_init import init_workspace
 from health_check.cli import main
+from tests.polling import wait_until
+from trainguard.atomicio import write_json_atomic
+from trainguard.procs import ProcessIdentity, identify
+
+CHILDREN = Path(__file__).resolve().parents[1] / "children"
 
 
 @dataclass
@@ -36,6 +42,10 @@ class Example:
     base: Path
     config: Path
 
+    def record(self, **state: object) -> None:
+        """Write the watchdog's state file as if a watchdog had recorded `state`."""
+        write_json_atomic(self.base / "status" / "watchdog.json", {"state": "RUNNING", **state})
+
     def health(self, capsys: pytest.CaptureFixture[str], *args: str, gpu: bool = False) -> Run:
         """`health-check -c CONFIG ARGS`; the gpu check is skipped unless asked for (it has
         its own tests, and a GPU machine's real state must not colour the others)."""
@@ -46,6 +56,21 @@ class Example:
         code = main(argv)
         captured = capsys.readouterr()
         return Run(code, captured.out, captured.err)
+
+
+@pytest.fixture
+def idle(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], ProcessIdentity]]:
+    """A real idle process (tests/children/sleeper.py) and its identity; killed afterwards."""
+    ready = tmp_path / "idle-ready"
+    proc = subprocess.Popen([sys.executable, str(CHILDREN / "sleeper.py"), str(ready)])
+    try:
+        wait_until(ready.exists, message="the idle process")
+        identity = identify(proc.pid)
+        assert identity is not None
+        yield proc, identity
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 from tests.health_check.conftest import Example
 from tests.polling import wait_until
 from trainguard.atomicio import write_json_atomic
-from trainguard.procs import OWNER_ENV, identify
+from trainguard.procs import OWNER_ENV, ProcessIdentity
 
 CHILDREN = Path(__file__).resolve().parents[1] / "children"
 
@@ -120,33 +120,24 @@ def test_stale_pid_file_is_critical_and_fix_removes_it(
 
 
 def test_reused_pid_is_reported_and_never_signalled(
-    example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    example: Example,
+    idle: tuple[subprocess.Popen[bytes], ProcessIdentity],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ready = tmp_path / "ready"
-    stranger = subprocess.Popen([sys.executable, str(CHILDREN / "sleeper.py"), str(ready)])
-    try:
-        wait_until(ready.exists, message="sleeper ready")
-        me = identify(stranger.pid)
-        assert me is not None
-        # The watchdog recorded a daemon with this pid that started long before the stranger.
-        recorded = {**me.to_json(), "create_time": me.create_time - 1000}
-        write_json_atomic(
-            example.base / "status" / "watchdog.json",
-            {"state": "RUNNING", "daemon": recorded, "owner_token": "t0ken", "watchdog": None},
-        )
-        (example.base / ".daemon.pid").write_text(f"{stranger.pid}\n")
+    stranger, me = idle
+    # The watchdog recorded a daemon with this pid that started long before the stranger.
+    recorded = {**me.to_json(), "create_time": me.create_time - 1000}
+    example.record(daemon=recorded, owner_token="t0ken", watchdog=None)
+    (example.base / ".daemon.pid").write_text(f"{stranger.pid}\n")
 
-        run = example.health(capsys, "--json")
-        assert run.check("daemon")["status"] == "CRITICAL"
-        assert "reused by another process" in run.check("daemon")["summary"]
+    run = example.health(capsys, "--json")
+    assert run.check("daemon")["status"] == "CRITICAL"
+    assert "reused by another process" in run.check("daemon")["summary"]
 
-        fixed = example.health(capsys, "--fix", "--json")
-        assert fixed.check("daemon")["fix"]["applied"] is True
-        assert stranger.poll() is None  # alive: never signalled
-        assert not (example.base / ".daemon.pid").exists()
-    finally:
-        stranger.kill()
-        stranger.wait()
+    fixed = example.health(capsys, "--fix", "--json")
+    assert fixed.check("daemon")["fix"]["applied"] is True
+    assert stranger.poll() is None  # alive: never signalled
+    assert not (example.base / ".daemon.pid").exists()
 
 
 def test_corrupt_config_is_restored_from_the_last_good_backup(
@@ -298,38 +289,29 @@ def test_orphaned_worker_is_killed_by_fix_and_a_lookalike_is_not(
 
 
 def test_stale_progress_of_a_live_daemon_is_critical(
-    example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    example: Example,
+    idle: tuple[subprocess.Popen[bytes], ProcessIdentity],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ready = tmp_path / "ready"
-    daemon = subprocess.Popen([sys.executable, str(CHILDREN / "sleeper.py"), str(ready)])
-    try:
-        wait_until(ready.exists)
-        me = identify(daemon.pid)
-        assert me is not None
-        write_json_atomic(
-            example.base / "status" / "watchdog.json",
-            {"state": "RUNNING", "daemon": me.to_json(), "owner_token": "t"},
-        )
-        progress = example.base / "status" / "progress.json"
-        write_json_atomic(progress, {"step": 7, "phase": "train", "total_steps": 40})
-        assert example.health(capsys, "--only", "progress").code == 0
+    _, me = idle
+    example.record(daemon=me.to_json(), owner_token="t")
+    progress = example.base / "status" / "progress.json"
+    write_json_atomic(progress, {"step": 7, "phase": "train", "total_steps": 40})
+    assert example.health(capsys, "--only", "progress").code == 0
 
-        old = progress.stat().st_mtime - 120  # the init template's progress_timeout is 30 s
-        os.utime(progress, (old, old))
-        run = example.health(capsys, "--only", "progress", "--json")
-        assert run.code == 2
-        assert "no progress for" in run.check("progress")["summary"]
-        assert "step 7/40" in run.check("progress")["summary"]
+    old = progress.stat().st_mtime - 120  # the init template's progress_timeout is 30 s
+    os.utime(progress, (old, old))
+    run = example.health(capsys, "--only", "progress", "--json")
+    assert run.code == 2
+    assert "no progress for" in run.check("progress")["summary"]
+    assert "step 7/40" in run.check("progress")["summary"]
 
-        write_json_atomic(progress, {"step": 7, "phase": "eval"})  # eval allows 60 s
-        os.utime(progress, (old + 100, old + 100))  # 20 s ago
-        assert example.health(capsys, "--only", "progress").code == 0
+    write_json_atomic(progress, {"step": 7, "phase": "eval"})  # eval allows 60 s
+    os.utime(progress, (old + 100, old + 100))  # 20 s ago
+    assert example.health(capsys, "--only", "progress").code == 0
 
-        progress.write_text("{not json")
-        assert example.health(capsys, "--only", "progress").code == 2
-    finally:
-        daemon.kill()
-        daemon.wait()
+    progress.write_text("{not json")
+    assert example.health(capsys, "--only", "progress").code == 2
 
 
 @pytest.mark.parametrize(
@@ -354,38 +336,29 @@ def test_thresholds_beyond_the_machine_are_critical(
 
 
 def test_a_checkpoint_a_live_trainer_is_writing_is_left_alone(
-    example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    example: Example,
+    idle: tuple[subprocess.Popen[bytes], ProcessIdentity],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ready = tmp_path / "ready"
-    daemon = subprocess.Popen([sys.executable, str(CHILDREN / "sleeper.py"), str(ready)])
-    try:
-        wait_until(ready.exists)
-        me = identify(daemon.pid)
-        assert me is not None
-        write_json_atomic(
-            example.base / "status" / "watchdog.json",
-            {"state": "RUNNING", "daemon": me.to_json(), "owner_token": "t"},
-        )
-        folder = example.base / "checkpoints"
-        make_checkpoint(folder, 10)
-        # Written in place (no tmp- staging), half done: invalid, but fresh.
-        partial = folder / "checkpoint-20"
-        partial.mkdir()
-        (partial / "model.safetensors").write_bytes(b"\x10\x00")
+    _, me = idle
+    example.record(daemon=me.to_json(), owner_token="t")
+    folder = example.base / "checkpoints"
+    make_checkpoint(folder, 10)
+    # Written in place (no tmp- staging), half done: invalid, but fresh.
+    partial = folder / "checkpoint-20"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\x10\x00")
 
-        run = example.health(capsys, "--only", "checkpoints", "--fix", "--json")
-        assert run.check("checkpoints")["status"] == "OK"
-        assert partial.is_dir()  # not quarantined under the trainer's feet
+    run = example.health(capsys, "--only", "checkpoints", "--fix", "--json")
+    assert run.check("checkpoints")["status"] == "OK"
+    assert partial.is_dir()  # not quarantined under the trainer's feet
 
-        old = time.time() - 3600  # untouched for an hour: a broken leftover after all
-        for path in (partial / "model.safetensors", partial):
-            os.utime(path, (old, old))
-        fixed = example.health(capsys, "--only", "checkpoints", "--fix", "--json")
-        assert fixed.check("checkpoints")["fix"]["applied"] is True
-        assert not partial.exists()
-    finally:
-        daemon.kill()
-        daemon.wait()
+    old = time.time() - 3600  # untouched for an hour: a broken leftover after all
+    for path in (partial / "model.safetensors", partial):
+        os.utime(path, (old, old))
+    fixed = example.health(capsys, "--only", "checkpoints", "--fix", "--json")
+    assert fixed.check("checkpoints")["fix"]["applied"] is True
+    assert not partial.exists()
 
 
 def test_a_pid_file_no_watchdog_recorded_is_not_vouched_for(
