@@ -13,6 +13,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
@@ -243,10 +244,33 @@ def _content_problem(file: Path, folder: Path) -> str | None:
         if name.endswith(".safetensors"):
             return safetensors_header.check(fh, size)
         if name.endswith(TORCH_SUFFIXES):
-            return torch_zip.check(fh)
+            return _checked_zip(fh)
         if is_state:
             return _trainer_state_problem(fh, _step_of(folder.name))
         return _shard_index_problem(fh, file.parent)
+
+
+# A torch zip's check reads every byte (CRCs): a long-running watchdog re-validates the same
+# checkpoints at every prune, so results are kept per file version (device, inode, size,
+# mtime). A rewritten or truncated file has a new version and is read again.
+_ZIP_VERDICTS: dict[tuple[int, int, int, int], str | None] = {}
+_ZIP_VERDICTS_MAX = 4096
+ZIP_SETTLED_S = 2.0
+
+
+def _checked_zip(fh: BinaryIO) -> str | None:
+    info = os.fstat(fh.fileno())
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key in _ZIP_VERDICTS:
+        return _ZIP_VERDICTS[key]
+    verdict = torch_zip.check(fh)
+    # mtime ticks are coarse (a few ms): a file written moments ago could change again with
+    # the same key, so only settled files are remembered.
+    if time.time() - info.st_mtime > ZIP_SETTLED_S:
+        if len(_ZIP_VERDICTS) >= _ZIP_VERDICTS_MAX:
+            _ZIP_VERDICTS.clear()
+        _ZIP_VERDICTS[key] = verdict
+    return verdict
 
 
 def _open_regular(file: Path) -> tuple[BinaryIO, int] | None:

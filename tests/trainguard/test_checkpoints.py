@@ -12,7 +12,7 @@ import struct
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save, save_file
 
 from tests.polling import wait_until
-from trainguard import checkpoints, safetensors_header
+from trainguard import checkpoints, safetensors_header, torch_zip
 from trainguard.checkpoints import (
     list_checkpoints,
     newest_valid,
@@ -590,3 +590,32 @@ def test_prune_never_follows_a_symlink_out_of_the_directory(tmp_path: Path) -> N
     assert prune(root, keep_last=1) == [root / "checkpoint-2"]
     assert (outside / "model.safetensors").is_file()
     assert (root / "checkpoint-1").is_symlink()
+
+
+def test_a_settled_torch_zip_is_read_once_and_a_rewritten_one_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "checkpoint-7"
+    folder.mkdir()
+    weights = folder / "pytorch_model.bin"
+    write_torch_zip(weights)
+    settled = weights.stat().st_mtime - 60  # written a minute ago
+    os.utime(weights, (settled, settled))
+    reads: list[str] = []
+    real_check = torch_zip.check
+
+    def counting_check(fh: BinaryIO) -> str | None:  # a spy: the real check still runs
+        reads.append(fh.name)
+        return real_check(fh)
+
+    monkeypatch.setattr(torch_zip, "check", counting_check)
+    assert validate_checkpoint(folder) == (True, None)
+    assert validate_checkpoint(folder) == (True, None)
+    assert len(reads) == 1  # the CRC pass over every byte ran once
+
+    with open(weights, "r+b") as fh:  # damaged in place: new size, new version
+        fh.truncate(weights.stat().st_size - 10)
+    os.utime(weights, (settled + 1, settled + 1))
+    valid, reason = validate_checkpoint(folder)
+    assert not valid and reason is not None
+    assert len(reads) == 2
