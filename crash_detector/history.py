@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from crash_detector.classify import Crash, Finding
-from trainguard.timestamps import utc_now_iso
+from trainguard.timestamps import parse_iso_utc, utc_now_iso
 
 _NOISE = [
     (re.compile(r"^\S*\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*\s*"), ""),  # leading timestamp
@@ -174,10 +174,4 @@ def recurring(
 
 
 def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parse_iso_utc(value)

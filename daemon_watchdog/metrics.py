@@ -12,7 +12,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
 
 import psutil
@@ -20,6 +19,7 @@ import psutil
 from daemon_watchdog.states import State
 from trainguard.checkpoints import find_candidates, is_staged
 from trainguard.procs import ProcessIdentity, locate_marked
+from trainguard.timestamps import parse_iso_utc
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
@@ -66,10 +66,7 @@ class WatchdogCollector:
             yield GaugeMetricFamily(
                 f"{PREFIX}_progress_step", "Last training step seen", value=progress["step"]
             )
-        try:
-            at = datetime.fromisoformat(str(progress.get("at")).replace("Z", "+00:00"))
-        except ValueError:
-            at = None
+        at = parse_iso_utc(progress.get("at"))
         if at is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_progress_age_seconds",

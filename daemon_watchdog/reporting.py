@@ -66,9 +66,6 @@ class Reporter:
 
     # --- alerts ---------------------------------------------------------------------------
 
-    def is_alert_sender(self, pid: int) -> bool:
-        return pid in self.alerter.senders()
-
     def alert_senders(self) -> set[int]:
         """Our own alert delivery children: never orphans to kill."""
         return self.alerter.senders()

@@ -255,7 +255,7 @@ class Supervisor:
                 if self.daemon.proc is not None:
                     self.daemon.proc.returncode = code  # we reaped it: tell Popen
                 self._on_daemon_exit(code)
-            elif self.reporter.is_alert_sender(pid):
+            elif pid in self.reporter.alert_senders():
                 pass  # an alert's delivery child: its thread reads the outcome from its pipe
             else:
                 log.info(

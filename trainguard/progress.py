@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.atomicio import read_json, write_json_atomic
+from trainguard.timestamps import parse_iso_utc
 
 DEFAULT_PHASE = "train"
 
@@ -171,11 +172,7 @@ def _parse_time(value: object) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise ProgressError(f"updated_at: must be an ISO-8601 string, got {value!r}")
-    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value  # 3.10 rejects "Z"
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ProgressError(f"updated_at: not an ISO-8601 time: {value!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+    when = parse_iso_utc(value)
+    if when is None:
+        raise ProgressError(f"updated_at: not an ISO-8601 time: {value!r}")
     return when

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
 
 from health_check.context import Context
 from health_check.result import CheckResult, Metric, Status
 from health_check.supervision import read_supervision
 from trainguard.progress import ProgressError, read_progress
+from trainguard.timestamps import parse_iso_utc
 
 DONE_PHASE = "done"
 
@@ -69,12 +69,8 @@ def probe(ctx: Context) -> CheckResult:
 def _no_progress_yet(ctx: Context, state: dict[str, object] | None) -> CheckResult:
     grace = ctx.ws.config.watchdog.startup_grace
     started = state.get("daemon_started_at") if state else None
-    try:
-        # fromisoformat takes "Z" only from Python 3.11 on.
-        at = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
-        since: float | None = ctx.wall_clock() - at.timestamp()
-    except ValueError:
-        since = None
+    at = parse_iso_utc(started)
+    since = ctx.wall_clock() - at.timestamp() if at is not None else None
     if since is not None and since <= grace:
         return CheckResult("progress", Status.OK, f"starting: no progress yet ({since:.0f} s in)")
     return CheckResult(
