@@ -605,6 +605,10 @@ def crash_once(
     os.kill(old, signal.SIGKILL)
     r = Restart(old_pid=old, kill_step=kill_step, kill_wall=kill_wall)
     deadline = t0 + args.restart_timeout
+    # New children of the supervisor, and when each was first seen. Not every one is the daemon
+    # (the watchdog's first crash may run a child that compiles the crash rules): the daemon is
+    # the one that execs DAEMON_MODULE, timed from when it first appeared.
+    children: dict[int, float] = {}
     while (r.pid_ms is None or r.progress_ms is None) and time.perf_counter() < deadline:
         time.sleep(poll)
         now = time.perf_counter()
@@ -612,10 +616,13 @@ def crash_once(
             pids = all_pids()
             for pid in pids - seen:
                 if pid != old and ppid_of(pid) == sup:
-                    r.new_pid, r.pid_ms = pid, (now - t0) * 1e3
+                    children.setdefault(pid, now)
+            seen = pids
+            for pid, first_seen in children.items():
+                if DAEMON_MODULE in cmdline_of(pid):
+                    r.new_pid, r.pid_ms = pid, (first_seen - t0) * 1e3
                     tracker.track(pid)
                     break
-            seen = pids
         if r.progress_ms is None:
             step = progress.changed()
             if step is not None and step < kill_step:

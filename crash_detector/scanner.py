@@ -15,18 +15,16 @@ rule (`cleared_by`) was last cleared, and the last line that shows training goin
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
+from crash_detector import db_cache
 from crash_detector.rules import Catalog, CatalogPattern, Rule
-from trainguard.atomicio import write_bytes_atomic
 
 hyperscan: Any
 re2: Any
@@ -72,19 +70,27 @@ class ScanResult:
     last_progress: int | None = None  # line index of the last progress line
 
 
+class NotCached(Exception):
+    """A Hyperscan database is not in the cache, and the caller asked not to compile it."""
+
+
 class Scanner:
-    def __init__(self, catalog: Catalog, *, engine: str = "auto") -> None:
+    def __init__(self, catalog: Catalog, *, engine: str = "auto", may_compile: bool = True) -> None:
+        """`may_compile=False`: load Hyperscan databases from the cache only, else NotCached."""
         for name, module in (("hyperscan", hyperscan), ("re2", re2)):
             if engine == name and module is None:
                 pkg = "google-re2" if name == "re2" else name
                 raise RuntimeError(f"the {name} engine is not installed (pip install {pkg})")
         self.rules = catalog.rules
-        self._rule_re = [rule.compiled() for rule in self.rules]
-        self._ignore_re = [ignore.compiled() for ignore in catalog.ignores]
-        self._progress_re = [progress.compiled() for progress in catalog.progress]
-        self._rules = _Finder(self.rules, engine)
-        self._ignores = _LineFilter([_searched(ignore) for ignore in catalog.ignores], engine)
-        self._progress = _Finder(catalog.progress, engine) if catalog.progress else None
+        self._rule_re = _Compiled(self.rules)
+        self._ignore_re = _Compiled(catalog.ignores)
+        self._progress_re = _Compiled(catalog.progress)
+        self._rules = _Finder(self.rules, engine, may_compile)
+        ignores = [_searched(ignore) for ignore in catalog.ignores]
+        self._ignores = _LineFilter(ignores, engine, may_compile)
+        self._progress = None
+        if catalog.progress:
+            self._progress = _Finder(catalog.progress, engine, may_compile)
         self._clear_re: dict[str, Any] = {}
         for rule in self.rules:
             if rule.cleared_by:
@@ -176,6 +182,21 @@ class Scanner:
         return None if last is None else buffer.rfind(b"\n", 0, last) + 1
 
 
+class _Compiled:
+    """The Python `re` form of each pattern, compiled when first asked for: a scan confirms
+    only the few patterns the fast engine named on a line, so most are never compiled."""
+
+    def __init__(self, patterns: Sequence[CatalogPattern]) -> None:
+        self._patterns = patterns
+        self._compiled: list[re.Pattern[str] | None] = [None] * len(patterns)
+
+    def __getitem__(self, index: int) -> re.Pattern[str]:
+        compiled = self._compiled[index]
+        if compiled is None:
+            compiled = self._compiled[index] = self._patterns[index].compiled()
+        return compiled
+
+
 def _clean(line: bytes) -> str:
     """The text rules are confirmed on: decoded, without colour codes or a trailing b"\\r"."""
     return _ANSI.sub("", line.decode("utf-8", "replace")).rstrip("\r")
@@ -222,13 +243,15 @@ _Expr = tuple[str, bool]
 class _Finder:
     """Finds the lines of a buffer where some of `patterns` may match, and names them."""
 
-    def __init__(self, patterns: Sequence[CatalogPattern], engine: str) -> None:
+    def __init__(
+        self, patterns: Sequence[CatalogPattern], engine: str, may_compile: bool = True
+    ) -> None:
         exprs = [_searched(p) for p in patterns]
         rest = list(range(len(patterns)))
         self._db: Any = None
         self.engine = "re"
         if rest and hyperscan is not None and engine in ("auto", "hyperscan"):
-            self._db, rest = _compile_hyperscan(exprs)
+            self._db, rest = _compile_hyperscan(exprs, may_compile)
             self.engine = "hyperscan"
         # Each regex finds candidate lines for the pattern indexes beside it; the filter (an
         # RE2 Set) then says which of them match a line, or None: all of them may.
@@ -286,7 +309,7 @@ class _LineFilter:
     Hyperscan or an RE2 Set answers for the patterns it accepts; the others always may.
     """
 
-    def __init__(self, exprs: Sequence[_Expr], engine: str) -> None:
+    def __init__(self, exprs: Sequence[_Expr], engine: str, may_compile: bool = True) -> None:
         self._always: list[int] = list(range(len(exprs)))
         self._db: Any = None
         self._set: Any = None
@@ -294,7 +317,7 @@ class _LineFilter:
         if not exprs:
             return
         if hyperscan is not None and engine in ("auto", "hyperscan"):
-            self._db, self._always = _compile_hyperscan(exprs)
+            self._db, self._always = _compile_hyperscan(exprs, may_compile)
         elif re2 is not None and engine in ("auto", "hyperscan", "re2"):
             self._set = re2.Set.SearchSet(_re2_options())
             self._always = []
@@ -434,48 +457,44 @@ def _split(indexes: list[int], exprs: Sequence[_Expr]) -> tuple[list[int], list[
     return accepted, [i for i in indexes if i not in accepted]
 
 
-def _compile_hyperscan(exprs: Sequence[_Expr]) -> tuple[Any, list[int]]:
-    """A database of every expression Hyperscan accepts, and the indexes of those it refused."""
+def _compile_hyperscan(exprs: Sequence[_Expr], may_compile: bool) -> tuple[Any, list[int]]:
+    """A database of every expression Hyperscan accepts, and the indexes of those it refused.
+
+    Without `may_compile`, only a database of them all, from the cache (the bundled catalog is
+    all accepted: a test says so), or NotCached."""
     assert hyperscan is not None
     everything = list(range(len(exprs)))
     try:
-        return _hs_database(exprs, everything), []
+        return _hs_database(exprs, everything, may_compile), []
     except hyperscan.error:  # find the few it refuses, one by one: slower, and rare
         refused = [i for i in everything if not _hyperscan_accepts(exprs[i])]
         accepted = [i for i in everything if i not in refused]
         return (_hs_database(exprs, accepted) if accepted else None), refused
 
 
-def _hs_database(exprs: Sequence[_Expr], indexes: list[int]) -> Any:
-    """Compile, or load the same database compiled by an earlier run (compiling ~150 rules
-    takes about half a second; loading it takes a millisecond)."""
+def _hs_database(exprs: Sequence[_Expr], indexes: list[int], may_compile: bool = True) -> Any:
+    """Load the same database compiled by an earlier run, or compile it (compiling ~150 rules
+    takes about half a second and ~12 MiB of heap; loading it takes a millisecond)."""
     assert hyperscan is not None
     expressions = [exprs[i][0].encode() for i in indexes]
     flags = [_hs_flags(exprs[i]) for i in indexes]
     key = hashlib.sha256(
         repr((hyperscan.__version__, platform.machine(), expressions, flags, indexes)).encode()
     ).hexdigest()[:32]
-    cache_dir = _cache_dir()
-    cached = cache_dir / f"hyperscan-{key}.db" if cache_dir else None
-    if cached is not None:
+    name = f"hyperscan-{key}.db"
+    for data in db_cache.cached(name):
         try:
-            loaded = hyperscan.loadb(cached.read_bytes(), hyperscan.HS_MODE_BLOCK)
-            loaded.scratch = hyperscan.Scratch(loaded)  # a loaded database comes without one
-            return loaded
-        except (OSError, hyperscan.error):
-            pass  # absent, unreadable, or built for another CPU: compile afresh
+            loaded = hyperscan.loadb(data, hyperscan.HS_MODE_BLOCK)
+        except hyperscan.error:
+            continue  # damaged, or built for another CPU
+        loaded.scratch = hyperscan.Scratch(loaded)  # a loaded database comes without one
+        return loaded
+    if not may_compile:
+        raise NotCached(name)
     db = hyperscan.Database()
     db.compile(expressions=expressions, ids=indexes, elements=len(indexes), flags=flags)
-    if cached is not None:
-        with suppress(OSError):
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(cached, hyperscan.dumpb(db))
+    db_cache.store(name, hyperscan.dumpb(db))
     return db
-
-
-def _cache_dir() -> Path | None:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.environ.get("HOME", ""), ".cache")
-    return Path(base) / "trainguard" if os.path.isabs(base) else None
 
 
 def _hs_flags(expr: _Expr) -> int:

@@ -1,25 +1,29 @@
 """Why the daemon died, and the crash history record of it.
 
-The supervisor imports this module at the first crash, not at start: the crash detector's
-scanner (Hyperscan, the compiled rule catalog and its models, about 6 MiB) would otherwise sit
-in every watchdog that never sees a crash.
+The supervisor imports this module at the first crash, not at start: the crash detector
+(Hyperscan and the libstdc++ it loads, the rule catalog and its compiled databases, ~3.7 MiB)
+would otherwise sit in every watchdog that never sees a crash.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from contextlib import suppress
 from dataclasses import dataclass
 
 from crash_detector.classify import Crash, Finding, Result, classify_text
 from crash_detector.history import append_new, to_record
 from crash_detector.rules import load_rules
-from crash_detector.scanner import Scanner
+from crash_detector.scanner import NotCached, Scanner
 from crash_detector.tail import last_lines
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
 
 LOG_TAIL_LINES = 1000
+DB_BUILD_TIMEOUT = 120.0  # seconds for a child to compile the rules (~0.5 s usually)
 
 HANG_SUGGESTION = (
     "The trainer stopped reporting progress. The incident file under status/incidents/ shows "
@@ -38,8 +42,34 @@ class Diagnosis:
 
 
 def load_scanner() -> Scanner:
-    """The rule catalog, compiled (the Hyperscan database comes from its cache when it can)."""
-    return Scanner(load_rules())
+    """The rule catalog, with its Hyperscan databases from the cache.
+
+    When the cache lacks them (the first crash after installing or upgrading), a child process
+    compiles and stores them: compiling here would leave ~12 MiB of heap in the watchdog for the
+    rest of its life. Only if they cannot be stored anywhere are they compiled here.
+    """
+    catalog = load_rules()
+    try:
+        return Scanner(catalog, may_compile=False)
+    except NotCached:
+        pass
+    command = [sys.executable, "-m", "crash_detector.db_cache"]
+    try:
+        built = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=DB_BUILD_TIMEOUT, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not compile the crash rules in a child process: %s", exc)
+    else:
+        if built.returncode == 0:
+            with suppress(NotCached):
+                return Scanner(catalog, may_compile=False)
+        log.warning(
+            "crash rules compiled in the watchdog (~12 MiB kept): %s",
+            (built.stderr.strip().splitlines() or [f"exit status {built.returncode}"])[-1],
+        )
+    return Scanner(catalog)
 
 
 def diagnose_hang(reason: str) -> Diagnosis:

@@ -114,11 +114,15 @@ sed -E "s/^([0-9*][^ ]* +[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+ +)trainguard /\1$RUN_USER /"
 place "$RENDERED/unit" "$ROOT/etc/systemd/system/trainguard-watchdog.service" 0644
 place "$RENDERED/cron" "$ROOT/etc/cron.d/trainguard" 0644
 place "$SRC/deploy/trainguard.logrotate" "$ROOT/etc/logrotate.d/trainguard" 0644
-if [ ! -d "$ROOT/var/log/trainguard" ]; then
-    step install -d -m 0750 "$ROOT/var/log/trainguard"
-fi
+# /var/cache/trainguard: compiled crash rules, shared by the service (CacheDirectory=) and the
+# cron jobs (CACHE_DIRECTORY= in the cron table); the service user has no home to keep them in.
+for dir in /var/log/trainguard /var/cache/trainguard; do
+    if [ ! -d "$ROOT$dir" ]; then
+        step install -d -m 0750 "$ROOT$dir"
+    fi
+done
 if [ -z "$ROOT" ]; then
-    step chown "$RUN_USER:$RUN_USER" /var/log/trainguard
+    step chown "$RUN_USER:$RUN_USER" /var/log/trainguard /var/cache/trainguard
     # Only a workspace this run created is handed over whole; an existing folder (someone's
     # home, a shared data disk) keeps its owners: chown what the service needs yourself.
     if [ "$CREATED_WS" = 1 ]; then

@@ -44,10 +44,22 @@ def _repo_files() -> set[str]:
     return found
 
 
+@pytest.fixture(scope="session")
+def _compiled_rules_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compiled-rules")
+
+
 @pytest.fixture(autouse=True)
-def _stay_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Run each test in its tmp dir with HOME and TMPDIR there; fail if it wrote into the repo."""
+def _stay_in_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _compiled_rules_cache: Path
+) -> Iterator[None]:
+    """Run each test in its tmp dir with HOME and TMPDIR there; fail if it wrote into the repo.
+
+    Compiled rule databases are shared by the whole session through systemd's cache variable
+    (compiling takes ~0.5 s, in every watchdog of a test that crashes); tests of the cache
+    itself unset it."""
     before = _repo_files()
+    monkeypatch.setenv("CACHE_DIRECTORY", str(_compiled_rules_cache))
     home = tmp_path / "home"
     scratch = tmp_path / "tmp"
     home.mkdir()

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from crash_detector.rules import Catalog, IgnoreRule, ProgressPattern, Rule
+from crash_detector.rules import NON_RETRYABLE, Catalog, Category, IgnoreRule, ProgressPattern, Rule
 
 
-def rule(rule_id: str, category: str, pattern: str, priority: int, **extra: object) -> Rule:
-    fields: dict[str, object] = {
-        "id": rule_id,
-        "category": category,
-        "pattern": pattern,
-        "priority": priority,
-        "retryable": category not in ("import_error", "config_error", "permission_error"),
-        "suggestion": f"fix {category}",
-        **extra,
-    }
-    return Rule.model_validate(fields)
+def rule(
+    rule_id: str,
+    category: Category,
+    pattern: str,
+    priority: int,
+    *,
+    ignore_case: bool = False,
+    cleared_by: str | None = None,
+) -> Rule:
+    return Rule(
+        id=rule_id,
+        category=category,
+        pattern=pattern,
+        priority=priority,
+        retryable=category not in NON_RETRYABLE,
+        suggestion=f"fix {category}",
+        ignore_case=ignore_case,
+        cleared_by=cleared_by,
+    )
 
 
 SMALL = Catalog(

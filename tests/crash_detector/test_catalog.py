@@ -9,7 +9,16 @@ from __future__ import annotations
 import pytest
 
 from crash_detector.classify import classify_text
-from crash_detector.rules import CATEGORIES, NON_RETRYABLE, load_rules
+from crash_detector.rule_schema import parse_catalog
+from crash_detector.rules import (
+    BUNDLED_LABEL,
+    CATEGORIES,
+    NON_RETRYABLE,
+    RulesError,
+    bundled_catalog,
+    bundled_text,
+    load_rules,
+)
 from crash_detector.scanner import Scanner
 
 SCANNER = Scanner(load_rules())
@@ -176,6 +185,18 @@ def test_every_category_has_rules_and_a_suggestion() -> None:
     assert covered == set(CATEGORIES)
     assert all(len(rule.suggestion) > 20 for rule in catalog.rules)
     assert all(not rule.retryable for rule in catalog.rules if rule.category in NON_RETRYABLE)
+
+
+def test_the_bundled_catalog_follows_the_schema_that_rules_files_must_follow() -> None:
+    # load_rules() builds the bundled catalog without validating it: this test is the check.
+    assert parse_catalog(bundled_text(), BUNDLED_LABEL) == bundled_catalog() == load_rules()
+
+
+def test_a_damaged_bundled_catalog_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    damaged = bundled_text().replace('category = "cuda_oom"', 'kategory = "cuda_oom"', 1)
+    monkeypatch.setattr("crash_detector.rules.bundled_text", lambda: damaged)
+    with pytest.raises(RulesError, match=r"^rules\.toml \(bundled\): .*kategory.*reinstall"):
+        load_rules()
 
 
 def test_a_launcher_summary_after_an_oom_keeps_the_oom_as_root_cause() -> None:

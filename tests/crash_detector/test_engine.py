@@ -156,6 +156,7 @@ def test_compiled_rules_are_cached_and_a_corrupt_cache_is_rebuilt(
 ) -> None:
     if hyperscan is None:
         pytest.skip("hyperscan not installed")
+    monkeypatch.delenv("CACHE_DIRECTORY")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     log = "x\nRuntimeError: CUDA error: misaligned address\n"
     expected = classify_text(log, scanner=Scanner(SMALL, engine="hyperscan"))

@@ -70,6 +70,11 @@ def test_install_is_idempotent_and_never_overwrites_the_config(staging: Path) ->
     assert "User=alice\n" in unit and "KillMode=process\n" in unit
     cron = (staging / "etc" / "cron.d" / "trainguard").read_text()
     assert cron.count(" alice  /opt/trainguard/venv/bin/") == 3
+    assert (
+        "\nCACHE_DIRECTORY=/var/cache/trainguard\n" in cron
+        and "CacheDirectory=trainguard\n" in unit
+    )
+    assert (staging / "var" / "cache" / "trainguard").is_dir()
 
     config.write_text(config.read_text() + "# edited by the operator\n")
     before = snapshot(staging)
