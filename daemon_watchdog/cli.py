@@ -9,6 +9,7 @@ from pathlib import Path
 
 from trainguard.argparsing import base_parser, config_option, run_cli
 from trainguard.config import load_config
+from trainguard.errors import TrainguardError
 from trainguard.workspace import Workspace
 
 PROG = "daemon-watchdog"
@@ -96,9 +97,16 @@ def _operate(args: argparse.Namespace) -> int:
     from daemon_watchdog.supervisor import Supervisor
 
     lock = WorkspaceLock(ws.lock_file)
-    lock.acquire()
     try:
-        setup_logging(ws.path("logs/watchdog.log"), as_json=args.log_json)
+        lock.acquire()
+    except OSError as exc:
+        raise TrainguardError(f"cannot lock {ws.lock_file}: {exc.strerror or exc}") from None
+    try:
+        log_file = ws.path("logs/watchdog.log")
+        try:
+            setup_logging(log_file, as_json=args.log_json)
+        except OSError as exc:
+            raise TrainguardError(f"cannot write {log_file}: {exc.strerror or exc}") from None
         return Supervisor(ws, exit_when_done=args.exit_when_done).run()
     finally:
         lock.release()

@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import select
+import signal
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ import psutil
 
 from trainguard.atomicio import write_text_atomic
 from trainguard.config import expand_argv
+from trainguard.errors import TrainguardError
 from trainguard.procs import OWNER_ENV, ProcessIdentity, identify, locate_marked
 from trainguard.workspace import Workspace
 
@@ -33,10 +35,17 @@ class DaemonHandle:
     started_mono: float
     proc: subprocess.Popen[bytes] | None = None  # None for an adopted daemon (not our child)
     resumed_from: str | None = None
+    # Size of the daemon log when this daemon started: what it wrote begins there, and a
+    # crash is classified on that, not on the lines of earlier runs above it.
+    log_offset: int = 0
 
     @property
     def pid(self) -> int:
         return self.identity.pid
+
+
+class SpawnError(TrainguardError):
+    """The daemon could not be started: restarting cannot help until someone fixes it."""
 
 
 def new_token() -> str:
@@ -50,27 +59,42 @@ def spawn(ws: Workspace, *, checkpoint: Path | None, token: str, started_at: str
         argv += expand_argv(
             ws.config.daemon.resume_args, checkpoint=str(checkpoint), base_dir=str(ws.base_dir)
         )
-    ws.daemon_log.parent.mkdir(parents=True, exist_ok=True)
     # PYTHONFAULTHANDLER makes a Python trainer print every thread's stack on SIGABRT, the
     # fallback for showing where a hung trainer is stuck when py-spy is not installed.
     env = {**os.environ, OWNER_ENV: token, "PYTHONFAULTHANDLER": "1"}
-    with open(ws.daemon_log, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            cwd=ws.base_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: signals reach the whole tree
-        )
+    try:
+        ws.daemon_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(ws.daemon_log, "ab") as out:
+            log_offset = os.fstat(out.fileno()).st_size
+            proc = subprocess.Popen(
+                argv,
+                cwd=ws.base_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: signals reach the whole tree
+            )
+    except OSError as exc:  # no such program, not executable, the log cannot be opened
+        where = exc.filename if exc.filename is not None else argv[0]
+        raise SpawnError(f"cannot start the daemon: {where}: {exc.strerror or exc}") from None
     identity = _identify_after_exec(proc.pid) or ProcessIdentity(
         proc.pid, 0.0, tuple(argv), os.getuid()
     )
-    write_text_atomic(ws.pid_file, f"{proc.pid}\n")
+    try:
+        write_text_atomic(ws.pid_file, f"{proc.pid}\n")
+    except OSError as exc:
+        # A daemon no pid file names would be unsupervised after our next restart: end it.
+        # It is our unreaped child, so its pid (and group) cannot belong to anyone else yet.
+        with suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise SpawnError(
+            f"cannot write the pid file {ws.pid_file}: {exc.strerror or exc}; daemon stopped"
+        ) from None
     log.info("started daemon pid %d: %s", proc.pid, " ".join(argv))
     resumed = str(checkpoint) if checkpoint is not None else None
-    return DaemonHandle(identity, token, started_at, time.monotonic(), proc, resumed)
+    return DaemonHandle(identity, token, started_at, time.monotonic(), proc, resumed, log_offset)
 
 
 def _identify_after_exec(pid: int) -> ProcessIdentity | None:
@@ -109,8 +133,10 @@ def adopt(ws: Workspace, status: dict[str, Any] | None) -> DaemonHandle | None:
     # Its cmdline may have changed since it was recorded (an exec'ing wrapper): record it anew.
     identity = identify(found.pid) or identity
     started_at = str(status.get("daemon_started_at") or "")
+    offset = status.get("daemon_log_offset")
+    log_offset = offset if isinstance(offset, int) and offset >= 0 else 0
     log.info("adopted running daemon pid %d (started %s)", identity.pid, started_at)
-    return DaemonHandle(identity, token, started_at, time.monotonic(), None, None)
+    return DaemonHandle(identity, token, started_at, time.monotonic(), None, None, log_offset)
 
 
 def _warn_about_stale_pid_file(ws: Workspace, identity: ProcessIdentity | None) -> None:

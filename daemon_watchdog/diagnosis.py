@@ -17,7 +17,7 @@ from crash_detector.classify import Crash, Finding, Result, classify_text
 from crash_detector.history import append_new, to_record
 from crash_detector.rules import load_rules
 from crash_detector.scanner import NotCached, Scanner
-from crash_detector.tail import last_lines
+from crash_detector.tail import TailResult, last_lines
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
@@ -76,9 +76,12 @@ def diagnose_hang(reason: str) -> Diagnosis:
     return Diagnosis("timeout", True, reason, HANG_SUGGESTION, "")
 
 
-def diagnose_crash(ws: Workspace, scanner: Scanner, exit_code: int | None, how: str) -> Diagnosis:
-    """Classify the end of the daemon's log, with its exit status as extra evidence."""
-    result = _classify_log_tail(ws, scanner, exit_code)
+def diagnose_crash(
+    ws: Workspace, scanner: Scanner, exit_code: int | None, how: str, *, since: int = 0
+) -> Diagnosis:
+    """Classify the end of the daemon's log from offset `since` (where this daemon's output
+    began: an earlier run's error above it is not this crash), with its exit status."""
+    result = _classify_log_tail(ws, scanner, exit_code, since)
     primary = result.primary
     if primary is None:
         return Diagnosis("unknown", True, f"daemon {how}", "Read the end of the daemon log.", "")
@@ -91,13 +94,30 @@ def diagnose_crash(ws: Workspace, scanner: Scanner, exit_code: int | None, how: 
     )
 
 
-def _classify_log_tail(ws: Workspace, scanner: Scanner, exit_code: int | None) -> Result:
+def _classify_log_tail(
+    ws: Workspace, scanner: Scanner, exit_code: int | None, since: int
+) -> Result:
     try:
         tail = last_lines(ws.daemon_log, LOG_TAIL_LINES)
     except (OSError, ValueError) as exc:
         log.warning("cannot read %s to classify the crash: %s", ws.daemon_log, exc)
         return classify_text(b"", exit_code=exit_code, scanner=scanner)
-    return classify_text(b"\n".join(tail.lines), exit_code=exit_code, scanner=scanner)
+    lines = lines_since(tail, since)
+    return classify_text(b"\n".join(lines), exit_code=exit_code, scanner=scanner)
+
+
+def lines_since(tail: TailResult, since: int) -> list[bytes]:
+    """The lines of `tail` that start at or after file offset `since`; all of them when the
+    file is now shorter than that (copytruncate emptied it since). A line cut short by the tail
+    reader (over 64 KiB) makes the offsets after it approximate."""
+    if since <= tail.start_offset or tail.size < since:
+        return tail.lines
+    offset = tail.start_offset
+    for index, line in enumerate(tail.lines):
+        if offset >= since:
+            return tail.lines[index:]
+        offset += len(line) + 1
+    return []
 
 
 def record_crash(

@@ -85,6 +85,15 @@ class RestartPolicy:
         """The daemon is up now: its uptime at the next crash decides the backoff reset."""
         self._started_at = self._clock()
 
+    def remember(self, ages: list[float]) -> None:
+        """Count restarts made `ages` seconds ago (by a watchdog this one replaces) against
+        the limit and the backoff, as if this policy had made them; older ones are ignored."""
+        now = self._clock()
+        recent = sorted(age for age in ages if 0 <= age <= self._window)
+        self._restarts.extendleft(now - age for age in recent)
+        self._restarts = deque(sorted(self._restarts))
+        self._consecutive += len(recent)
+
     def reset(self) -> None:
         """Forget all history: an operator cleared FATAL and gets a fresh budget."""
         self._restarts.clear()

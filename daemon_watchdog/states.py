@@ -69,9 +69,9 @@ ALLOWED: dict[State, frozenset[State]] = {
             State.STOPPING,  # operator stop while leftover workers of the crash are swept
         }
     ),
-    # Terminal: the watchdog stays up and keeps reporting, but only an operator `restart`
-    # (which also resets the restart policy) leaves these.
-    State.FATAL: frozenset({State.STARTING}),
+    # Terminal: the watchdog stays up and keeps reporting; only an operator leaves these, with
+    # `restart` (which also resets the restart policy) or, from FATAL, `stop` (nothing runs).
+    State.FATAL: frozenset({State.STARTING, State.STOPPED}),
     State.STOPPED: frozenset({State.STARTING}),
 }
 

@@ -18,13 +18,21 @@ import queue
 import signal
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from daemon_watchdog import events as ev
-from daemon_watchdog.daemon_process import DaemonHandle, adopt, new_token, spawn, watch_adopted
+from daemon_watchdog.daemon_process import (
+    DaemonHandle,
+    SpawnError,
+    adopt,
+    new_token,
+    spawn,
+    watch_adopted,
+)
 from daemon_watchdog.incidents import capture_stacks, write_incident
 from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.recovery import make_room, pick_checkpoint, prune_periodically
@@ -35,6 +43,7 @@ from daemon_watchdog.status_file import read_status, utc_now, write_status
 from trainguard.process_tree import kill_tree, stop_process_tree
 from trainguard.procs import OWNER_ENV, decode_wait_status, descendants, find_marked, identify
 from trainguard.progress import Progress, ProgressError, is_progress, read_progress
+from trainguard.timestamps import parse_iso_utc
 from trainguard.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -184,6 +193,16 @@ class Supervisor:
     def _restore(self, previous: dict[str, Any]) -> None:
         restarts = previous.get("restarts")
         self.restarts = restarts if isinstance(restarts, list) else []
+        if previous.get("state") != State.STOPPED.value:
+            # The same run goes on (this watchdog replaces one that died): its restarts still
+            # count against max_restarts and the backoff. After a stop, a `run` starts afresh.
+            now = datetime.now(timezone.utc)
+            ages = [
+                (now - at).total_seconds()
+                for at in (parse_iso_utc(r.get("at")) for r in self.restarts if isinstance(r, dict))
+                if at is not None
+            ]
+            self.policy.remember(ages)
         self.last_crash = (
             previous.get("last_crash") if isinstance(previous.get("last_crash"), dict) else None
         )
@@ -193,7 +212,15 @@ class Supervisor:
         # A resumed run starts below the last run's step: until the new daemon replaces the
         # progress file, what it holds is history, not this daemon's first progress.
         self.stale_progress = _stamp(self.ws.progress_file)
-        self.daemon = spawn(self.ws, checkpoint=path, token=new_token(), started_at=utc_now())
+        try:
+            self.daemon = spawn(self.ws, checkpoint=path, token=new_token(), started_at=utc_now())
+        except SpawnError as exc:
+            self.fatal_reason = str(exc)
+            log.error("FATAL: %s", exc)
+            self.reporter.fatal("spawn", self.fatal_reason, "Fix [daemon] in the config or the "
+                                "workspace, then run `daemon-watchdog restart`.")  # fmt: skip
+            self._finish(State.FATAL, self.fatal_reason)
+            return
         self.policy.started()
         self.last_progress = None
         self.last_progress_mono = time.monotonic()
@@ -323,7 +350,11 @@ class Supervisor:
         # Imported at the first crash, not at start: see the module's docstring.
         from daemon_watchdog.diagnosis import diagnose_crash, diagnose_hang, record_crash
 
-        diagnosis = diagnose_hang(how) if hang else diagnose_crash(self.ws, self.scanner, code, how)
+        diagnosis = (
+            diagnose_hang(how)
+            if hang
+            else diagnose_crash(self.ws, self.scanner, code, how, since=daemon.log_offset)
+        )
         self.diagnosed = True
         occurrence = f"daemon-watchdog:{daemon.pid}:{daemon.identity.create_time}"
         record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code)
@@ -512,6 +543,7 @@ class Supervisor:
             "daemon": d.identity.to_json() if d else None,
             "daemon_started_at": d.started_at if d else None,
             "owner_token": d.token if d else None,
+            "daemon_log_offset": d.log_offset if d else None,
             "resumed_from": d.resumed_from if d else None,
             "restart_count": len(self.restarts),
             "restarts": self.restarts,

@@ -278,3 +278,14 @@ def test_never_more_than_max_restarts_in_any_window(
     for j, last in enumerate(restarts):
         inside = [t for t in restarts[: j + 1] if last - t <= window]
         assert len(inside) <= max_restarts
+
+
+def test_restarts_a_replaced_watchdog_made_still_count_within_the_window() -> None:
+    clock = FakeClock()
+    policy = make(clock)
+    policy.remember([10.0, 250.0, 301.0, -5.0])  # 301 s ago is outside the window; -5 is bogus
+    assert len(policy.restart_times) == 2
+    assert crash(policy, 10).action == "restart"
+    assert crash(policy, 20).action == "give_up"
+    clock.advance(51)  # the restart 250 s ago leaves the window
+    assert crash(policy, 30).action == "restart"

@@ -47,7 +47,6 @@ def test_every_listed_edge_is_allowed(old: State, new: State) -> None:
         (State.HUNG, State.RUNNING),
         (State.BACKOFF, State.RUNNING),
         (State.FATAL, State.RUNNING),
-        (State.FATAL, State.STOPPED),
         (State.STOPPED, State.BACKOFF),
         (State.STOPPING, State.STARTING),
     ],
@@ -59,14 +58,14 @@ def test_unlisted_transitions_raise(old: State, new: State) -> None:
 
 
 def test_invalid_transition_is_a_value_error_naming_the_allowed_targets() -> None:
-    with pytest.raises(ValueError, match=r"\(allowed: STARTING\)$"):
+    with pytest.raises(ValueError, match=r"\(allowed: STARTING, STOPPED\)$"):
         check_transition(State.FATAL, State.RUNNING)
 
 
-def test_terminal_states_only_leave_by_an_operator_restart() -> None:
+def test_terminal_states_only_leave_by_an_operator_restart_or_stop() -> None:
     assert frozenset({State.FATAL, State.STOPPED}) == TERMINAL
-    for state in TERMINAL:
-        assert ALLOWED[state] == {State.STARTING}
+    assert ALLOWED[State.FATAL] == {State.STARTING, State.STOPPED}
+    assert ALLOWED[State.STOPPED] == {State.STARTING}
 
 
 def test_every_state_is_reachable_from_starting_and_can_reach_a_terminal_state() -> None:

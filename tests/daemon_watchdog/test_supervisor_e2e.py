@@ -266,6 +266,20 @@ def test_crash_loop_goes_fatal_after_max_restarts(run: Run) -> None:
     run.wait_for(lambda s: s.get("restart_count", 0) > 2, "an operator restart clears FATAL")
 
 
+def test_stopping_a_fatal_watchdog_ends_it_cleanly(run: Run) -> None:
+    run.configure(command_extra=["--fault", "exit:3@2", "--fault-every-run"], max_restarts=1)
+    watchdog = run.start()
+    run.wait_for(lambda s: s.get("state") == "FATAL", "FATAL", timeout=60)
+    assert SCRIPT
+    stop = subprocess.run(
+        [SCRIPT, "stop", "-c", str(run.config)], capture_output=True, text=True, timeout=30
+    )
+    assert stop.returncode == 0, stop.stderr
+    assert watchdog.wait(10) == 0, run.tail()
+    assert "Traceback" not in run.tail()
+    assert run.status()["state"] == "STOPPED"
+
+
 def test_import_error_goes_fatal_without_restart(run: Run) -> None:
     text = run.config.read_text()
     start = text.index("command = [")
@@ -441,3 +455,80 @@ def test_a_rewound_restart_is_not_mistaken_for_a_hang(tmp_path: Path) -> None:
         assert status["restarts"][0]["resume_from"] == f"checkpoint-{killed_at // 100 * 100}"
     finally:
         rewind.stop_all()
+
+
+def _set_command(run: Run, command: str) -> None:
+    text = run.config.read_text()
+    start = text.index("command = [")
+    end = text.index("\n", start)
+    run.config.write_text(text[:start] + command + text[end:])
+
+
+def test_a_daemon_that_cannot_be_started_is_fatal_not_a_crashed_watchdog(run: Run) -> None:
+    _set_command(run, 'command = ["/nonexistent/bin/python3", "train.py"]')
+    watchdog = run.start()
+    status = run.wait_for(lambda s: s.get("state") == "FATAL", "FATAL")
+    assert "cannot start the daemon: /nonexistent/bin/python3" in status["fatal_reason"]
+    assert watchdog.poll() is None and "Traceback" not in run.tail()
+    assert _status_exit(run) == 2
+
+
+def test_a_pid_file_that_cannot_be_written_stops_the_new_daemon_and_is_fatal(run: Run) -> None:
+    text = run.config.read_text().replace(
+        'pid_file = ".daemon.pid"', 'pid_file = "no-such-dir/.daemon.pid"'
+    )
+    run.config.write_text(text)
+    (run.base / "no-such-dir").write_text("a file, so nothing can be written below it")
+    watchdog = run.start()
+    status = run.wait_for(lambda s: s.get("state") == "FATAL", "FATAL")
+    assert "cannot write the pid file" in status["fatal_reason"]
+    assert "Traceback" not in run.tail()
+    wait_until(
+        lambda: not psutil.Process(watchdog.pid).children(recursive=True),
+        message="the daemon no pid file names is stopped, not left unsupervised",
+    )
+
+
+def test_an_earlier_runs_error_in_the_log_does_not_decide_this_crash(run: Run) -> None:
+    train = run.base / "train.py"
+    fixed = train.read_text()
+    train.write_text("import trainguard_no_such_module\n" + fixed)
+    run.start()
+    run.wait_for(lambda s: (s.get("last_crash") or {}).get("category") == "import_error", "FATAL")
+    train.write_text(fixed)  # the operator fixes the trainer and restarts
+    assert SCRIPT
+    restart = subprocess.run([SCRIPT, "restart", "-c", str(run.config)], timeout=30)
+    assert restart.returncode == 0
+    run.wait_for(_running_past(1), "running again")
+    os.kill(run.status()["daemon_pid"], signal.SIGKILL)
+    status = run.wait_for(_restarted(1), "a restart, not FATAL for the old import error")
+    assert status["last_crash"]["category"] == "host_oom"  # what SIGKILL says, nothing older
+
+
+def test_a_replaced_watchdog_keeps_counting_the_runs_restarts(run: Run) -> None:
+    run.configure(
+        command_extra=["--fault", "exit:3@2", "--fault-every-run"], max_restarts=2, backoff_max=2
+    )
+    first = run.start()
+    run.wait_for(lambda s: s.get("restart_count", 0) >= 1, "one restart")
+    first.kill()
+    first.wait()
+    run.start()
+    status = run.wait_for(lambda s: s.get("state") == "FATAL", "FATAL", timeout=60)
+    assert status["restart_count"] == 2, "max_restarts counts the restarts of both watchdogs"
+
+
+@pytest.mark.parametrize("broken", ["lock file", "log folder"])
+def test_an_unusable_workspace_is_a_one_line_error(run: Run, broken: str) -> None:
+    if broken == "lock file":
+        (run.base / ".watchdog.lock").mkdir()
+    else:
+        shutil.rmtree(run.base / "logs", ignore_errors=True)
+        (run.base / "logs").write_text("not a folder")
+    assert SCRIPT
+    done = subprocess.run(
+        [SCRIPT, "run", "-c", str(run.config)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("daemon-watchdog: cannot ")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
