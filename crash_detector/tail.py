@@ -69,6 +69,19 @@ class TailResult:
     size: int
     truncated: bool = False
 
+    def lines_from(self, offset: int) -> list[bytes]:
+        """The lines that start at or after file offset `offset`; all of them when the file is
+        now shorter than that (copytruncate emptied it since). A cut line (over
+        `max_line_bytes`) makes the offsets after it approximate."""
+        if offset <= self.start_offset or self.size < offset:
+            return self.lines
+        at = self.start_offset
+        for index, line in enumerate(self.lines):
+            if at >= offset:
+                return self.lines[index:]
+            at += len(line) + 1
+        return []
+
 
 @dataclass(frozen=True)
 class Chunk:

@@ -17,7 +17,7 @@ from crash_detector.classify import Crash, Finding, Result, classify_text
 from crash_detector.history import append_new, to_record
 from crash_detector.rules import load_rules
 from crash_detector.scanner import NotCached, Scanner
-from crash_detector.tail import TailResult, last_lines
+from crash_detector.tail import last_lines
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
@@ -102,22 +102,8 @@ def _classify_log_tail(
     except (OSError, ValueError) as exc:
         log.warning("cannot read %s to classify the crash: %s", ws.daemon_log, exc)
         return classify_text(b"", exit_code=exit_code, scanner=scanner)
-    lines = lines_since(tail, since)
+    lines = tail.lines_from(since)
     return classify_text(b"\n".join(lines), exit_code=exit_code, scanner=scanner)
-
-
-def lines_since(tail: TailResult, since: int) -> list[bytes]:
-    """The lines of `tail` that start at or after file offset `since`; all of them when the
-    file is now shorter than that (copytruncate emptied it since). A line cut short by the tail
-    reader (over 64 KiB) makes the offsets after it approximate."""
-    if since <= tail.start_offset or tail.size < since:
-        return tail.lines
-    offset = tail.start_offset
-    for index, line in enumerate(tail.lines):
-        if offset >= since:
-            return tail.lines[index:]
-        offset += len(line) + 1
-    return []
 
 
 def record_crash(

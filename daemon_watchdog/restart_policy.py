@@ -89,9 +89,8 @@ class RestartPolicy:
         """Count restarts made `ages` seconds ago (by a watchdog this one replaces) against
         the limit and the backoff, as if this policy had made them; older ones are ignored."""
         now = self._clock()
-        recent = sorted(age for age in ages if 0 <= age <= self._window)
-        self._restarts.extendleft(now - age for age in recent)
-        self._restarts = deque(sorted(self._restarts))
+        recent = [now - age for age in ages if 0 <= age <= self._window]
+        self._restarts = deque(sorted([*self._restarts, *recent]))
         self._consecutive += len(recent)
 
     def reset(self) -> None:

@@ -48,6 +48,17 @@ def _bystander_script(sb: Sandbox) -> Path:
     return script
 
 
+def _fix_then_stop(sb: Sandbox, checks: str) -> None:
+    """What an operator's cron and hands do next: `health-check --fix`, then a stop."""
+    fixed = sb.tool("health_check", "--only", checks, "--fix", "--quiet")
+    expect(
+        fixed.returncode == 0,
+        f"health-check --fix exit {fixed.returncode}: {fixed.stdout.strip()}; {sb.describe()}",
+    )
+    stop = sb.tool("daemon_watchdog", "stop")
+    expect(stop.returncode == 0, f"daemon-watchdog stop exit {stop.returncode}: {stop.stderr}")
+
+
 def unrelated_process_untouched(sb: Sandbox) -> str:
     sb.create()
     script = _bystander_script(sb)
@@ -59,13 +70,7 @@ def unrelated_process_untouched(sb: Sandbox) -> str:
     sb.wait_running(past_step=5)
     sb.signal_daemon(signal.SIGKILL)
     sb.wait_running(restarts=1)
-    fixed = sb.tool("health_check", "--only", "orphans,daemon", "--fix", "--quiet")
-    expect(
-        fixed.returncode == 0,
-        f"health-check --fix exit {fixed.returncode}: {fixed.stdout.strip()}; {sb.describe()}",
-    )
-    stop = sb.tool("daemon_watchdog", "stop")
-    expect(stop.returncode == 0, f"daemon-watchdog stop exit {stop.returncode}: {stop.stderr}")
+    _fix_then_stop(sb, "orphans,daemon")
     for name, proc in (("plain train.py", plain), ("train.py with a foreign token", foreign)):
         expect(proc.poll() is None, f"the unrelated {name} was killed (exit {proc.returncode})")
     return "an unrelated train.py and another run's worker survived crash, --fix and stop"
@@ -99,13 +104,7 @@ def stale_pid_reuse(sb: Sandbox) -> str:
     sb.start_watchdog()
     status = sb.wait_running(past_step=5)
     expect(status.get("daemon_pid") != bystander.pid, "the watchdog adopted the reused pid")
-    fixed = sb.tool("health_check", "--only", "daemon,orphans", "--fix", "--quiet")
-    expect(
-        fixed.returncode == 0,
-        f"health-check --fix exit {fixed.returncode}: {fixed.stdout.strip()}; {sb.describe()}",
-    )
-    stop = sb.tool("daemon_watchdog", "stop")
-    expect(stop.returncode == 0, f"daemon-watchdog stop exit {stop.returncode}: {stop.stderr}")
+    _fix_then_stop(sb, "daemon,orphans")
     expect(bystander.poll() is None, f"the process holding the reused pid {bystander.pid} died")
     return f"reused pid {bystander.pid} neither adopted nor signalled; a new daemon was started"
 
