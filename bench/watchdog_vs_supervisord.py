@@ -32,7 +32,8 @@ supervisor 4.x there, then, for each supervisor in turn:
 4. idle RSS and CPU of the supervisor process alone (not the daemon): psutil memory_info().rss
    every 0.5 s and cpu_times() at both ends of an `--idle-seconds` window in which the
    daemon trains normally, once before the first crash of step 3 and once after the last
-   (daemon-watchdog loads its crash detector at the first crash);
+   (daemon-watchdog loaded its crash detector at the first crash until it was made to load it
+   at start);
 5. then, `--quiet-runs` times each, the same crash against a quiet daemon (`sleep 100000`:
    no output, no worker) under the same supervisor config: supervisord's event loop wakes on
    output or its 1 s timeout, so this shows what its restart costs when nothing is printed.
@@ -606,7 +607,7 @@ def crash_once(
     r = Restart(old_pid=old, kill_step=kill_step, kill_wall=kill_wall)
     deadline = t0 + args.restart_timeout
     # New children of the supervisor, and when each was first seen. Not every one is the daemon
-    # (the watchdog's first crash may run a child that compiles the crash rules): the daemon is
+    # (the watchdog may run a child that compiles the crash rules): the daemon is
     # the one that execs DAEMON_MODULE, timed from when it first appeared.
     children: dict[int, float] = {}
     while (r.pid_ms is None or r.progress_ms is None) and time.perf_counter() < deadline:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from trainguard.argparsing import base_parser, config_option, run_cli
-from trainguard.config import load_config
-from trainguard.errors import TrainguardError
+from trainguard.config import (
+    CONFIG_ENV,
+    CONFIG_FILENAME,
+    config_as_dict,
+    find_config_path,
+    load_config,
+)
+from trainguard.errors import ConfigError, TrainguardError
 from trainguard.workspace import Workspace
 
 PROG = "daemon-watchdog"
@@ -37,9 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     stop = commands.add_parser("stop", parents=with_config, help="stop the daemon and the watchdog")
     stop.add_argument("--timeout", type=float, default=120.0, metavar="S")
-    commands.add_parser(
-        "restart", parents=with_config, help="clear FATAL/STOPPED and start the daemon again"
+    restart = commands.add_parser(
+        "restart",
+        parents=with_config,
+        help="start the daemon again: from FATAL/STOPPED, now from BACKOFF, "
+        "or after a graceful stop; waits for the new daemon",
     )
+    restart.add_argument("--timeout", type=float, default=120.0, metavar="S")
     show = commands.add_parser(
         "config", parents=with_config, help="validate the config; print it with every default"
     )
@@ -70,7 +81,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
 
 def _show_config(path: str | None, *, as_json: bool) -> int:
     config = load_config(path)
-    data = config.model_dump()
+    data = config_as_dict(config)
     if as_json:
         print(json.dumps(data, indent=2))
         return 0
@@ -85,13 +96,25 @@ def _show_config(path: str | None, *, as_json: bool) -> int:
 def _operate(args: argparse.Namespace) -> int:
     from daemon_watchdog import control
 
-    ws = Workspace(load_config(args.config))
+    if args.command == "run":
+        from trainguard.config_child import load_config_in_child
+
+        if find_config_path(args.config, os.environ) is None:
+            # Defaults alone would train the bundled example in whatever folder this is.
+            raise ConfigError(
+                f"no {CONFIG_FILENAME} here and {CONFIG_ENV} is not set: give -c PATH "
+                "(daemon-watchdog init DIR creates a workspace with one)"
+            )
+        # pydantic validates in a child: it would otherwise stay in the watchdog for weeks.
+        ws = Workspace(load_config_in_child(args.config))
+    else:
+        ws = Workspace(load_config(args.config))
     if args.command == "status":
         return control.show_status(ws, as_json=args.json)
     if args.command == "stop":
         return control.stop(ws, timeout=args.timeout)
     if args.command == "restart":
-        return control.restart(ws)
+        return control.restart(ws, timeout=args.timeout)
     from daemon_watchdog.lock import WorkspaceLock
     from daemon_watchdog.logsetup import setup_logging
     from daemon_watchdog.supervisor import Supervisor

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import psutil
 
+from daemon_watchdog.lock import WorkspaceBusy, WorkspaceLock
+from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.states import State, status_exit_code
-from daemon_watchdog.status_file import read_status
+from daemon_watchdog.status_file import read_status, write_status
 from trainguard.errors import TrainguardError
 from trainguard.process_tree import kill_tree, stop_process_tree
 from trainguard.procs import ProcessIdentity, locate
@@ -70,29 +75,105 @@ def stop(ws: Workspace, *, timeout: float) -> int:
             )
         print(f"stopped the watchdog (pid {watchdog.pid}) and its daemon")
         return 0
+    # No watchdog: hold its lock while stopping what it left, so that none starts meanwhile
+    # and adopts a daemon being stopped, and so that the state file is ours to correct.
+    lock = WorkspaceLock(ws.lock_file)
     try:
-        daemon = ProcessIdentity.from_json(status.get("daemon"))
-    except ValueError:
-        print("no watchdog and no daemon running")
-        return 0
-    cfg = ws.config.daemon
-    token = status.get("owner_token") if isinstance(status.get("owner_token"), str) else None
-    report = stop_process_tree(
-        daemon, sig=signal.Signals[cfg.stop_signal], timeout=cfg.stop_timeout, token=token
-    )
-    stopped = len(report.exited) + len(report.killed)
-    print(f"no watchdog running; stopped the daemon tree: {stopped} processes")
+        lock.acquire()
+    except WorkspaceBusy as exc:
+        raise TrainguardError(
+            f"{exc}, but {ws.state_file} does not name it (is it starting?); try again"
+        ) from None
+    except OSError as exc:
+        raise TrainguardError(f"cannot lock {ws.lock_file}: {exc.strerror or exc}") from None
+    try:
+        message = _stop_without_watchdog(ws, status)
+    finally:
+        lock.release()
+    print(message)
     return 0
 
 
-def restart(ws: Workspace) -> int:
+def _stop_without_watchdog(ws: Workspace, status: dict[str, Any]) -> str:
+    """Stop the daemon tree a dead watchdog left (if still ours), and record STOPPED."""
+    try:
+        daemon: ProcessIdentity | None = ProcessIdentity.from_json(status.get("daemon"))
+    except ValueError:
+        daemon = None
+    message = "no watchdog and no daemon running"
+    if daemon is not None:
+        cfg = ws.config.daemon
+        token = status.get("owner_token") if isinstance(status.get("owner_token"), str) else None
+        report = stop_process_tree(
+            daemon, sig=signal.Signals[cfg.stop_signal], timeout=cfg.stop_timeout, token=token
+        )
+        stopped = len(report.exited) + len(report.killed)
+        message = f"no watchdog running; stopped the daemon tree: {stopped} processes"
+    if status.get("state") not in (None, State.STOPPED.value, State.FATAL.value):
+        # What a dead watchdog last wrote (RUNNING, BACKOFF, ...) is no longer true.
+        gone = {"daemon_pid": None, "daemon": None, "owner_token": None, "daemon_log_offset": None}
+        try:
+            write_status(ws.state_file, {**status, **gone, "state": State.STOPPED.value})
+        except OSError as exc:
+            raise TrainguardError(
+                f"{message}, but cannot update {ws.state_file}: {exc.strerror or exc}"
+            ) from None
+        message += f"; state {status['state']} -> STOPPED"
+    return message
+
+
+def restart(ws: Workspace, *, timeout: float) -> int:
+    """Ask the watchdog to start the daemon again (from FATAL or STOPPED, at once from BACKOFF,
+    after a graceful stop from STARTING or RUNNING), and wait until a new daemon has started."""
     status = read_status(ws.state_file) or {}
     watchdog = _process(status, "watchdog")
     if watchdog is None:
         raise TrainguardError(
             f"no watchdog is running for {ws.base_dir}; start one with: daemon-watchdog run"
         )
-    watchdog.send_signal(signal.SIGHUP)
     was = status.get("state")
-    print(f"asked the watchdog (pid {watchdog.pid}) to restart the daemon (state was {was})")
-    return 0
+    if was in (State.HUNG.value, State.STOPPING.value):
+        raise TrainguardError(
+            f"the watchdog (pid {watchdog.pid}) is stopping the daemon already (state {was}); "
+            "see: daemon-watchdog status"
+        )
+    changed = threading.Event()
+    with ProgressWatch(ws.state_file, changed.set):  # the state file is replaced on each change
+        watchdog.send_signal(signal.SIGHUP)
+        print(f"asked the watchdog (pid {watchdog.pid}) to restart the daemon (state was {was})")
+        deadline = time.monotonic() + timeout
+        while True:
+            now = read_status(ws.state_file) or {}
+            outcome = _restart_outcome(status, now)
+            if outcome is not None:
+                ok, message = outcome
+                if not ok:
+                    raise TrainguardError(message)
+                print(message)
+                return 0
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TrainguardError(
+                    f"no new daemon within {timeout:.0f} s (state {now.get('state')}); "
+                    "see: daemon-watchdog status"
+                )
+            if not watchdog.is_running():
+                raise TrainguardError(f"the watchdog (pid {watchdog.pid}) exited meanwhile")
+            changed.wait(min(left, 1.0))  # woken by each write; 1 s to notice a dead watchdog
+            changed.clear()
+
+
+def _restart_outcome(before: dict[str, Any], now: dict[str, Any]) -> tuple[bool, str] | None:
+    """(started?, what to say) once the state file shows the restart's result, else None."""
+    if now.get("restart_requests", 0) <= before.get("restart_requests", 0):
+        return None  # the watchdog has not handled the request yet
+    started = now.get("daemon_started_at")
+    if started and started != before.get("daemon_started_at"):
+        where = now.get("resumed_from")
+        origin = f"from {Path(where).name}" if where else "from the start"
+        return True, f"daemon pid {now.get('daemon_pid')} started {origin} (state {now['state']})"
+    if now.get("restart_count", 0) > before.get("restart_count", 0):
+        return True, f"the new daemon started and has crashed since (state {now.get('state')})"
+    if now.get("state") == State.FATAL.value:
+        return False, f"restart failed: {now.get('fatal_reason')}"
+    return None

@@ -1,8 +1,8 @@
 """Why the daemon died, and the crash history record of it.
 
-The supervisor imports this module at the first crash, not at start: the crash detector
-(Hyperscan and the libstdc++ it loads, the rule catalog and its compiled databases, ~3.7 MiB)
-would otherwise sit in every watchdog that never sees a crash.
+The supervisor loads the crash detector (`load_scanner`: Hyperscan and the libstdc++ it loads,
+the rule catalog and its compiled databases, ~3.7 MiB) just after starting the daemon, so that
+the first crash costs no more time than later ones.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Diagnosis:
 def load_scanner() -> Scanner:
     """The rule catalog, with its Hyperscan databases from the cache.
 
-    When the cache lacks them (the first crash after installing or upgrading), a child process
+    When the cache lacks them (the first start after installing or upgrading), a child process
     compiles and stores them: compiling here would leave ~12 MiB of heap in the watchdog for the
     rest of its life. Only if they cannot be stored anywhere are they compiled here.
     """

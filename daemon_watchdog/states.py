@@ -59,6 +59,7 @@ ALLOWED: dict[State, frozenset[State]] = {
             State.BACKOFF,  # the hung tree is gone; the policy allows a restart
             State.FATAL,  # after a hang the policy gave up, or the tree could not be killed
             State.STOPPED,  # operator stop done (or the daemon finished with exit 0 meanwhile)
+            State.STARTING,  # operator restart: the old tree is gone, the new daemon starts
         }
     ),
     State.BACKOFF: frozenset(

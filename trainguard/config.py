@@ -1,21 +1,28 @@
-"""trainguard.toml: pydantic models of every key, loaded once, validated before anything starts.
+"""trainguard.toml: every key, loaded once, validated before anything starts.
 
 A bad config is refused with one line per problem naming the key path; environment variables
 `TRAINGUARD_<SECTION>__<KEY>` override keys of the file.
+
+The sections are frozen stdlib dataclasses whose constraints pydantic reads (`annotated_types`
+bounds, `_Rule` checks): pydantic validates them in `load_config`, but this module does not
+import it. The watchdog, which holds a Config for weeks, has a child validate its config
+(`trainguard.config_child`) and so never carries pydantic's ~18 MiB.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
 import string
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from annotated_types import Ge, Gt, Le, MinLen
 
 from trainguard.errors import ConfigError
 
@@ -32,9 +39,36 @@ ENV_PREFIX = "TRAINGUARD_"
 EXAMPLE_COMMAND = ("{python}", "-m", "daemon_watchdog.example.daemon", "--base-dir", "{base_dir}")
 
 
-class _Section(BaseModel):
+class _Rule:
+    """A key's own check, run by pydantic after the type check (what pydantic's `AfterValidator`
+    does, through its documented `__get_pydantic_core_schema__` hook, so that pydantic is imported
+    only when a config is validated). The check raises ValueError with the reason."""
+
+    __slots__ = ("check",)
+
+    def __init__(self, check: Callable[[Any], Any]) -> None:
+        self.check = check
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Callable[[Any], Any]) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+
+class _Section:
+    __slots__ = ()
     # strict: TOML has real types, so "3" for an int is a mistake worth reporting, not coercing.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    __pydantic_config__: ClassVar[dict[str, Any]] = {
+        "extra": "forbid",
+        "strict": True,
+        "allow_inf_nan": False,
+    }
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Callable[[Any], Any]) -> Any:
+        schema = handler(source)
+        schema["strict"] = False  # a TOML table arrives as a dict; its keys stay strict
+        return schema
 
 
 def _check_placeholders(argv: list[str], allowed: frozenset[str]) -> list[str]:
@@ -56,80 +90,84 @@ def _check_placeholders(argv: list[str], allowed: frozenset[str]) -> list[str]:
     return argv
 
 
+def _command_placeholders(value: list[str]) -> list[str]:
+    if not value[0].strip():
+        raise ValueError("the program (item 0) is empty")
+    return _check_placeholders(value, frozenset({"base_dir", "python"}))
+
+
+def _resume_placeholders(value: list[str]) -> list[str]:
+    return _check_placeholders(value, frozenset({"base_dir", "python", "checkpoint"}))
+
+
+def _known_signal(value: str) -> str:
+    name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+    if name not in signal.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
+        raise ValueError(f"{value!r} is not a catchable signal name such as SIGTERM or SIGINT")
+    return name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DaemonSection(_Section):
-    command: list[str] = Field(default_factory=lambda: list(EXAMPLE_COMMAND), min_length=1)
-    resume_args: list[str] = Field(default_factory=lambda: ["--resume-from", "{checkpoint}"])
+    command: Annotated[list[str], MinLen(1), _Rule(_command_placeholders)] = field(
+        default_factory=lambda: list(EXAMPLE_COMMAND)
+    )
+    resume_args: Annotated[list[str], _Rule(_resume_placeholders)] = field(
+        default_factory=lambda: ["--resume-from", "{checkpoint}"]
+    )
     pid_file: str = ".daemon.pid"
     progress_file: str = "status/progress.json"
     log_file: str = "logs/daemon.log"
-    stop_signal: str = "SIGTERM"
-    stop_timeout: float = Field(30, ge=0)
-
-    @field_validator("command")
-    @classmethod
-    def _command_placeholders(cls, value: list[str]) -> list[str]:
-        if not value[0].strip():
-            raise ValueError("the program (item 0) is empty")
-        return _check_placeholders(value, frozenset({"base_dir", "python"}))
-
-    @field_validator("resume_args")
-    @classmethod
-    def _resume_placeholders(cls, value: list[str]) -> list[str]:
-        return _check_placeholders(value, frozenset({"base_dir", "python", "checkpoint"}))
-
-    @field_validator("stop_signal")
-    @classmethod
-    def _known_signal(cls, value: str) -> str:
-        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
-        if name not in signal.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
-            raise ValueError(f"{value!r} is not a catchable signal name such as SIGTERM or SIGINT")
-        return name
+    stop_signal: Annotated[str, _Rule(_known_signal)] = "SIGTERM"
+    stop_timeout: Annotated[float, Ge(0)] = 30
 
 
+def _valid_regexes(value: list[str]) -> list[str]:
+    for index, pattern in enumerate(value):
+        if not pattern:
+            raise ValueError(f"item {index}: an empty pattern would match every process")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"item {index}: invalid regex {pattern!r}: {exc}") from None
+    return value
+
+
+def _phase_seconds(value: dict[str, float]) -> dict[str, float]:
+    for phase, seconds in value.items():
+        if seconds < 0:
+            raise ValueError(f"{phase}: must be >= 0 (0 means no timeout), got {seconds}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WatchdogSection(_Section):
-    check_interval: float = Field(30, gt=0)
-    progress_timeout: float = Field(600, gt=0)
-    startup_grace: float = Field(300, ge=0)
-    max_restarts: int = Field(3, ge=0)
-    restart_window: float = Field(300, gt=0)
-    backoff_base: float = Field(2, ge=0)  # seconds before the first restart; doubles each time
-    backoff_max: float = Field(120, ge=0)
-    backoff_reset_after: float = Field(600, gt=0)  # this long healthy resets the backoff
+    check_interval: Annotated[float, Gt(0)] = 30
+    progress_timeout: Annotated[float, Gt(0)] = 600
+    startup_grace: Annotated[float, Ge(0)] = 300
+    max_restarts: Annotated[int, Ge(0)] = 3
+    restart_window: Annotated[float, Gt(0)] = 300
+    backoff_base: Annotated[float, Ge(0)] = 2  # seconds before the first restart; doubles each time
+    backoff_max: Annotated[float, Ge(0)] = 120
+    backoff_reset_after: Annotated[float, Gt(0)] = 600  # this long healthy resets the backoff
     # FATAL after this many restarts in a row that never got past the checkpoint step of the
     # previous one: restarting is not making progress.
-    max_restarts_without_progress: int = Field(3, ge=1)
-    hang_dump_timeout: float = Field(10, gt=0)  # seconds for py-spy / faulthandler stack dumps
-    prune_interval: float = Field(600, gt=0)  # seconds between checkpoint pruning runs
-    orphan_patterns: list[str] = Field(default_factory=lambda: ["train.py"])
+    max_restarts_without_progress: Annotated[int, Ge(1)] = 3
+    hang_dump_timeout: Annotated[float, Gt(0)] = 10  # seconds for py-spy / faulthandler dumps
+    prune_interval: Annotated[float, Gt(0)] = 600  # seconds between checkpoint pruning runs
+    orphan_patterns: Annotated[list[str], _Rule(_valid_regexes)] = field(
+        default_factory=lambda: ["train.py"]
+    )
     state_file: str = "status/watchdog.json"
     # Per-phase hang timeouts in seconds (e.g. eval = 1800); 0 means that phase never hangs.
-    phase_timeouts: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("orphan_patterns")
-    @classmethod
-    def _valid_regexes(cls, value: list[str]) -> list[str]:
-        for index, pattern in enumerate(value):
-            if not pattern:
-                raise ValueError(f"item {index}: an empty pattern would match every process")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"item {index}: invalid regex {pattern!r}: {exc}") from None
-        return value
-
-    @field_validator("phase_timeouts")
-    @classmethod
-    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
-        for phase, seconds in value.items():
-            if seconds < 0:
-                raise ValueError(f"{phase}: must be >= 0 (0 means no timeout), got {seconds}")
-        return value
+    phase_timeouts: Annotated[dict[str, float], _Rule(_phase_seconds)] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointsSection(_Section):
     dir: str = "checkpoints"
     pattern: str = "checkpoint-*"
-    keep_last: int = Field(5, ge=1)  # >= 1: the newest valid checkpoint is never pruned
+    keep_last: Annotated[int, Ge(1)] = 5  # >= 1: the newest valid checkpoint is never pruned
 
 
 HEALTH_CHECKS = (
@@ -147,127 +185,134 @@ HEALTH_CHECKS = (
 PREFLIGHT_CHECKS = ("ssh", "inputs", "ramdisk")
 
 
+def _known_checks(value: dict[str, float]) -> dict[str, float]:
+    known = (*HEALTH_CHECKS, *PREFLIGHT_CHECKS)
+    for name, seconds in value.items():
+        if name not in known:
+            raise ValueError(f"{name}: unknown check (known: {', '.join(known)})")
+        if seconds <= 0:
+            raise ValueError(f"{name}: must be > 0, got {seconds}")
+    return value
+
+
+def _gpu_indexes(value: list[int]) -> list[int]:
+    for index in value:
+        if index < 0:
+            raise ValueError(f"GPU indexes are >= 0, got {index}")
+    return value
+
+
+def _ssh_targets(value: list[str]) -> list[str]:
+    for index, node in enumerate(value):
+        # ssh would read "-oProxyCommand=..." as an option: a host never starts with "-".
+        if not node.strip() or node.startswith("-") or any(c.isspace() for c in node):
+            raise ValueError(f"item {index}: {node!r} is not a host or user@host")
+    return value
+
+
+Percent = Annotated[float, Ge(0), Le(100)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthSection(_Section):
-    disk_min_free_gb: float = Field(50, ge=0)  # CRITICAL below this on any checked filesystem
-    disk_min_free_pct: float = Field(5, ge=0, le=100)  # WARNING below this share free
-    inodes_min_free_pct: float = Field(5, ge=0, le=100)  # CRITICAL below: no file can be made
+    disk_min_free_gb: Annotated[float, Ge(0)] = 50  # CRITICAL below this on a checked filesystem
+    disk_min_free_pct: Percent = 5  # WARNING below this share free
+    inodes_min_free_pct: Percent = 5  # CRITICAL below: no file can be made
     # Filesystems checked besides those of base_dir, checkpoints, logs and the daemon's log.
-    disk_paths: list[str] = Field(default_factory=list)
-    mem_min_available_gb: float = Field(4, ge=0)
-    swap_max_used_pct: float = Field(80, ge=0, le=100)  # WARNING above
-    gpu_max_temp_c: float = Field(85, gt=0, le=150)
-    gpu_max_mem_pct: float = Field(95, gt=0, le=100)
-    gpus_expected: int = Field(0, ge=0)
-    excluded_gpus: list[int] = Field(default_factory=list)  # indexes: reported, never failed
-    rocm_smi_command: list[str] = Field(default_factory=lambda: ["rocm-smi"], min_length=1)
-    required_dirs: list[str] = Field(
+    disk_paths: list[str] = field(default_factory=list)
+    mem_min_available_gb: Annotated[float, Ge(0)] = 4
+    swap_max_used_pct: Percent = 80  # WARNING above
+    gpu_max_temp_c: Annotated[float, Gt(0), Le(150)] = 85
+    gpu_max_mem_pct: Annotated[float, Gt(0), Le(100)] = 95
+    gpus_expected: Annotated[int, Ge(0)] = 0
+    # indexes: reported, never failed
+    excluded_gpus: Annotated[list[int], _Rule(_gpu_indexes)] = field(default_factory=list)
+    rocm_smi_command: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["rocm-smi"])
+    required_dirs: list[str] = field(
         default_factory=lambda: ["inbox", "logs", "status", "checkpoints"]
     )
-    required_files: list[str] = Field(default_factory=lambda: ["config.json"])
+    required_files: list[str] = field(default_factory=lambda: ["config.json"])
     job_config: str = "config.json"  # the training job's own config
-    job_config_required_keys: list[str] = Field(default_factory=lambda: ["base_model"])
+    job_config_required_keys: list[str] = field(default_factory=lambda: ["base_model"])
     job_config_backup: str = "status/config.last-good.json"  # refreshed on every OK run
     # WARNING when the newest valid checkpoint is older than this while training; 0 = off.
-    checkpoint_max_age: float = Field(0, ge=0)
+    checkpoint_max_age: Annotated[float, Ge(0)] = 0
     # Seconds each check may take before it reports UNKNOWN; per-check overrides by name.
-    check_timeout: float = Field(10, gt=0)
-    check_timeouts: dict[str, float] = Field(default_factory=dict)
+    check_timeout: Annotated[float, Gt(0)] = 10
+    check_timeouts: Annotated[dict[str, float], _Rule(_known_checks)] = field(default_factory=dict)
     log_file: str = "logs/health-check.log"  # every --fix action is logged here
     # --preflight
-    nodes: list[str] = Field(default_factory=list)  # ssh targets: "host" or "user@host"
-    ssh_command: list[str] = Field(default_factory=lambda: ["ssh"], min_length=1)
-    ssh_timeout: float = Field(5, gt=0)
-    inputs: list[str] = Field(default_factory=list)  # files that must exist and be readable
+    # ssh targets: "host" or "user@host"
+    nodes: Annotated[list[str], _Rule(_ssh_targets)] = field(default_factory=list)
+    ssh_command: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["ssh"])
+    ssh_timeout: Annotated[float, Gt(0)] = 5
+    inputs: list[str] = field(default_factory=list)  # files that must exist and be readable
     ramdisk_dir: str = "/dev/shm"  # noqa: S108 - the ramdisk is the point, not a temp file
-    ramdisk_files: list[str] = Field(default_factory=list)  # names inside ramdisk_dir
-
-    @field_validator("check_timeouts")
-    @classmethod
-    def _known_checks(cls, value: dict[str, float]) -> dict[str, float]:
-        known = (*HEALTH_CHECKS, *PREFLIGHT_CHECKS)
-        for name, seconds in value.items():
-            if name not in known:
-                raise ValueError(f"{name}: unknown check (known: {', '.join(known)})")
-            if seconds <= 0:
-                raise ValueError(f"{name}: must be > 0, got {seconds}")
-        return value
-
-    @field_validator("excluded_gpus")
-    @classmethod
-    def _gpu_indexes(cls, value: list[int]) -> list[int]:
-        for index in value:
-            if index < 0:
-                raise ValueError(f"GPU indexes are >= 0, got {index}")
-        return value
-
-    @field_validator("nodes")
-    @classmethod
-    def _ssh_targets(cls, value: list[str]) -> list[str]:
-        for index, node in enumerate(value):
-            # ssh would read "-oProxyCommand=..." as an option: a host never starts with "-".
-            if not node.strip() or node.startswith("-") or any(c.isspace() for c in node):
-                raise ValueError(f"item {index}: {node!r} is not a host or user@host")
-        return value
+    ramdisk_files: list[str] = field(default_factory=list)  # names inside ramdisk_dir
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CrashDetectorSection(_Section):
-    logs: list[str] = Field(default_factory=lambda: ["logs/*.log"])
+    logs: list[str] = field(default_factory=lambda: ["logs/*.log"])
     history_file: str = ".crash_history.jsonl"
 
 
 ALERT_KINDS = ("crash", "hang", "fatal", "health_critical", "disk_low")
 
 
+def _known_kinds(value: list[str]) -> list[str]:
+    for kind in value:
+        if kind not in ALERT_KINDS:
+            raise ValueError(f"unknown alert kind {kind!r} (known: {', '.join(ALERT_KINDS)})")
+    return value
+
+
+def _apprise_urls(value: list[str]) -> list[str]:
+    for index, url in enumerate(value):
+        if "://" not in url:
+            raise ValueError(f"item {index}: {url!r} is not an apprise URL (scheme://...)")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AlertsSection(_Section):
     # apprise URLs: "slack://...", "discord://...", "mailto://...", "ntfy://...", "json://host".
-    urls: list[str] = Field(default_factory=list)
-    cooldown: float = Field(900, ge=0)  # seconds an identical alert stays quiet
-    kinds: list[str] = Field(default_factory=lambda: list(ALERT_KINDS))
+    urls: Annotated[list[str], _Rule(_apprise_urls)] = field(default_factory=list)
+    cooldown: Annotated[float, Ge(0)] = 900  # seconds an identical alert stays quiet
+    kinds: Annotated[list[str], _Rule(_known_kinds)] = field(
+        default_factory=lambda: list(ALERT_KINDS)
+    )
     state_file: str = "status/alerts.json"  # when each alert was last sent (de-duplication)
-    timeout: float = Field(20, gt=0)  # seconds one delivery may take before it is abandoned
+    timeout: Annotated[float, Gt(0)] = 20  # seconds one delivery may take before it is abandoned
 
-    @field_validator("kinds")
-    @classmethod
-    def _known_kinds(cls, value: list[str]) -> list[str]:
-        for kind in value:
-            if kind not in ALERT_KINDS:
-                raise ValueError(f"unknown alert kind {kind!r} (known: {', '.join(ALERT_KINDS)})")
+
+def _host_port(value: str) -> str:
+    if not value:
         return value
-
-    @field_validator("urls")
-    @classmethod
-    def _urls(cls, value: list[str]) -> list[str]:
-        for index, url in enumerate(value):
-            if "://" not in url:
-                raise ValueError(f"item {index}: {url!r} is not an apprise URL (scheme://...)")
-        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    return value
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsSection(_Section):
-    listen: str = ""  # "127.0.0.1:9464" serves Prometheus /metrics from the watchdog; "" = off
-
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        if not value:
-            return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
-        return value
+    # "127.0.0.1:9464" serves Prometheus /metrics from the watchdog; "" = off
+    listen: Annotated[str, _Rule(_host_port)] = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config(_Section):
     """The whole trainguard.toml. After `load_config`, `base_dir` is an absolute path."""
 
     base_dir: str = "."
-    daemon: DaemonSection = Field(default_factory=DaemonSection)
-    watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
-    checkpoints: CheckpointsSection = Field(default_factory=CheckpointsSection)
-    health: HealthSection = Field(default_factory=HealthSection)
-    crash_detector: CrashDetectorSection = Field(default_factory=CrashDetectorSection)
-    alerts: AlertsSection = Field(default_factory=AlertsSection)
-    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    watchdog: WatchdogSection = field(default_factory=WatchdogSection)
+    checkpoints: CheckpointsSection = field(default_factory=CheckpointsSection)
+    health: HealthSection = field(default_factory=HealthSection)
+    crash_detector: CrashDetectorSection = field(default_factory=CrashDetectorSection)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
 
 
 def find_config_path(
@@ -296,8 +341,10 @@ def load_config(
     if source is not None:
         data = _read_toml(source)
     env_keys = _apply_env_overrides(data, environ, label)
+    from pydantic import ValidationError
+
     try:
-        config = Config.model_validate(data)
+        config: Config = _validator().validate_python(data)
     except ValidationError as exc:
         problems = [_describe(error, label, env_keys) for error in exc.errors()]
         raise ConfigError(problems[0], problems=problems) from None
@@ -305,7 +352,29 @@ def load_config(
     if "\x00" in config.base_dir:
         raise ConfigError(f"{label}: base_dir: contains a NUL character")
     base_dir = (anchor / os.path.expanduser(config.base_dir)).resolve()
-    return config.model_copy(update={"base_dir": str(base_dir)})
+    return replace(config, base_dir=str(base_dir))
+
+
+@functools.cache
+def _validator() -> Any:
+    """pydantic's validator of Config, built once per process (~0.1 s)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Config)
+
+
+def config_as_dict(config: Config) -> dict[str, Any]:
+    """Every key with its value, sections as nested dicts (JSON-ready)."""
+    return asdict(config)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from `config_as_dict` of one `load_config` validated: no checks."""
+    values = dict(data)
+    for item in fields(Config):
+        if isinstance(item.default_factory, type):  # a section: its class makes its default
+            values[item.name] = item.default_factory(**data[item.name])
+    return Config(**values)
 
 
 def _read_toml(source: Path) -> dict[str, Any]:
@@ -383,8 +452,10 @@ def _describe(error: Mapping[str, Any], label: str, env_keys: Mapping[tuple[str,
     loc = tuple(str(part) for part in error["loc"])
     path = ".".join(part if not part.isdigit() else f"[{part}]" for part in loc).replace(".[", "[")
     kind = error["type"]
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         message = "unknown key"
+    elif kind == "dataclass_type":
+        message = f"must be a table (got {error['input']!r})"
     elif kind == "missing":
         message = "required key is missing"
     elif kind in _BOUND_WORDS:

@@ -71,11 +71,31 @@ def test_bad_config_is_one_line_per_problem_and_exit_78(
 ) -> None:
     cfg = tmp_path / "trainguard.toml"
     cfg.write_text(toml)
-    result = _run("config", "-c", str(cfg))
+    for command in ("config", "run"):  # `run` validates in a child: the same line and code
+        result = _run(command, "-c", str(cfg))
+        assert result.returncode == 78
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+        assert lines[0].startswith(f"daemon-watchdog: {cfg}: ")
+
+
+def test_run_without_any_config_refuses_to_train_the_example_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = tmp_path / "some-folder"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("TRAINGUARD_CONFIG", raising=False)
+    result = _run("run")
     assert result.returncode == 78
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert result.stderr.startswith(
+        "daemon-watchdog: no trainguard.toml here and TRAINGUARD_CONFIG is not set: give -c PATH"
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert list(here.iterdir()) == []  # no logs/, status/ or checkpoints/ made here
+    monkeypatch.setenv("TRAINGUARD_CONFIG", str(tmp_path / "elsewhere.toml"))
+    assert "elsewhere.toml: config file not found" in _run("run").stderr
 
 
 def test_missing_config_file_is_exit_78(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The watchdog's first crash loads the crash detector; compiling its rules is a child's job."""
+"""The watchdog loads the crash detector at start; compiling its rules is a child's job."""
 
 from __future__ import annotations
 

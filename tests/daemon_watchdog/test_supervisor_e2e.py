@@ -162,8 +162,10 @@ def _restarted(count: int) -> Any:
 def test_sigkilled_daemon_restarts_from_latest_valid_checkpoint_and_orphan_is_gone(
     run: Run,
 ) -> None:
-    run.start()
+    watchdog = run.start()
     run.wait_for(_running_past(25), "training past step 25")
+    # The crash detector was loaded at start, not left for the first crash to load.
+    assert "crash detector loaded: " in (run.base / "logs" / "watchdog.log").read_text()
     worker = run.worker()
     daemon_pid = run.status()["daemon_pid"]
     os.kill(daemon_pid, signal.SIGKILL)
@@ -175,6 +177,9 @@ def test_sigkilled_daemon_restarts_from_latest_valid_checkpoint_and_orphan_is_go
     assert status["daemon_pid"] != daemon_pid
     assert not _alive(worker), "the orphaned train.py worker survived the restart"
     assert [r["category"] for r in run.history()] == ["host_oom"]
+    # Its config was validated in a child: pydantic (~18 MiB) never entered the watchdog.
+    assert status["watchdog_pid"] == watchdog.pid
+    assert "pydantic" not in Path(f"/proc/{watchdog.pid}/maps").read_text()
 
 
 def test_a_marked_process_outside_our_tree_is_stopped_after_a_crash(run: Run) -> None:
@@ -378,6 +383,75 @@ def test_stop_ends_daemon_and_watchdog_and_leaves_nothing(run: Run) -> None:
     assert not any(_alive(p) for p in tree)
     assert run.status()["state"] == "STOPPED"
     assert _status_exit(run) == 2
+
+
+def _cli(run: Run, *args: str) -> subprocess.CompletedProcess[str]:
+    assert SCRIPT
+    return subprocess.run(
+        [SCRIPT, *args, "-c", str(run.config)], capture_output=True, text=True, timeout=90
+    )
+
+
+def test_stop_with_the_watchdog_dead_stops_its_daemon_and_records_stopped(run: Run) -> None:
+    watchdog = run.start()
+    run.wait_for(_running_past(15), "training past step 15")
+    tree = run.daemon_tree()
+    watchdog.kill()  # the watchdog dies; training goes on unsupervised
+    watchdog.wait()
+    assert all(_alive(p) for p in tree)
+    assert _status_exit(run) == 3  # "RUNNING", written by a watchdog that is gone
+    result = _cli(run, "stop")
+    assert result.returncode == 0, result.stderr
+    assert "stopped the daemon tree" in result.stdout
+    assert "state RUNNING -> STOPPED" in result.stdout
+    assert not any(_alive(p) for p in tree)
+    status = run.status()
+    assert status["state"] == "STOPPED" and status["daemon_pid"] is None
+    assert _status_exit(run) == 2
+    again = _cli(run, "stop")  # nothing left to do, and nothing to correct
+    assert again.returncode == 0 and again.stdout.strip() == "no watchdog and no daemon running"
+
+
+def test_restart_of_a_running_daemon_stops_it_and_resumes_from_the_newest_checkpoint(
+    run: Run,
+) -> None:
+    run.start()
+    run.wait_for(_running_past(25), "training past step 25")
+    before = run.status()
+    worker = run.worker()
+    daemon = psutil.Process(before["daemon_pid"])
+    result = _cli(run, "restart")
+    assert result.returncode == 0, result.stderr
+    status = run.status()
+    assert f"daemon pid {status['daemon_pid']} started from checkpoint-" in result.stdout
+    assert status["daemon_pid"] != before["daemon_pid"]
+    assert not _alive(daemon) and not _alive(worker)
+    assert status["resumed_from"] and status["state"] in ("STARTING", "RUNNING")
+    # An operator's restart is not a crash: nothing counted, classified or recorded.
+    assert status["restart_count"] == 0 and status["last_crash"] is None
+    assert not run.history()
+    log = (run.base / "logs" / "watchdog.log").read_text()
+    assert f"daemon pid {before['daemon_pid']} exited with code 143" in log  # SIGTERM, graceful
+    run.wait_for(_running_past(before["last_progress"]["step"] - 10), "training again")
+
+
+def test_restart_during_a_backoff_starts_the_daemon_at_once(run: Run) -> None:
+    run.configure(backoff_base=300, backoff_max=300)
+    run.start()
+    run.wait_for(_running_past(15), "training past step 15")
+    os.kill(run.status()["daemon_pid"], signal.SIGKILL)
+    run.wait_for(lambda s: s.get("state") == "BACKOFF", "a 300 s backoff")
+    result = _cli(run, "restart", "--timeout", "30")  # fails unless it skips the backoff
+    assert result.returncode == 0, result.stderr
+    status = run.status()
+    assert status["state"] in ("STARTING", "RUNNING") and status["restart_count"] == 1
+
+
+def test_restart_without_a_watchdog_is_a_one_line_error(run: Run) -> None:
+    result = _cli(run, "restart")
+    assert result.returncode == 1
+    assert result.stderr.startswith("daemon-watchdog: no watchdog is running for ")
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_finished_training_is_stopped_not_restarted(tmp_path: Path) -> None:

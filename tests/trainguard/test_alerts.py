@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def test_the_cooldown_holds_across_processes(receiver: Receiver, tmp_path: Path)
     sent.join(timeout=30)
     # A new Alerter (the next hourly health-check) reads the same state file.
     assert Alerter(config, state).send(crash()) is None
-    again = Alerter(config.model_copy(update={"cooldown": 0}), state).send(crash())
+    again = Alerter(replace(config, cooldown=0), state).send(crash())
     assert again is not None
     again.join(timeout=30)
     assert len(receiver.posts) == 2
