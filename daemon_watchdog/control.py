@@ -139,7 +139,14 @@ def restart(ws: Workspace, *, timeout: float) -> int:
         )
     changed = threading.Event()
     with ProgressWatch(ws.state_file, changed.set):  # the state file is replaced on each change
-        watchdog.send_signal(signal.SIGHUP)
+        try:
+            watchdog.send_signal(signal.SIGHUP)  # psutil checks it is still that process
+        except psutil.NoSuchProcess:
+            raise TrainguardError(f"the watchdog (pid {watchdog.pid}) has just exited") from None
+        except psutil.AccessDenied:
+            raise TrainguardError(
+                f"not allowed to signal the watchdog (pid {watchdog.pid}): run this as its user"
+            ) from None
         print(f"asked the watchdog (pid {watchdog.pid}) to restart the daemon (state was {was})")
         deadline = time.monotonic() + timeout
         while True:

@@ -145,9 +145,11 @@ def _warn_about_stale_pid_file(ws: Workspace, identity: ProcessIdentity | None) 
         pid = int(ws.pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return
+    alive = identify(pid) is not None
     if identity is not None and pid == identity.pid:
-        log.info("daemon pid %d from the last run is gone", pid)
-    elif identify(pid) is not None:
+        reused = "; that pid is now another process's, left alone" if alive else ""
+        log.info("daemon pid %d from the last run is gone%s", pid, reused)
+    elif alive:
         log.warning(
             "pid file names pid %d, which is not the daemon this watchdog started "
             "(pid reused?): not adopting it, not signalling it",

@@ -36,7 +36,12 @@ from daemon_watchdog.daemon_process import (
 from daemon_watchdog.diagnosis import diagnose_crash, diagnose_hang, load_scanner, record_crash
 from daemon_watchdog.incidents import capture_stacks, write_incident
 from daemon_watchdog.progress_watch import ProgressWatch
-from daemon_watchdog.recovery import make_room, pick_checkpoint, prune_periodically
+from daemon_watchdog.recovery import (
+    CheckpointsUnreadable,
+    make_room,
+    pick_checkpoint,
+    prune_periodically,
+)
 from daemon_watchdog.reporting import Reporter
 from daemon_watchdog.restart_policy import RestartPolicy
 from daemon_watchdog.states import TERMINAL, State, check_transition
@@ -201,7 +206,7 @@ class Supervisor:
             # Not our child: its orphans went to init, only the token finds them.
             self._kill_orphans(previous["owner_token"], "left by the previous daemon", tree=False)
         self._restore(previous or {})
-        self._spawn(pick_checkpoint(self.ws))
+        self._spawn()
 
     def _restore(self, previous: dict[str, Any]) -> None:
         restarts = previous.get("restarts")
@@ -220,14 +225,16 @@ class Supervisor:
             previous.get("last_crash") if isinstance(previous.get("last_crash"), dict) else None
         )
 
-    def _spawn(self, checkpoint: Any) -> None:
-        path = checkpoint.path if checkpoint is not None else None
-        # A resumed run starts below the last run's step: until the new daemon replaces the
-        # progress file, what it holds is history, not this daemon's first progress.
-        self.stale_progress = _stamp(self.ws.progress_file)
+    def _spawn(self) -> None:
+        """Start the daemon from the newest valid checkpoint; FATAL if it cannot be."""
         try:
+            checkpoint = pick_checkpoint(self.ws)
+            path = checkpoint.path if checkpoint is not None else None
+            # A resumed run starts below the last run's step: until the new daemon replaces the
+            # progress file, what it holds is history, not this daemon's first progress.
+            self.stale_progress = _stamp(self.ws.progress_file)
             self.daemon = spawn(self.ws, checkpoint=path, token=new_token(), started_at=utc_now())
-        except SpawnError as exc:
+        except (SpawnError, CheckpointsUnreadable) as exc:
             self.fatal_reason = str(exc)
             log.error("FATAL: %s", exc)
             self.reporter.fatal("spawn", self.fatal_reason, "Fix [daemon] in the config or the "
@@ -245,7 +252,7 @@ class Supervisor:
         low = make_room(self.ws)
         if low is not None:
             self.reporter.disk_low(low)
-        self._spawn(pick_checkpoint(self.ws))
+        self._spawn()
 
     # --- events -----------------------------------------------------------------------------
 
@@ -277,7 +284,7 @@ class Supervisor:
             log.info("restart requested by the operator: clearing %s", self.state)
             self.policy.reset()
             self.fatal_reason = None
-            self._spawn(pick_checkpoint(self.ws))
+            self._spawn()
         elif self.state == State.BACKOFF:
             log.info("restart requested by the operator: starting now, not after the backoff")
             self._restart_now()
@@ -381,7 +388,11 @@ class Supervisor:
         self.diagnosed = True
         occurrence = f"daemon-watchdog:{daemon.pid}:{daemon.identity.create_time}"
         record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code)
-        checkpoint = pick_checkpoint(self.ws)
+        try:
+            checkpoint = pick_checkpoint(self.ws)
+        except CheckpointsUnreadable as exc:
+            log.error("%s", exc)  # the restart tries again, and goes FATAL if it still fails
+            checkpoint = None
         step = checkpoint.step if checkpoint is not None else None
         decision = self.policy.decide(
             retryable=diagnosis.retryable, category=diagnosis.category, checkpoint_step=step
@@ -448,14 +459,18 @@ class Supervisor:
         capture = capture_stacks(
             pythons, timeout=self.cfg.watchdog.hang_dump_timeout, log_path=self.ws.daemon_log
         )
-        incident = write_incident(
-            self.ws.path("status/incidents"),
-            kind="hang",
-            payload={"reason": self.hang_reason, "pids": tree, "method": capture.method,
-                     "details": capture.details, "stacks": capture.text},
-        )  # fmt: skip
-        log.error("%s; stacks (%s) saved to %s", self.hang_reason, capture.method, incident)
-        self.reporter.hang(self.hang_reason, str(incident))
+        try:
+            where = str(write_incident(
+                self.ws.path("status/incidents"),
+                kind="hang",
+                payload={"reason": self.hang_reason, "pids": tree, "method": capture.method,
+                         "details": capture.details, "stacks": capture.text},
+            ))  # fmt: skip
+        except OSError as exc:  # the hung tree is killed and restarted all the same
+            where = f"nowhere (cannot write the incident file: {exc.strerror or exc})"
+            log.error("%s; stacks (%s):\n%s", self.hang_reason, capture.method, capture.text)
+        log.error("%s; stacks (%s) saved to %s", self.hang_reason, capture.method, where)
+        self.reporter.hang(self.hang_reason, where)
         self.stopping_for = "hang"
         self._transition(State.STOPPING, "stopping the hung daemon")
         self._stop_tree()

@@ -1,6 +1,6 @@
 """Validating a config in a child process, for the watchdog.
 
-pydantic (~18 MiB resident once imported) would otherwise stay in a watchdog that runs for
+pydantic (~10 MiB of RSS once imported) would otherwise stay in a watchdog that runs for
 weeks, for one validation at its start. `load_config_in_child` runs
 `python -m trainguard.config_child [PATH]`, which calls `load_config` (same search, same
 environment overrides, same messages) and prints one JSON object on stdout: `{"config": {...}}`

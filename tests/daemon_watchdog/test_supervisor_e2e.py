@@ -177,7 +177,7 @@ def test_sigkilled_daemon_restarts_from_latest_valid_checkpoint_and_orphan_is_go
     assert status["daemon_pid"] != daemon_pid
     assert not _alive(worker), "the orphaned train.py worker survived the restart"
     assert [r["category"] for r in run.history()] == ["host_oom"]
-    # Its config was validated in a child: pydantic (~18 MiB) never entered the watchdog.
+    # Its config was validated in a child: pydantic (~10 MiB) never entered the watchdog.
     assert status["watchdog_pid"] == watchdog.pid
     assert "pydantic" not in Path(f"/proc/{watchdog.pid}/maps").read_text()
 
@@ -344,9 +344,8 @@ def test_stale_pid_file_naming_an_unrelated_process_is_not_adopted_or_signalled(
         bystander.wait()
 
 
-def test_corrupt_newest_checkpoint_resumes_from_the_previous_and_is_quarantined(run: Run) -> None:
-    run.start()
-    run.wait_for(lambda s: _checkpoints(run) >= 3 and s.get("state") == "RUNNING", "3 checkpoints")
+def _corrupt_newest_checkpoint_and_kill(run: Run) -> tuple[Path, str]:
+    """Zero the newest checkpoint's weights, SIGKILL the daemon; (that folder, the one before)."""
     os.kill(run.status()["daemon_pid"], signal.SIGSTOP)  # freeze it so no newer checkpoint lands
     newest = max(
         (run.base / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
@@ -354,11 +353,66 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous_and_is_quarantined(
     (newest / "model.safetensors").write_bytes(b"\x00" * 16)
     previous = f"checkpoint-{int(newest.name.split('-')[1]) - 10}"
     os.kill(run.status()["daemon_pid"], signal.SIGKILL)
+    return newest, previous
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous_and_is_quarantined(run: Run) -> None:
+    run.start()
+    run.wait_for(lambda s: _checkpoints(run) >= 3 and s.get("state") == "RUNNING", "3 checkpoints")
+    newest, previous = _corrupt_newest_checkpoint_and_kill(run)
     status = run.wait_for(_restarted(1), "restart")
     assert status["restarts"][0]["resume_from"] == previous
     quarantined = list((run.base / "checkpoints" / "quarantine").glob(f"{newest.name}.*"))
     assert len(quarantined) == 1
     assert (quarantined[0] / "model.safetensors").read_bytes() == b"\x00" * 16
+
+
+def _watchdog_log(run: Run) -> str:
+    return (run.base / "logs" / "watchdog.log").read_text()
+
+
+def test_a_corrupt_checkpoint_that_cannot_be_quarantined_is_left_alone_and_skipped(
+    run: Run,
+) -> None:
+    (run.base / "checkpoints" / "quarantine").write_text("a file where the folder would go")
+    watchdog = run.start()
+    run.wait_for(lambda s: _checkpoints(run) >= 3 and s.get("state") == "RUNNING", "3 checkpoints")
+    newest, previous = _corrupt_newest_checkpoint_and_kill(run)
+    status = run.wait_for(_restarted(1), "restart")
+    assert status["restarts"][0]["resume_from"] == previous
+    assert (newest / "model.safetensors").read_bytes() == b"\x00" * 16  # kept, where it was
+    assert f"cannot quarantine invalid checkpoint {newest.name}" in _watchdog_log(run)
+    assert watchdog.poll() is None
+
+
+def test_unlistable_checkpoints_are_fatal_never_a_start_from_scratch(run: Run) -> None:
+    watchdog = run.start()
+    run.wait_for(lambda s: _checkpoints(run) >= 2 and s.get("state") == "RUNNING", "checkpoints")
+    daemon_pid = run.status()["daemon_pid"]
+    os.kill(daemon_pid, signal.SIGSTOP)
+    checkpoints = run.base / "checkpoints"
+    checkpoints.rename(run.base / "checkpoints.aside")
+    checkpoints.write_text("not a folder: listing it fails")
+    os.kill(daemon_pid, signal.SIGKILL)
+    status = run.wait_for(lambda s: s.get("state") == "FATAL", "FATAL")
+    assert "cannot list the checkpoints in " in status["fatal_reason"]
+    assert status["daemon_pid"] is None
+    assert not psutil.Process(watchdog.pid).children(recursive=True)  # nothing started
+    assert watchdog.poll() is None, "the watchdog stays up in FATAL to report"
+
+
+def test_a_hang_whose_incident_file_cannot_be_written_is_still_killed_and_restarted(
+    run: Run,
+) -> None:
+    (run.base / "status" / "incidents").write_text("a file where the folder would go")
+    run.configure(command_extra=["--fault", "hang@25"])
+    watchdog = run.start()
+    status = run.wait_for(_restarted(1), "restart after the hang", timeout=45)
+    assert status["restarts"][0]["category"] == "timeout"
+    log = _watchdog_log(run)
+    assert "saved to nowhere (cannot write the incident file" in log
+    assert "_wait_for_allreduce" in log  # the stacks went to the log instead
+    assert watchdog.poll() is None
 
 
 def test_second_watchdog_on_one_workspace_exits_75(run: Run) -> None:

@@ -52,7 +52,7 @@ def test_a_rewound_restart_takes_its_lower_steps_as_progress_not_the_old_file(
 ) -> None:
     sup = supervisor
     progress = sup.ws.progress_file
-    sup._spawn(None)
+    sup._spawn()
     write_progress(progress, 190)
     sup._handle(ev.ProgressChanged())
     assert (sup.state, _step(sup)) == (State.RUNNING, 190)
@@ -91,7 +91,7 @@ def test_a_first_start_takes_an_existing_progress_file_as_history(
 ) -> None:
     sup = supervisor
     write_progress(sup.ws.progress_file, 70)  # left by a run before this watchdog
-    sup._spawn(None)
+    sup._spawn()
     sup._handle(ev.ProgressChanged())
     assert (sup.state, _step(sup)) == (State.STARTING, None)
     write_progress(sup.ws.progress_file, 1)
