@@ -119,6 +119,8 @@ def _operate(args: argparse.Namespace) -> int:
     from daemon_watchdog.logsetup import setup_logging
     from daemon_watchdog.supervisor import Supervisor
 
+    if not ws.base_dir.is_dir():
+        raise TrainguardError(f"base_dir {ws.base_dir} is not a folder: create it or fix base_dir")
     lock = WorkspaceLock(ws.lock_file)
     try:
         lock.acquire()

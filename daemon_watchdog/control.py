@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +115,9 @@ def _stop_without_watchdog(ws: Workspace, status: dict[str, Any]) -> str:
         message = f"no watchdog running; stopped the daemon tree: {stopped} processes"
     if status.get("state") not in (None, State.STOPPED.value, State.FATAL.value):
         # What a dead watchdog last wrote (RUNNING, BACKOFF, ...) is no longer true.
-        gone = {"daemon_pid": None, "daemon": None, "owner_token": None, "daemon_log_offset": None}
+        gone = dict.fromkeys(
+            ("daemon_pid", "daemon", "daemon_started_at", "owner_token", "daemon_log_offset")
+        )
         try:
             write_status(ws.state_file, {**status, **gone, "state": State.STOPPED.value})
         except OSError as exc:
@@ -125,6 +131,28 @@ def _stop_without_watchdog(ws: Workspace, status: dict[str, Any]) -> str:
 def restart(ws: Workspace, *, timeout: float) -> int:
     """Ask the watchdog to start the daemon again (from FATAL or STOPPED, at once from BACKOFF,
     after a graceful stop from STARTING or RUNNING), and wait until a new daemon has started."""
+    with _one_restart_at_a_time(ws):
+        return _restart(ws, timeout=timeout)
+
+
+@contextmanager
+def _one_restart_at_a_time(ws: Workspace) -> Iterator[None]:
+    """Two operators' restarts in turn: a SIGHUP does not say whose it is, so each `restart`
+    must see the state from before its own request and the daemon that request started."""
+    path = ws.state_file.with_name(ws.state_file.name + ".restart-lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise TrainguardError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the other restart ends within its own --timeout
+        yield
+    finally:
+        os.close(fd)
+
+
+def _restart(ws: Workspace, *, timeout: float) -> int:
     status = read_status(ws.state_file) or {}
     watchdog = _process(status, "watchdog")
     if watchdog is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from crash_detector.history import append_new, to_record
 from crash_detector.rules import load_rules
 from crash_detector.scanner import NotCached, Scanner
 from crash_detector.tail import last_lines
+from trainguard.python_child import module_argv
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
@@ -53,7 +53,7 @@ def load_scanner() -> Scanner:
         return Scanner(catalog, may_compile=False)
     except NotCached:
         pass
-    command = [sys.executable, "-m", "crash_detector.db_cache"]
+    command = module_argv("crash_detector.db_cache")
     try:
         built = subprocess.run(
             command, stdin=subprocess.DEVNULL, capture_output=True, text=True,

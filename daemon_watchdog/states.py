@@ -73,7 +73,8 @@ ALLOWED: dict[State, frozenset[State]] = {
     # Terminal: the watchdog stays up and keeps reporting; only an operator leaves these, with
     # `restart` (which also resets the restart policy) or, from FATAL, `stop` (nothing runs).
     State.FATAL: frozenset({State.STARTING, State.STOPPED}),
-    State.STOPPED: frozenset({State.STARTING}),
+    # From STOPPED too, an operator's restart that cannot start the daemon is FATAL.
+    State.STOPPED: frozenset({State.STARTING, State.FATAL}),
 }
 
 TERMINAL: frozenset[State] = frozenset({State.FATAL, State.STOPPED})

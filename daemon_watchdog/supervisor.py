@@ -414,7 +414,7 @@ class Supervisor:
             self._finish(State.FATAL, self.fatal_reason)
             return
         if not hang:  # a hang was alerted when it was seen
-            then = f"restarting in {decision.delay:.0f} s from " + (
+            then = f"restarting in {decision.delay:g} s from " + (
                 checkpoint.path.name if checkpoint is not None else "the start"
             )
             self.reporter.crash(
@@ -422,7 +422,7 @@ class Supervisor:
             )
         self.restarts = [*self.restarts, entry][-MAX_RESTARTS_KEPT:]
         self.restart_at = time.monotonic() + decision.delay
-        self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {decision.delay:.0f} s")
+        self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {decision.delay:g} s")
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -467,8 +467,11 @@ class Supervisor:
                          "details": capture.details, "stacks": capture.text},
             ))  # fmt: skip
         except OSError as exc:  # the hung tree is killed and restarted all the same
-            where = f"nowhere (cannot write the incident file: {exc.strerror or exc})"
             log.error("%s; stacks (%s):\n%s", self.hang_reason, capture.method, capture.text)
+            where = (
+                f"{self.ws.path('logs/watchdog.log')} (no incident file: cannot write in "
+                f"{self.ws.path('status/incidents')}: {exc.strerror or exc})"
+            )
         log.error("%s; stacks (%s) saved to %s", self.hang_reason, capture.method, where)
         self.reporter.hang(self.hang_reason, where)
         self.stopping_for = "hang"

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from trainguard.atomicio import write_json_atomic
 from trainguard.config import AlertsSection
+from trainguard.python_child import module_argv
 
 log = logging.getLogger("trainguard.alerts")
 
@@ -150,7 +150,7 @@ class Alerter:
         try:
             with self._lock:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "trainguard.alert_sender"],
+                    module_argv("trainguard.alert_sender"),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from trainguard import exitcodes
 from trainguard.config import Config, config_as_dict, config_from_dict, load_config
 from trainguard.errors import ConfigError, TrainguardError
+from trainguard.python_child import module_argv
 
 CHILD_TIMEOUT = 60.0  # seconds; a validation takes ~0.3 s
 
@@ -26,9 +27,7 @@ def load_config_in_child(
     path: str | os.PathLike[str] | None, *, timeout: float = CHILD_TIMEOUT
 ) -> Config:
     """`load_config(path)`, run in a child; raise ConfigError or TrainguardError as it would."""
-    command = [sys.executable, "-m", "trainguard.config_child"]
-    if path is not None:
-        command.append(os.fspath(path))
+    command = module_argv("trainguard.config_child", *([os.fspath(path)] if path else []))
     try:
         done = subprocess.run(
             command,

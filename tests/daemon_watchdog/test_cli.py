@@ -98,6 +98,19 @@ def test_run_without_any_config_refuses_to_train_the_example_here(
     assert "elsewhere.toml: config file not found" in _run("run").stderr
 
 
+def test_run_with_a_missing_base_dir_says_so(tmp_path: Path) -> None:
+    cfg = tmp_path / "trainguard.toml"
+    cfg.write_text('base_dir = "not-made-yet"\n')
+    result = _run("run", "-c", str(cfg))
+    assert result.returncode == 1
+    missing = tmp_path.resolve() / "not-made-yet"
+    assert (
+        result.stderr
+        == f"daemon-watchdog: base_dir {missing} is not a folder: create it or fix base_dir\n"
+    )
+    assert not missing.exists()
+
+
 def test_missing_config_file_is_exit_78(tmp_path: Path) -> None:
     result = _run("config", "-c", str(tmp_path / "nope.toml"))
     assert result.returncode == 78

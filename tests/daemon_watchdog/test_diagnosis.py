@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from crash_detector.classify import classify_text
 from crash_detector.scanner import Scanner, hyperscan
 from daemon_watchdog.diagnosis import load_scanner
+from trainguard.python_child import module_argv
 
 pytestmark = pytest.mark.skipif(hyperscan is None, reason="hyperscan not installed")
 CUDA = "step 3\nRuntimeError: CUDA error: an illegal memory access was encountered\n"
@@ -48,7 +48,7 @@ def test_an_empty_cache_is_filled_by_a_child_and_then_loaded_from(
 ) -> None:
     _home(monkeypatch, tmp_path / "home")
     scanner = load_scanner()
-    assert children == [[sys.executable, "-m", "crash_detector.db_cache"]]
+    assert children == [module_argv("crash_detector.db_cache")]
     assert len(list((tmp_path / "home" / ".cache" / "trainguard").glob("hyperscan-*.db"))) == 3
     assert _category(CUDA, scanner) == "cuda_error"
     children.clear()

@@ -65,7 +65,7 @@ def test_invalid_transition_is_a_value_error_naming_the_allowed_targets() -> Non
 def test_terminal_states_only_leave_by_an_operator_restart_or_stop() -> None:
     assert frozenset({State.FATAL, State.STOPPED}) == TERMINAL
     assert ALLOWED[State.FATAL] == {State.STARTING, State.STOPPED}
-    assert ALLOWED[State.STOPPED] == {State.STARTING}
+    assert ALLOWED[State.STOPPED] == {State.STARTING, State.FATAL}
 
 
 def test_every_state_is_reachable_from_starting_and_can_reach_a_terminal_state() -> None:

@@ -410,7 +410,7 @@ def test_a_hang_whose_incident_file_cannot_be_written_is_still_killed_and_restar
     status = run.wait_for(_restarted(1), "restart after the hang", timeout=45)
     assert status["restarts"][0]["category"] == "timeout"
     log = _watchdog_log(run)
-    assert "saved to nowhere (cannot write the incident file" in log
+    assert "no incident file: cannot write in " in log
     assert "_wait_for_allreduce" in log  # the stacks went to the log instead
     assert watchdog.poll() is None
 
@@ -501,6 +501,61 @@ def test_restart_during_a_backoff_starts_the_daemon_at_once(run: Run) -> None:
     assert status["state"] in ("STARTING", "RUNNING") and status["restart_count"] == 1
 
 
+def test_two_restarts_at_once_each_report_the_daemon_they_started(run: Run) -> None:
+    run.start()
+    run.wait_for(_running_past(15), "training past step 15")
+    assert SCRIPT
+    both = [
+        subprocess.Popen(
+            [SCRIPT, "restart", "-c", str(run.config)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=90)[0] for proc in both]
+    assert [proc.returncode for proc in both] == [0, 0], outputs
+    started = [int(out.split("daemon pid ")[1].split()[0]) for out in outputs]
+    assert len(set(started)) == 2, outputs  # one after the other, each its own daemon
+    status = run.status()
+    assert status["daemon_pid"] in started
+    assert _example_daemons(run) == [status["daemon_pid"]]
+
+
+def _example_daemons(run: Run) -> list[int]:
+    """Every example daemon of this workspace, whatever its owner token."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if "daemon_watchdog.example.daemon" in line and str(run.base) in line:
+            found.append(proc.pid)
+    return found
+
+
+@pytest.fixture
+def short(tmp_path: Path) -> Iterator[Run]:
+    """A run whose training finishes after 20 steps."""
+    base = tmp_path / "short"
+    init_workspace(base, job={"total_steps": 20, "save_steps": 10, "step_seconds": 0.01})
+    short = Run(base)
+    short.configure()
+    try:
+        yield short
+    finally:
+        short.stop_all()
+
+
+def test_a_restart_from_stopped_that_cannot_start_is_fatal_and_says_why(short: Run) -> None:
+    watchdog = short.start()
+    short.wait_for(lambda s: s.get("state") == "STOPPED", "training finished")
+    checkpoints = short.base / "checkpoints"
+    checkpoints.rename(short.base / "checkpoints.aside")
+    checkpoints.write_text("not a folder: listing it fails")
+    result = _cli(short, "restart")
+    assert result.returncode == 1
+    assert result.stderr.startswith("daemon-watchdog: restart failed: cannot list the check")
+    assert short.status()["state"] == "FATAL"
+    assert watchdog.poll() is None, short.tail()
+
+
 def test_restart_without_a_watchdog_is_a_one_line_error(run: Run) -> None:
     result = _cli(run, "restart")
     assert result.returncode == 1
@@ -508,19 +563,12 @@ def test_restart_without_a_watchdog_is_a_one_line_error(run: Run) -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
-def test_finished_training_is_stopped_not_restarted(tmp_path: Path) -> None:
-    base = tmp_path / "short"
-    init_workspace(base, job={"total_steps": 20, "save_steps": 10, "step_seconds": 0.01})
-    short = Run(base)
-    short.configure()
-    try:
-        watchdog = short.start("--exit-when-done")
-        assert watchdog.wait(60) == 0
-        status = short.status()
-        assert status["state"] == "STOPPED" and status["restart_count"] == 0
-        assert (base / "checkpoints" / "checkpoint-20" / "model.safetensors").is_file()
-    finally:
-        short.stop_all()
+def test_finished_training_is_stopped_not_restarted(short: Run) -> None:
+    watchdog = short.start("--exit-when-done")
+    assert watchdog.wait(60) == 0
+    status = short.status()
+    assert status["state"] == "STOPPED" and status["restart_count"] == 0
+    assert (short.base / "checkpoints" / "checkpoint-20" / "model.safetensors").is_file()
 
 
 def _checkpoints(run: Run) -> int:

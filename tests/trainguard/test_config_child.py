@@ -90,6 +90,18 @@ def test_a_child_that_cannot_answer_is_a_one_line_error(
     assert str(info.value).endswith("(exit 1): broken install")
 
 
+def test_a_module_in_the_current_folder_does_not_replace_the_childs_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training folder may hold a json.py: `python -m` would import it first."""
+    cfg = tmp_path / "trainguard.toml"
+    cfg.write_text("")
+    for name in ("json", "pydantic"):
+        (tmp_path / f"{name}.py").write_text(f"raise SystemExit('the folder\\'s {name}.py')\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config_in_child(cfg) == load_config(cfg)
+
+
 def test_config_survives_the_trip_through_json(tmp_path: Path) -> None:
     cfg = tmp_path / "trainguard.toml"
     cfg.write_text(NON_DEFAULT)
