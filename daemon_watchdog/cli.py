@@ -122,10 +122,7 @@ def _operate(args: argparse.Namespace) -> int:
     if not ws.base_dir.is_dir():
         raise TrainguardError(f"base_dir {ws.base_dir} is not a folder: create it or fix base_dir")
     lock = WorkspaceLock(ws.lock_file)
-    try:
-        lock.acquire()
-    except OSError as exc:
-        raise TrainguardError(f"cannot lock {ws.lock_file}: {exc.strerror or exc}") from None
+    lock.acquire()
     try:
         log_file = ws.path("logs/watchdog.log")
         try:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +86,6 @@ def stop(ws: Workspace, *, timeout: float) -> int:
         raise TrainguardError(
             f"{exc}, but {ws.state_file} does not name it (is it starting?); try again"
         ) from None
-    except OSError as exc:
-        raise TrainguardError(f"cannot lock {ws.lock_file}: {exc.strerror or exc}") from None
     try:
         message = _stop_without_watchdog(ws, status)
     finally:
@@ -139,17 +135,14 @@ def restart(ws: Workspace, *, timeout: float) -> int:
 def _one_restart_at_a_time(ws: Workspace) -> Iterator[None]:
     """Two operators' restarts in turn: a SIGHUP does not say whose it is, so each `restart`
     must see the state from before its own request and the daemon that request started."""
-    path = ws.state_file.with_name(ws.state_file.name + ".restart-lock")
+    with suppress(OSError):  # if it cannot be made, locking says so in one line
+        ws.state_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = WorkspaceLock(ws.state_file.with_name(ws.state_file.name + ".restart-lock"))
+    lock.acquire(wait=True)  # the other restart ends within its own --timeout
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise TrainguardError(f"cannot lock {path}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the other restart ends within its own --timeout
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def _restart(ws: Workspace, *, timeout: float) -> int:

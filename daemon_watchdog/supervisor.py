@@ -459,9 +459,10 @@ class Supervisor:
         capture = capture_stacks(
             pythons, timeout=self.cfg.watchdog.hang_dump_timeout, log_path=self.ws.daemon_log
         )
+        incidents = self.ws.path("status/incidents")
         try:
             where = str(write_incident(
-                self.ws.path("status/incidents"),
+                incidents,
                 kind="hang",
                 payload={"reason": self.hang_reason, "pids": tree, "method": capture.method,
                          "details": capture.details, "stacks": capture.text},
@@ -470,7 +471,7 @@ class Supervisor:
             log.error("%s; stacks (%s):\n%s", self.hang_reason, capture.method, capture.text)
             where = (
                 f"{self.ws.path('logs/watchdog.log')} (no incident file: cannot write in "
-                f"{self.ws.path('status/incidents')}: {exc.strerror or exc})"
+                f"{incidents}: {exc.strerror or exc})"
             )
         log.error("%s; stacks (%s) saved to %s", self.hang_reason, capture.method, where)
         self.reporter.hang(self.hang_reason, where)
