@@ -12,7 +12,7 @@ import subprocess
 from contextlib import suppress
 from dataclasses import dataclass
 
-from crash_detector.classify import Crash, Finding, Result, classify_text
+from crash_detector.classify import Crash, Finding, classify_text
 from crash_detector.history import append_new, to_record
 from crash_detector.rules import load_rules
 from crash_detector.scanner import NotCached, Scanner
@@ -23,6 +23,7 @@ from trainguard.workspace import Workspace
 log = logging.getLogger("daemon_watchdog")
 
 LOG_TAIL_LINES = 1000
+LAST_LINES_KEPT = 20  # for "does the crash name the checkpoint it resumed from?"
 DB_BUILD_TIMEOUT = 120.0  # seconds for a child to compile the rules (~0.5 s usually)
 
 HANG_SUGGESTION = (
@@ -39,6 +40,7 @@ class Diagnosis:
     reason: str  # one line for the state file and the alert
     suggestion: str
     evidence: str  # the log line that decided it, if any
+    last_lines: str = ""  # the end of this daemon's output (what a traceback ends with)
 
 
 def load_scanner() -> Scanner:
@@ -81,29 +83,31 @@ def diagnose_crash(
 ) -> Diagnosis:
     """Classify the end of the daemon's log from offset `since` (where this daemon's output
     began: an earlier run's error above it is not this crash), with its exit status."""
-    result = _classify_log_tail(ws, scanner, exit_code, since)
+    lines = _log_tail(ws, since)
+    result = classify_text(b"\n".join(lines), exit_code=exit_code, scanner=scanner)
+    last = b"\n".join(lines[-LAST_LINES_KEPT:]).decode("utf-8", "replace")
     primary = result.primary
     if primary is None:
-        return Diagnosis("unknown", True, f"daemon {how}", "Read the end of the daemon log.", "")
+        return Diagnosis(
+            "unknown", True, f"daemon {how}", "Read the end of the daemon log.", "", last
+        )
     return Diagnosis(
         primary.category,
         primary.retryable,
         f"daemon {how}: {primary.category}",
         primary.suggestion,
         primary.text,
+        last,
     )
 
 
-def _classify_log_tail(
-    ws: Workspace, scanner: Scanner, exit_code: int | None, since: int
-) -> Result:
+def _log_tail(ws: Workspace, since: int) -> list[bytes]:
     try:
         tail = last_lines(ws.daemon_log, LOG_TAIL_LINES)
     except (OSError, ValueError) as exc:
         log.warning("cannot read %s to classify the crash: %s", ws.daemon_log, exc)
-        return classify_text(b"", exit_code=exit_code, scanner=scanner)
-    lines = tail.lines_from(since)
-    return classify_text(b"\n".join(lines), exit_code=exit_code, scanner=scanner)
+        return []
+    return list(tail.lines_from(since))
 
 
 def record_crash(

@@ -1,9 +1,13 @@
 """What the supervisor's one loop reacts to. Threads and signal handlers only post these; the
-periodic work (checks, pruning) runs on the loop's own deadlines."""
+periodic work (checks, pruning) runs on the loop's own deadlines; the checkpoint work that
+reads gigabytes runs on worker threads that post its result here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from trainguard.checkpoints import CheckpointInfo
 
 
 @dataclass(frozen=True)
@@ -31,4 +35,22 @@ class ProgressChanged:
     pass
 
 
-Event = SignalReceived | ChildExited | AdoptedExited | ProgressChanged
+@dataclass(frozen=True)
+class CheckpointChosen:
+    """The checkpoint worker chose what to resume from (`checkpoint_jobs.choose`)."""
+
+    seq: int  # which request this answers: a stale answer is dropped
+    checkpoint: CheckpointInfo | None  # None: start from scratch
+    error: str | None  # the checkpoints cannot be used: FATAL with this reason
+    disk_low: str | None  # what pruning for room did, when the disk was low
+
+
+@dataclass(frozen=True)
+class PruneDone:
+    removed: tuple[Path, ...]
+    error: str | None
+
+
+Event = (
+    SignalReceived | ChildExited | AdoptedExited | ProgressChanged | CheckpointChosen | PruneDone
+)

@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from daemon_watchdog.states import State
-from trainguard.checkpoints import find_candidates, is_staged
+from trainguard.checkpoints import find_candidates
 from trainguard.procs import ProcessIdentity, locate_marked
 from trainguard.timestamps import parse_iso_utc
 from trainguard.workspace import Workspace
@@ -78,25 +78,25 @@ class WatchdogCollector:
         yield from self._gpus()
 
     def _checkpoints(self) -> Iterator[Any]:
-        """By folder name and mtime only: validating on every scrape would read every byte of
-        each `.bin`/`.pt` checkpoint (zip checksums)."""
+        """By name and mtime only: validating on every scrape would read every byte of each
+        `.bin`/`.pt`/`.ckpt` checkpoint (zip checksums)."""
         from prometheus_client.core import GaugeMetricFamily
 
         cfg = self.ws.config.checkpoints
         try:
             found = [
-                p for p in find_candidates(self.ws.checkpoints_dir, cfg.pattern) if not is_staged(p)
+                c for c in find_candidates(self.ws.checkpoints_dir, cfg.pattern) if not c.staged
             ]
-            newest = max((p.stat().st_mtime for p in found), default=None)
         except OSError:
             return
+        newest = max((c.mtime for c in found), default=None)
         yield GaugeMetricFamily(
-            f"{PREFIX}_checkpoints", "Checkpoint folders on disk (not validated)", value=len(found)
+            f"{PREFIX}_checkpoints", "Checkpoints on disk (not validated)", value=len(found)
         )
         if newest is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_checkpoint_newest_age_seconds",
-                "Age of the newest checkpoint folder",
+                "Age of the newest checkpoint (its newest file)",
                 value=max(0.0, time.time() - newest),
             )
 

@@ -1,12 +1,23 @@
-"""Between a crash and the next start: what to resume from, and room on disk."""
+"""Between a crash and the next start: what to resume from, and room on disk.
+
+These run on a worker thread (`checkpoint_jobs`), never on the supervisor's loop: a deep
+check of a multi-GB checkpoint reads every byte.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from trainguard.checkpoints import CheckpointInfo, list_checkpoints, prune, quarantine
+from trainguard.checkpoints import (
+    CheckpointInfo,
+    find_candidates,
+    inspect,
+    prune,
+    quarantine,
+)
 from trainguard.errors import TrainguardError
 from trainguard.workspace import Workspace
 
@@ -17,34 +28,71 @@ class CheckpointsUnreadable(TrainguardError):
     """The checkpoint folder cannot be listed: starting from scratch could overwrite it."""
 
 
-def pick_checkpoint(ws: Workspace) -> CheckpointInfo | None:
-    """The newest valid checkpoint; invalid ones newer than it are quarantined (renamed)."""
+class NoValidCheckpoint(TrainguardError):
+    """Checkpoints exist but none can be resumed from, and a fresh start was not allowed."""
+
+
+def choose_checkpoint(ws: Workspace) -> CheckpointInfo | None:
+    """The newest valid checkpoint, or None to start from scratch.
+
+    The daemon is gone, so nothing is in flight: an incomplete or corrupt checkpoint newer
+    than the valid one is quarantined (renamed), so the trainer cannot trip on it again.
+    When checkpoints exist but none is valid, they stay where they are and NoValidCheckpoint
+    is raised, unless `[checkpoints] allow_fresh_start`: then they are quarantined first, so
+    the fresh run cannot overwrite them.
+    """
+    rules = ws.config.checkpoints
     try:
-        infos = list_checkpoints(ws.checkpoints_dir, ws.config.checkpoints.pattern)
+        candidates = find_candidates(ws.checkpoints_dir, rules.pattern)
     except OSError as exc:
         raise CheckpointsUnreadable(
             f"cannot list the checkpoints in {ws.checkpoints_dir}: {exc.strerror or exc}"
         ) from None
-    for info in reversed(infos):
-        if info.valid:
-            return info
-        if info.staged:
+    bad: list[CheckpointInfo] = []
+    for candidate in reversed(candidates):
+        if candidate.staged:
             continue  # the trainer's own staging folder: not ours to move
-        try:
-            moved = quarantine(info.path)
-        except OSError as exc:
-            log.error(
-                "cannot quarantine invalid checkpoint %s (%s): %s; left where it is, skipped",
-                info.path.name, info.reason, exc.strerror or exc,
-            )  # fmt: skip
+        info = inspect(candidate, rules)
+        if info is None:
             continue
-        log.warning(
-            "quarantined invalid checkpoint %s (%s) as %s", info.path.name, info.reason, moved
+        if info.valid:
+            _quarantine_all(bad)
+            return info
+        bad.append(info)
+    if not bad:
+        return None
+    if not rules.allow_fresh_start:
+        newest = bad[0]
+        raise NoValidCheckpoint(
+            f"{len(bad)} checkpoint(s) in {ws.checkpoints_dir} match {rules.pattern!r} but none "
+            f"is valid (newest: {newest.path.name}: {newest.reason}); repair or move them, or "
+            "set [checkpoints] allow_fresh_start = true to start from scratch"
         )
+    _quarantine_all(bad)
+    log.warning("no valid checkpoint among %d: starting from scratch (allow_fresh_start)", len(bad))
     return None
 
 
-def make_room(ws: Workspace) -> str | None:
+def _quarantine_all(bad: list[CheckpointInfo]) -> None:
+    for info in bad:
+        refuse(info.path, info.reason or "invalid")
+
+
+def refuse(path: Path, why: str) -> Path | None:
+    """Quarantine one checkpoint, saying why; None (logged) when it cannot be moved."""
+    try:
+        moved = quarantine(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.error("cannot quarantine invalid checkpoint %s (%s): %s; left where it is, skipped",
+                  path.name, why, exc.strerror or exc)  # fmt: skip
+        return None
+    log.warning("quarantined invalid checkpoint %s (%s) as %s", path.name, why, moved)
+    return moved
+
+
+def make_room(ws: Workspace, cancelled: Callable[[], bool] | None = None) -> str | None:
     """Prune old checkpoints when free disk is below [health].disk_min_free_gb; say what
     happened (for the log and a disk_low alert), or None when there was room."""
     need = ws.config.health.disk_min_free_gb * 1e9
@@ -53,9 +101,7 @@ def make_room(ws: Workspace) -> str | None:
     if free >= need:
         return None
     try:
-        removed = prune(
-            ws.checkpoints_dir, ws.config.checkpoints.keep_last, ws.config.checkpoints.pattern
-        )
+        removed = prune_now(ws, cancelled)
     except OSError as exc:
         message = f"low disk: {free / 1e9:.1f} GB free on {target}; cannot prune: {exc}"
         log.error("%s", message)
@@ -69,5 +115,6 @@ def make_room(ws: Workspace) -> str | None:
     return message
 
 
-def prune_periodically(ws: Workspace) -> list[Path]:
-    return prune(ws.checkpoints_dir, ws.config.checkpoints.keep_last, ws.config.checkpoints.pattern)
+def prune_now(ws: Workspace, cancelled: Callable[[], bool] | None = None) -> list[Path]:
+    rules = ws.config.checkpoints
+    return prune(ws.checkpoints_dir, rules, settle=rules.settle_seconds, cancelled=cancelled)

@@ -10,7 +10,6 @@ thread: the loop computes them anyway, and APScheduler (with the asyncio it impo
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -18,6 +17,7 @@ import queue
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from daemon_watchdog import events as ev
+from daemon_watchdog.checkpoint_jobs import CheckpointJobs
 from daemon_watchdog.daemon_process import (
     DaemonHandle,
     SpawnError,
@@ -33,19 +34,20 @@ from daemon_watchdog.daemon_process import (
     spawn,
     watch_adopted,
 )
-from daemon_watchdog.diagnosis import diagnose_crash, diagnose_hang, load_scanner, record_crash
+from daemon_watchdog.diagnosis import (
+    Diagnosis,
+    diagnose_crash,
+    diagnose_hang,
+    load_scanner,
+    record_crash,
+)
 from daemon_watchdog.incidents import capture_stacks, write_incident
 from daemon_watchdog.progress_watch import ProgressWatch
-from daemon_watchdog.recovery import (
-    CheckpointsUnreadable,
-    make_room,
-    pick_checkpoint,
-    prune_periodically,
-)
 from daemon_watchdog.reporting import Reporter
 from daemon_watchdog.restart_policy import RestartPolicy
 from daemon_watchdog.states import TERMINAL, State, check_transition
 from daemon_watchdog.status_file import read_status, utc_now, write_status
+from trainguard.checkpoints import CheckpointInfo
 from trainguard.process_tree import kill_tree, stop_process_tree
 from trainguard.procs import OWNER_ENV, decode_wait_status, descendants, find_marked, identify
 from trainguard.progress import Progress, ProgressError, is_progress, read_progress
@@ -60,6 +62,22 @@ log = logging.getLogger("daemon_watchdog")
 PR_SET_CHILD_SUBREAPER = 36
 MAX_RESTARTS_KEPT = 50  # in the state file; the crash history keeps everything
 PROGRESS_PUBLISH_INTERVAL = 1.0  # seconds; state changes are published at once
+# Crashes that say nothing against the checkpoint a daemon resumed from: the machine or the
+# setup failed, and an older checkpoint would fail the same way.
+NOT_THE_CHECKPOINT = frozenset(
+    {"cuda_oom", "host_oom", "gpu_hardware", "nccl", "network", "disk_full", "permission_error",
+     "import_error", "config_error"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Crash:
+    """A crash waiting for the checkpoint worker's choice before the policy decides."""
+
+    diagnosis: Diagnosis
+    code: int | None
+    hang: bool
+    refused: str | None  # the checkpoint quarantined because the trainer could not resume it
 
 
 class Supervisor:
@@ -103,6 +121,17 @@ class Supervisor:
         self.unswept_token: str | None = None  # a dead daemon's token not yet swept for
         self.next_check = self.next_prune = 0.0  # monotonic deadlines of the periodic work
         self.diagnosed = False  # a crash was diagnosed while handling this event
+        self.jobs = CheckpointJobs(ws, self.events.put)
+        # What to resume from is chosen on a worker thread: `choosing` says a choice is awaited
+        # (request `choice_seq`) and what for; a crash waits for it in `pending_crash`.
+        self.choice_seq = 0
+        self.choosing: str | None = None  # "spawn" | "recover"
+        self.pending_crash: _Crash | None = None
+        self.chosen: CheckpointInfo | None = None
+        self.start_when_chosen = False  # an operator's restart during BACKOFF skips the wait
+        # Crashes in a row before any progress, per checkpoint resumed from.
+        self.early_deaths: dict[str, int] = {}
+        self.ready_sent = False  # systemd's READY=1
 
     @property
     def scanner(self) -> Scanner:
@@ -130,8 +159,7 @@ class Supervisor:
         self.next_prune = now + self.cfg.watchdog.prune_interval
         self.reporter.start_metrics(lambda: self.last_status)
         try:
-            self._start_or_adopt()
-            self.reporter.ready(self._status_line())
+            self._start_or_adopt()  # READY goes out with the first state (`_transition`)
             # The crash detector, now that training has started, rather than at the first crash:
             # that crash, often the only one, then restarts as fast as any later one (~20 ms,
             # not ~60), and where the cache lacks the compiled rules they are built now (~0.5 s).
@@ -147,6 +175,7 @@ class Supervisor:
                 self._handle(event)
         finally:
             self.reporter.stopping()
+            self.jobs.close()
             watch.stop()
             self.reporter.close()
         return self.exit_code
@@ -172,6 +201,10 @@ class Supervisor:
                 self._on_daemon_exit(None)
         elif isinstance(event, ev.ProgressChanged):
             self._on_progress()
+        elif isinstance(event, ev.CheckpointChosen):
+            self._on_chosen(event)
+        elif isinstance(event, ev.PruneDone):
+            self._on_pruned(event)
         now = time.monotonic()
         if self.next_ping is not None and now >= self.next_ping:
             self._ping()
@@ -206,7 +239,7 @@ class Supervisor:
             # Not our child: its orphans went to init, only the token finds them.
             self._kill_orphans(previous["owner_token"], "left by the previous daemon", tree=False)
         self._restore(previous or {})
-        self._spawn()
+        self._choose(then="spawn", room=False)
 
     def _restore(self, previous: dict[str, Any]) -> None:
         restarts = previous.get("restarts")
@@ -225,21 +258,49 @@ class Supervisor:
             previous.get("last_crash") if isinstance(previous.get("last_crash"), dict) else None
         )
 
-    def _spawn(self) -> None:
-        """Start the daemon from the newest valid checkpoint; FATAL if it cannot be."""
+    def _choose(self, *, then: str, room: bool, refused: tuple[Path, str] | None = None) -> None:
+        """Ask the checkpoint worker what to resume from; `_on_chosen` goes on from there."""
+        self.choice_seq += 1
+        self.choosing = then
+        self.chosen = None
+        self.jobs.choose(self.choice_seq, room=room, refused=refused)
+
+    def _on_chosen(self, event: ev.CheckpointChosen) -> None:
+        if event.seq != self.choice_seq or self.choosing is None:
+            return  # answers a request that a stop or a newer request made moot
+        then, self.choosing = self.choosing, None
+        if event.disk_low is not None:
+            self.reporter.disk_low(event.disk_low)
+        if event.error is not None:
+            self.pending_crash = None
+            self._cannot_start(event.error)
+            return
+        self.chosen = event.checkpoint
+        if then == "recover":
+            self._decide(event.checkpoint)
+        else:
+            self._spawn(event.checkpoint)
+
+    def _cannot_start(self, reason: str) -> None:
+        self.fatal_reason = reason
+        log.error("FATAL: %s", reason)
+        self.reporter.fatal("spawn", reason, "Fix [daemon] or [checkpoints] in the config or the "
+                            "workspace, then run `daemon-watchdog restart`.")  # fmt: skip
+        self._finish(State.FATAL, reason)
+
+    def _spawn(self, checkpoint: CheckpointInfo | None) -> None:
+        """Start the daemon from `checkpoint` (None: from scratch); FATAL if it cannot be."""
+        path = checkpoint.path if checkpoint is not None else None
+        if path is not None and not os.path.lexists(path):
+            self._choose(then="spawn", room=False)  # moved since it was chosen: choose again
+            return
         try:
-            checkpoint = pick_checkpoint(self.ws)
-            path = checkpoint.path if checkpoint is not None else None
             # A resumed run starts below the last run's step: until the new daemon replaces the
             # progress file, what it holds is history, not this daemon's first progress.
             self.stale_progress = _stamp(self.ws.progress_file)
             self.daemon = spawn(self.ws, checkpoint=path, token=new_token(), started_at=utc_now())
-        except (SpawnError, CheckpointsUnreadable) as exc:
-            self.fatal_reason = str(exc)
-            log.error("FATAL: %s", exc)
-            self.reporter.fatal("spawn", self.fatal_reason, "Fix [daemon] in the config or the "
-                                "workspace, then run `daemon-watchdog restart`.")  # fmt: skip
-            self._finish(State.FATAL, self.fatal_reason)
+        except SpawnError as exc:
+            self._cannot_start(str(exc))
             return
         self.policy.started()
         self.last_progress = None
@@ -249,10 +310,10 @@ class Supervisor:
 
     def _restart_now(self) -> None:
         self.restart_at = None
-        low = make_room(self.ws)
-        if low is not None:
-            self.reporter.disk_low(low)
-        self._spawn()
+        if self.choosing is not None:
+            self.start_when_chosen = True  # the choice is still being made: start right after
+        else:
+            self._spawn(self.chosen)
 
     # --- events -----------------------------------------------------------------------------
 
@@ -284,7 +345,8 @@ class Supervisor:
             log.info("restart requested by the operator: clearing %s", self.state)
             self.policy.reset()
             self.fatal_reason = None
-            self._spawn()
+            self.early_deaths.clear()
+            self._choose(then="spawn", room=False)
         elif self.state == State.BACKOFF:
             log.info("restart requested by the operator: starting now, not after the backoff")
             self._restart_now()
@@ -334,6 +396,7 @@ class Supervisor:
             return  # the file the previous run left: this daemon has not written yet
         self.last_progress = progress
         self.last_progress_mono = time.monotonic()
+        self.early_deaths.clear()  # it got past loading its checkpoint
         self.last_progress_at = utc_now()
         if self.state == State.STARTING:
             self._transition(State.RUNNING, f"progress: step {progress.step} ({progress.phase})")
@@ -372,7 +435,7 @@ class Supervisor:
             return
         if self.stopping_for == "restart":
             self.stopping_for = None
-            self._restart_now()
+            self._choose(then="spawn", room=True)
             return
         if code == 0:
             self._finish(State.STOPPED, "daemon finished (exit 0)")
@@ -380,6 +443,8 @@ class Supervisor:
         self._recover(daemon, code, how, hang=False)
 
     def _recover(self, daemon: DaemonHandle, code: int | None, how: str, *, hang: bool) -> None:
+        """Diagnose and record the crash, then have the worker choose the checkpoint (pruning
+        when the disk is low); `_decide` restarts or gives up once it has."""
         diagnosis = (
             diagnose_hang(how)
             if hang
@@ -388,24 +453,61 @@ class Supervisor:
         self.diagnosed = True
         occurrence = f"daemon-watchdog:{daemon.pid}:{daemon.identity.create_time}"
         record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code)
-        try:
-            checkpoint = pick_checkpoint(self.ws)
-        except CheckpointsUnreadable as exc:
-            log.error("%s", exc)  # the restart tries again, and goes FATAL if it still fails
-            checkpoint = None
+        refused = None if hang else self._refused_checkpoint(daemon, diagnosis)
+        self.pending_crash = _Crash(diagnosis, code, hang, refused[1] if refused else None)
+        self._transition(State.BACKOFF, f"{diagnosis.reason}; choosing the checkpoint to resume")
+        self._choose(then="recover", room=True, refused=refused)
+
+    def _refused_checkpoint(
+        self, daemon: DaemonHandle, diagnosis: Diagnosis
+    ) -> tuple[Path, str] | None:
+        """The checkpoint this daemon resumed from, when it died on it: before any progress,
+        and the crash names that checkpoint, says it is corrupt, or happened twice in a row.
+        Quarantining it lets the next start use the previous complete one instead of failing
+        on it until FATAL."""
+        if daemon.resumed_from is None or self.last_progress is not None:
+            return None
+        if diagnosis.category in NOT_THE_CHECKPOINT:
+            return None
+        path = Path(daemon.resumed_from)
+        deaths = self.early_deaths.get(daemon.resumed_from, 0) + 1
+        self.early_deaths[daemon.resumed_from] = deaths
+        named = any(
+            str(path) in text or f"{path.name}/" in text or text.endswith(path.name)
+            for text in (diagnosis.evidence, diagnosis.last_lines)
+        )
+        if diagnosis.category == "checkpoint_corrupt":
+            why = "the trainer found it corrupt"
+        elif named:
+            why = "the crash names it"
+        elif deaths >= 2:
+            why = f"died {deaths} times in a row on it"
+        else:
+            return None
+        return path, f"trainer could not resume from it, {why}: {diagnosis.reason}"
+
+    def _decide(self, checkpoint: CheckpointInfo | None) -> None:
+        crash, self.pending_crash = self.pending_crash, None
+        assert crash is not None
+        diagnosis = crash.diagnosis
         step = checkpoint.step if checkpoint is not None else None
         decision = self.policy.decide(
-            retryable=diagnosis.retryable, category=diagnosis.category, checkpoint_step=step
+            # a refused checkpoint is what failed, not the run: the previous one may well work
+            retryable=diagnosis.retryable or crash.refused is not None,
+            category=diagnosis.category,
+            checkpoint_step=step,
         )
         entry = {
             "at": utc_now(),
             "reason": diagnosis.reason,
             "category": diagnosis.category,
-            "exit_code": code,
+            "exit_code": crash.code,
             "evidence": diagnosis.evidence[:300],
             "suggestion": diagnosis.suggestion,
             "resume_from": checkpoint.path.name if checkpoint is not None else None,
         }
+        if crash.refused is not None:
+            entry["quarantined"] = crash.refused
         self.last_crash = entry
         if decision.action == "give_up":
             self.fatal_reason = f"{decision.reason}; last crash: {diagnosis.reason}"
@@ -413,16 +515,18 @@ class Supervisor:
             self.reporter.fatal(diagnosis.category, self.fatal_reason, diagnosis.suggestion)
             self._finish(State.FATAL, self.fatal_reason)
             return
-        if not hang:  # a hang was alerted when it was seen
-            then = f"restarting in {decision.delay:g} s from " + (
+        delay = 0.0 if self.start_when_chosen else decision.delay
+        self.start_when_chosen = False
+        if not crash.hang:  # a hang was alerted when it was seen
+            then = f"restarting in {delay:g} s from " + (
                 checkpoint.path.name if checkpoint is not None else "the start"
             )
             self.reporter.crash(
                 diagnosis.category, diagnosis.reason, diagnosis.suggestion, diagnosis.evidence, then
             )
         self.restarts = [*self.restarts, entry][-MAX_RESTARTS_KEPT:]
-        self.restart_at = time.monotonic() + decision.delay
-        self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {decision.delay:g} s")
+        self.restart_at = time.monotonic() + delay
+        self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {delay:g} s")
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -552,10 +656,13 @@ class Supervisor:
         self._reap()
 
     def _prune(self) -> None:
-        with contextlib.suppress(OSError):
-            removed = prune_periodically(self.ws)
-            if removed:
-                log.info("pruned checkpoints: %s", [p.name for p in removed])
+        self.jobs.prune()  # on a worker thread: its deep checks read every byte
+
+    def _on_pruned(self, event: ev.PruneDone) -> None:
+        if event.removed:
+            log.info("pruned checkpoints: %s", [p.name for p in event.removed])
+        if event.error is not None:
+            log.warning("pruning checkpoints: %s", event.error)
 
     # --- state ------------------------------------------------------------------------------
 
@@ -566,16 +673,27 @@ class Supervisor:
         self.state = new
         log.info("state %s -> %s: %s", old, new.value, reason)
         self._publish()
-        self.reporter.status(f"{new.value}: {reason}")
+        if not self.ready_sent:
+            # Ready once the daemon is started (or cannot be): the checkpoint to resume from is
+            # chosen first, on a worker thread, which for a huge one can take a while.
+            self.ready_sent = True
+            self.reporter.ready(self._status_line())
+        else:
+            self.reporter.status(f"{new.value}: {reason}")
 
     def _finish(self, state: State, reason: str, *, leave: bool = False) -> None:
         """FATAL or STOPPED: no more restarts. The watchdog stays up to report (an operator's
         `restart` clears it) unless it is leaving, or runs with --exit-when-done."""
+        self.choosing = None  # an answer still on its way changes nothing now
+        self.pending_crash = None
+        self.start_when_chosen = False
         self._transition(state, reason)
         if leave or self.exit_when_done:
             self.exit_code = 0 if state == State.STOPPED else 1
 
     def _publish(self) -> None:
+        if self.state is None:
+            return  # the first checkpoint is still being chosen: nothing true to say yet
         d = self.daemon
         status = {
             "state": self.state.value if self.state else None,

@@ -5,6 +5,7 @@ Checks compute these; `report` renders them (human table, JSON, Nagios, Promethe
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -39,6 +40,9 @@ class Fix:
     action: str
     apply: Callable[[], str]
     key: str = ""
+    # Set when the fix runs past its deadline: a fix that can take long (pruning) watches it
+    # and stops cleanly at its next step, rather than going on in an abandoned thread.
+    stop: threading.Event | None = None
 
 
 class FixError(Exception):

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 
 from health_check.context import Context
-from health_check.result import CheckResult, FixOutcome, Status
+from health_check.result import CheckResult, Fix, FixOutcome, Status
+from trainguard.checkpoints import Cancelled
 
 Probe = Callable[[Context], CheckResult]
 
@@ -53,6 +54,9 @@ def _guarded(name: str, probe: Probe, ctx: Context) -> CheckResult:
         )
     result.name = name
     return result
+
+
+STOP_GRACE_S = 10.0  # how long a fix told to stop may take to reach its next step
 
 
 def run_in_threads(
@@ -143,7 +147,7 @@ def apply_fixes(
             fixed.append(result.name)
             continue
         timeout = timeout_of(ctx, result.name)
-        outcome = _apply_one(result.name, fix.action, fix.apply, timeout)
+        outcome = _apply_one(result.name, fix, timeout)
         outcomes[result.name] = outcome
         log(f"fix {result.name}: {outcome.message}" + ("" if outcome.applied else " (failed)"))
         if outcome.applied:
@@ -158,18 +162,33 @@ def apply_fixes(
     return final
 
 
-def _apply_one(name: str, action: str, apply: Callable[[], str], timeout: float) -> FixOutcome:
+STOP_GRACE_S = 10.0  # how long a fix told to stop may take to reach its next step
+
+
+def _apply_one(name: str, fix: Fix, timeout: float) -> FixOutcome:
     messages: list[str] = []
+    finished = threading.Event()
+    action = fix.action
 
     def job() -> CheckResult:
         try:
-            messages.append(apply())
+            messages.append(fix.apply())
             return CheckResult(name, Status.OK, "")
+        except Cancelled:
+            messages.append(f"stopped at its {timeout:g} s deadline, part done; run --fix again")
+            return CheckResult(name, Status.CRITICAL, "")
         except Exception as exc:  # OSError, FixError: report, never crash the run
             messages.append(f"could not {action}: {exc}")
             return CheckResult(name, Status.CRITICAL, "")
+        finally:
+            finished.set()
 
     result = run_in_threads([(name, job, timeout)])[name]
+    if result is None and fix.stop is not None:
+        # Past its deadline: tell it to stop, and wait for it to reach its next step.
+        fix.stop.set()
+        if finished.wait(STOP_GRACE_S):
+            return FixOutcome(action, False, messages[0])
     if result is None:
         return FixOutcome(action, False, f"could not {action}: no answer within {timeout:g} s")
     return FixOutcome(action, result.status == Status.OK, messages[0])

@@ -1,95 +1,194 @@
-"""Find, validate, quarantine and prune the `checkpoint-<step>/` folders of a training run.
+"""Find, order, quarantine and prune the checkpoints of a training run: folders
+(`checkpoint-500/`, Hugging Face) or single files (`epoch=3-step=400.ckpt`, `ckpt_000400.pt`).
 
-The watchdog resumes from the newest checkpoint that passes `validate_checkpoint`, so a
-checkpoint cut short by a crash, a full disk or a stray FIFO must fail validation, quickly
-and without an exception. Validation reads headers and checksums only, never the tensors.
+Finding is by name and stat only; whether one can be resumed from is `checkpoint_validation`'s
+question. A checkpoint whose newest file changed within `settle` seconds, while a trainer may
+still be writing it, is in flight: callers never resume from, prune or count it.
 """
 
 from __future__ import annotations
 
-import json
+import bisect
+import contextlib
+import itertools
 import os
 import re
 import shutil
-import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import BinaryIO
 
-from trainguard import safetensors_header, torch_zip
 from trainguard.atomicio import fsync_dir
+from trainguard.checkpoint_validation import STAGED_PREFIX, Cancelled, problem_of
+from trainguard.config import CheckpointsSection
 
 DEFAULT_PATTERN = "checkpoint-*"
-STAGED_PREFIX = "tmp-"  # the trainer writes here, then renames: such a folder is unfinished
 QUARANTINE_DIR = "quarantine"
-TRAINER_STATE = "trainer_state.json"
-TORCH_SUFFIXES = (".bin", ".pt", ".pth")
-WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
-SHARD_INDEX_SUFFIX = ".index.json"  # e.g. model.safetensors.index.json of a sharded model
+PRUNING_PREFIX = ".pruning-"  # a prune's trash folder; one left by a killed prune is removed
 
+# `step=400` (Lightning), `global_step400` (DeepSpeed); else the name's last number
+# (`checkpoint-400`, `ckpt_000400.pt`), once suffixes and Lightning's `-v1` are cut off.
+_NAMED_STEP = re.compile(r"(?:^|[^a-z0-9])(?:global_)?step[=_-]?(\d+)", re.IGNORECASE)
+_VERSION = re.compile(r"-v\d+$")
 _TRAILING_INT = re.compile(r"(\d+)$")
+_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".tar", ".pkl", ".npz", ".h5")
+
+__all__ = ["Cancelled", "Candidate", "CheckpointInfo", "problem_of"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A checkpoint as found by name: nothing in it has been read."""
+
+    path: Path
+    step: int | None  # from the name; None for `last.ckpt`, `checkpoint-best`
+    mtime: float  # when anything in it last changed
+    staged: bool
+
+    def in_flight(self, settle: float, now: float | None = None) -> bool:
+        """Changed within `settle` seconds: a trainer may still be writing it."""
+        return settle > 0 and (time.time() if now is None else now) - self.mtime < settle
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path
-    step: int | None  # the folder name's trailing integer
+    step: int | None
     valid: bool
-    reason: str | None  # why it is invalid, naming the file; None when valid
+    reason: str | None  # why it is invalid (or in flight), naming the file; None when valid
     staged: bool
     mtime: float
+    in_flight: bool = False
 
 
-def validate_checkpoint(path: Path) -> tuple[bool, str | None]:
-    """Return (valid, reason); never raises for a damaged, odd or vanishing checkpoint.
+def step_of(name: str) -> int | None:
+    """The training step a checkpoint's name gives, if any."""
+    stem = next((name[: -len(s)] for s in _SUFFIXES if name.endswith(s)), name)
+    named = _NAMED_STEP.search(stem)
+    if named:
+        return int(named.group(1))
+    trailing = _TRAILING_INT.search(_VERSION.sub("", stem))
+    return int(trailing.group(1)) if trailing else None
 
-    A missing trainer_state.json is no fault: only Hugging Face trainers write one.
+
+def find_candidates(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[Candidate]:
+    """Checkpoints and the trainer's staged ones, oldest first, by name and stat only.
+
+    Ordered by the step in their names; one without a step goes after every numbered one
+    written no later than it (so a fresh `last.ckpt` is the newest). A missing `directory` has
+    none; any other error listing it is raised, since "no checkpoints" would make the caller
+    restart training from scratch.
     """
-    reason = _find_problem(path)
+    try:
+        with os.scandir(directory) as scan:
+            entries = list(scan)
+    except FileNotFoundError:
+        return []
+    wanted = (pattern, STAGED_PREFIX + pattern)
+    found: list[Candidate] = []
+    for entry in entries:
+        name = entry.name
+        if name == QUARANTINE_DIR or name.startswith(PRUNING_PREFIX):
+            continue
+        if not any(fnmatchcase(name, glob) for glob in wanted):
+            continue
+        mtime = _newest_mtime(Path(entry.path))
+        if mtime is None:
+            continue  # vanished, or neither file nor folder
+        found.append(
+            Candidate(Path(entry.path), step_of(name), mtime, name.startswith(STAGED_PREFIX))
+        )
+    return _ordered(found)
+
+
+def _ordered(found: list[Candidate]) -> list[Candidate]:
+    numbered = sorted((c for c in found if c.step is not None), key=lambda c: (c.step, c.path.name))
+    unnumbered = sorted((c for c in found if c.step is None), key=lambda c: (c.mtime, c.path.name))
+    written_by = list(itertools.accumulate((c.mtime for c in numbered), max))
+    slots: list[list[Candidate]] = [[] for _ in range(len(numbered) + 1)]
+    for c in unnumbered:
+        slots[bisect.bisect_right(written_by, c.mtime)].append(c)
+    ordered = list(slots[0])
+    for c, after in zip(numbered, slots[1:], strict=True):
+        ordered += [c, *after]
+    return ordered
+
+
+def _newest_mtime(path: Path) -> float | None:
+    """A file's mtime, or the newest mtime of a folder and everything below it."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not os.path.isdir(path):
+        return info.st_mtime if os.path.isfile(path) else None
+    newest = info.st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in itertools.chain(dirs, files):
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
+def inspect(
+    candidate: Candidate,
+    rules: CheckpointsSection,
+    *,
+    settle: float = 0.0,
+    deep: bool = True,
+    cancelled: Callable[[], bool] | None = None,
+) -> CheckpointInfo | None:
+    """Validate one checkpoint (unless in flight); None when it vanished meanwhile."""
+    c = candidate
+    if c.in_flight(settle):
+        return CheckpointInfo(c.path, c.step, False, "in flight: still being written", c.staged,
+                              c.mtime, in_flight=True)  # fmt: skip
+    reason = problem_of(
+        c.path, required_files=rules.required_files, step=c.step, deep=deep, cancelled=cancelled
+    )
+    if reason is not None and not os.path.lexists(c.path):
+        return None
+    return CheckpointInfo(c.path, c.step, reason is None, reason, c.staged, c.mtime)
+
+
+def validate_checkpoint(
+    path: Path, rules: CheckpointsSection | None = None, *, deep: bool = True
+) -> tuple[bool, str | None]:
+    """Return (valid, reason) for one checkpoint folder or file; never raises."""
+    rules = rules or CheckpointsSection()
+    reason = problem_of(path, required_files=rules.required_files, step=step_of(path.name),
+                        deep=deep)  # fmt: skip
     return reason is None, reason
 
 
-def list_checkpoints(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[CheckpointInfo]:
-    """Validate every checkpoint folder, staged ones included, oldest first (no step first).
-
-    A missing `directory` has no checkpoints; any other error reading it is raised, since
-    "no checkpoints" would make the caller restart training from scratch.
-    """
-    found = (_inspect(path) for path in _candidates(directory, pattern))
+def list_checkpoints(
+    directory: Path, rules: CheckpointsSection, *, settle: float = 0.0, deep: bool = True
+) -> list[CheckpointInfo]:
+    """Validate every checkpoint, staged and in-flight ones included, oldest first."""
+    found = (
+        inspect(c, rules, settle=settle, deep=deep)
+        for c in find_candidates(directory, rules.pattern)
+    )
     return [info for info in found if info is not None]
 
 
-def newest_valid(directory: Path, pattern: str = DEFAULT_PATTERN) -> CheckpointInfo | None:
+def newest_valid(
+    directory: Path, rules: CheckpointsSection, *, settle: float = 0.0
+) -> CheckpointInfo | None:
     """The checkpoint to resume from: validates newest first and stops at the first good one."""
-    for path in reversed(_candidates(directory, pattern)):
-        info = None if _is_staged(path.name) else _inspect(path)
+    for c in reversed(find_candidates(directory, rules.pattern)):
+        if c.staged or c.in_flight(settle):
+            continue
+        info = inspect(c, rules)
         if info is not None and info.valid:
             return info
     return None
-
-
-def find_candidates(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[Path]:
-    """Checkpoint and staged folders, oldest first, by name only: nothing is read or validated
-    (for callers that must stay cheap however large the checkpoints are)."""
-    return _candidates(directory, pattern)
-
-
-def inspect(path: Path) -> CheckpointInfo | None:
-    """Validate one checkpoint folder; None when it vanished meanwhile."""
-    return _inspect(path)
-
-
-def is_staged(path: Path) -> bool:
-    return _is_staged(path.name)
-
-
-def step_of(path: Path) -> int | None:
-    """The folder name's trailing step number (`checkpoint-500` -> 500), if any."""
-    return _step_of(path.name)
 
 
 def quarantine(path: Path) -> Path:
@@ -113,227 +212,64 @@ def quarantine(path: Path) -> Path:
 
 
 def prune(
-    directory: Path, keep_last: int, pattern: str = DEFAULT_PATTERN, *, dry_run: bool = False
+    directory: Path,
+    rules: CheckpointsSection,
+    *,
+    settle: float,
+    dry_run: bool = False,
+    cancelled: Callable[[], bool] | None = None,
 ) -> list[Path]:
-    """Delete the oldest valid checkpoints beyond the newest `keep_last` valid ones.
+    """Delete the numbered checkpoints older than the newest `keep_last` valid ones.
 
-    Staged and invalid folders are left alone (invalid ones are the caller's to quarantine),
-    and so are folders without a step number (e.g. `checkpoint-best`: their age is unknown)
-    and symlinks (their contents live outside `directory`). Returns what was (or would be)
-    removed.
+    The kept ones are checked deeply (every CRC): keeping a corrupt one in place of a good
+    one would leave nothing to resume from. What is deleted is only checked quickly, and only
+    valid ones are deleted: invalid ones are the caller's to quarantine. Staged and in-flight
+    checkpoints, names without a step (`last.ckpt`, `checkpoint-best`: their age is unknown)
+    and symlinks (their contents live outside `directory`) are left alone and not counted.
+    Raises Cancelled when `cancelled()` turns true; what was deleted by then stays deleted.
+    Returns what was (or would be) removed.
     """
+    keep_last = rules.keep_last
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}: the newest valid one stays")
-    root = directory.resolve()
-    ranked = [
-        info.path
-        for info in list_checkpoints(directory, pattern)
-        if info.valid and not info.staged and info.step is not None
-    ]
-    doomed = [path for path in ranked[:-keep_last] if _is_inside(path, root)]
     if not dry_run:
-        for path in doomed:
+        clean_leftovers(directory)
+    root = directory.resolve()
+    kept = 0
+    doomed: list[Path] = []
+    for c in reversed(find_candidates(directory, rules.pattern)):
+        if c.staged or c.step is None or c.in_flight(settle):
+            continue
+        _check(cancelled)
+        info = inspect(c, rules, deep=kept < keep_last, cancelled=cancelled)
+        if info is None or not info.valid:
+            continue
+        if kept < keep_last:
+            kept += 1
+        elif _is_inside(c.path, root):
+            doomed.append(c.path)
+    if not dry_run:
+        for path in reversed(doomed):  # oldest first: an interrupted prune keeps the newer
+            _check(cancelled)
             _remove(path)
-    return doomed
+    return list(reversed(doomed))
 
 
-def _candidates(directory: Path, pattern: str) -> list[Path]:
-    """Checkpoint and staged folders in `directory`, oldest first, without validating them."""
+def clean_leftovers(directory: Path) -> list[Path]:
+    """Finish what a prune killed half-way left: its `.pruning-*` trash folders."""
     try:
         with os.scandir(directory) as scan:
-            entries = list(scan)
-    except FileNotFoundError:
-        return []
-    wanted = (pattern, STAGED_PREFIX + pattern)
-    found = [
-        Path(entry.path)
-        for entry in entries
-        if entry.name != QUARANTINE_DIR
-        and any(fnmatchcase(entry.name, glob) for glob in wanted)
-        and entry.is_dir()
-    ]
-    return sorted(found, key=_age_key)
-
-
-def _age_key(path: Path) -> tuple[bool, int, str]:
-    step = _step_of(path.name)
-    return step is not None, step or 0, path.name
-
-
-def _inspect(path: Path) -> CheckpointInfo | None:
-    """Validate one folder; None when it vanished meanwhile (renamed by the trainer, pruned)."""
-    try:
-        mtime = os.stat(path).st_mtime
-    except FileNotFoundError:
-        return None
+            trash = [Path(e.path) for e in scan if e.name.startswith(PRUNING_PREFIX) and e.is_dir()]
     except OSError:
-        mtime = 0.0  # validation reports the error itself
-    valid, reason = validate_checkpoint(path)
-    if not valid and not os.path.lexists(path):
-        return None
-    return CheckpointInfo(path, _step_of(path.name), valid, reason, _is_staged(path.name), mtime)
+        return []
+    for path in trash:
+        shutil.rmtree(path, ignore_errors=True)
+    return trash
 
 
-def _step_of(name: str) -> int | None:
-    match = _TRAILING_INT.search(name)
-    return int(match.group(1)) if match else None
-
-
-def _is_staged(name: str) -> bool:
-    return name.startswith(STAGED_PREFIX)
-
-
-def _find_problem(folder: Path) -> str | None:
-    if _is_staged(folder.name):
-        return "staged (incomplete) checkpoint"
-    try:
-        if not stat.S_ISDIR(os.stat(folder).st_mode):
-            return "not a directory"
-        files = _files_in(folder)
-        if not any(file.name.endswith(WEIGHT_SUFFIXES) for file in files):
-            return "no weights file"
-        # Cheap checks of every file first, so a stray FIFO or empty file is found before
-        # CRC-checking gigabytes of optimizer state; torch zips, the slowest, go last.
-        for file in files:
-            problem = _stat_problem(file)
-            if problem:
-                return f"{file.relative_to(folder)}: {problem}"
-        for file in sorted(files, key=lambda file: file.name.endswith(TORCH_SUFFIXES)):
-            problem = _content_problem(file, folder)
-            if problem:
-                return f"{file.relative_to(folder)}: {problem}"
-    except OSError as exc:
-        return _describe(exc, folder)
-    return None
-
-
-def _files_in(folder: Path) -> list[Path]:
-    """Every non-directory entry below `folder`; unlike os.walk's default, errors are raised."""
-
-    def fail(exc: OSError) -> None:
-        raise exc
-
-    found: list[Path] = []
-    for root, _dirs, names in os.walk(folder, onerror=fail):
-        found.extend(Path(root, name) for name in names)
-    return sorted(found)
-
-
-def _stat_problem(file: Path) -> str | None:
-    # stat before any open: opening a FIFO blocks until a writer appears, and opening some
-    # device files has side effects.
-    info = os.stat(file)
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    if info.st_size == 0:
-        return "empty file"
-    return None
-
-
-def _content_problem(file: Path, folder: Path) -> str | None:
-    """Run the format check the name calls for; other files need only be regular, non-empty."""
-    name = file.name
-    is_state = file == folder / TRAINER_STATE
-    if not (name.endswith(WEIGHT_SUFFIXES) or name.endswith(SHARD_INDEX_SUFFIX) or is_state):
-        return None
-    opened = _open_regular(file)
-    if opened is None:
-        return "not a regular file"
-    fh, size = opened
-    with fh:
-        if name.endswith(".safetensors"):
-            return safetensors_header.check(fh, size)
-        if name.endswith(TORCH_SUFFIXES):
-            return _checked_zip(fh)
-        if is_state:
-            return _trainer_state_problem(fh, _step_of(folder.name))
-        return _shard_index_problem(fh, file.parent)
-
-
-# A torch zip's check reads every byte (CRCs): a long-running watchdog re-validates the same
-# checkpoints at every prune, so results are kept per file version (device, inode, size,
-# mtime). A rewritten or truncated file has a new version and is read again.
-_ZIP_VERDICTS: dict[tuple[int, int, int, int], str | None] = {}
-_ZIP_VERDICTS_MAX = 4096
-ZIP_SETTLED_S = 2.0
-
-
-def _checked_zip(fh: BinaryIO) -> str | None:
-    info = os.fstat(fh.fileno())
-    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    if key in _ZIP_VERDICTS:
-        return _ZIP_VERDICTS[key]
-    verdict = torch_zip.check(fh)
-    # mtime ticks are coarse (a few ms): a file written moments ago could change again with
-    # the same key, so only settled files are remembered.
-    if time.time() - info.st_mtime > ZIP_SETTLED_S:
-        if len(_ZIP_VERDICTS) >= _ZIP_VERDICTS_MAX:
-            _ZIP_VERDICTS.clear()
-        _ZIP_VERDICTS[key] = verdict
-    return verdict
-
-
-def _open_regular(file: Path) -> tuple[BinaryIO, int] | None:
-    """Open `file` and return it with its size, or None if it is no longer a regular file.
-
-    The file may have been swapped since it was stat'ed: O_NONBLOCK makes opening a FIFO
-    return at once, and fstat on the descriptor judges what was actually opened.
-    """
-    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode):
-            return os.fdopen(fd, "rb"), info.st_size
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    return None
-
-
-def _trainer_state_problem(fh: BinaryIO, folder_step: int | None) -> str | None:
-    state, problem = _load_json_object(fh)
-    if state is None:
-        return problem
-    step = state.get("global_step")
-    if step is None:
-        return None
-    if not isinstance(step, int) or isinstance(step, bool):
-        return f"global_step {step!r} is not an integer"
-    if folder_step is not None and step != folder_step:
-        return f"global_step {step} does not match the folder's step {folder_step}"
-    return None
-
-
-def _shard_index_problem(fh: BinaryIO, folder: Path) -> str | None:
-    """A sharded model lists its shards in an index; one missing shard makes it unloadable."""
-    index, problem = _load_json_object(fh)
-    if index is None:
-        return problem
-    weight_map = index.get("weight_map")
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        return "weight_map is not a map of tensor names to shard files"
-    missing = sorted(shard for shard in set(weight_map.values()) if not (folder / shard).is_file())
-    return f"shard {missing[0]!r} listed in weight_map is missing" if missing else None
-
-
-def _load_json_object(fh: BinaryIO) -> tuple[dict[str, object] | None, str | None]:
-    try:
-        value = json.loads(fh.read())
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return None, "not valid JSON"
-    if not isinstance(value, dict):
-        return None, "not a JSON object"
-    return value, None
-
-
-def _describe(exc: OSError, folder: Path) -> str:
-    """The OS's words for an error, naming the file relative to the checkpoint folder."""
-    words = exc.strerror or str(exc)
-    if not isinstance(exc.filename, str):
-        return words
-    name = os.path.relpath(exc.filename, folder)
-    return f"{folder.name if name == '.' else name}: {words}"
+def _check(cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled("prune")
 
 
 def _utc_stamp() -> str:
@@ -346,7 +282,8 @@ def _is_inside(path: Path, root: Path) -> bool:
 
 def _remove(path: Path) -> None:
     # Move it out of the pattern's sight first, so a prune interrupted half-way never leaves a
-    # half-deleted folder that could pass for a checkpoint to resume from.
-    trash = Path(tempfile.mkdtemp(prefix=f".pruning-{path.name}-", dir=path.parent))
-    os.rename(path, trash / path.name)
+    # half-deleted checkpoint that could pass for one to resume from.
+    trash = Path(tempfile.mkdtemp(prefix=f"{PRUNING_PREFIX}{path.name}-", dir=path.parent))
+    with contextlib.suppress(FileNotFoundError):  # quarantined or removed meanwhile
+        os.rename(path, trash / path.name)
     shutil.rmtree(trash)

@@ -163,11 +163,30 @@ class WatchdogSection(_Section):
     phase_timeouts: Annotated[dict[str, float], _Rule(_phase_seconds)] = field(default_factory=dict)
 
 
+def _plain_file_names(value: list[str]) -> list[str]:
+    for index, name in enumerate(value):
+        if not name or name.startswith("/") or ".." in Path(name).parts:
+            raise ValueError(f"item {index}: {name!r} must be a path inside the checkpoint folder")
+    return value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointsSection(_Section):
     dir: str = "checkpoints"
+    # Folders (checkpoint-500/) or files (*.ckpt, ckpt_*.pt): whatever the trainer writes.
     pattern: str = "checkpoint-*"
     keep_last: Annotated[int, Ge(1)] = 5  # >= 1: the newest valid checkpoint is never pruned
+    # A checkpoint folder is complete only with these (Hugging Face writes trainer_state.json
+    # after the weights and optimizer); [] for trainers that write other files.
+    required_files: Annotated[list[str], _Rule(_plain_file_names)] = field(
+        default_factory=lambda: ["trainer_state.json"]
+    )
+    # A checkpoint whose newest file changed less than this long ago, while a trainer may be
+    # writing it, is in flight: never resumed from, pruned or counted.
+    settle_seconds: Annotated[float, Ge(0)] = 60
+    # Start from scratch when checkpoints exist but none is valid (they are quarantined
+    # first); otherwise that is FATAL, never a silent restart from step 0.
+    allow_fresh_start: bool = False
 
 
 HEALTH_CHECKS = (

@@ -1,22 +1,26 @@
-"""Checkpoints: the newest valid one and its age, broken or staged leftovers, count vs keep_last."""
+"""Checkpoints: the newest valid one and its age, broken or staged leftovers, count vs keep_last.
+
+Structure only (headers, JSON, zip directories, required files): a probe has a deadline, and
+checking CRCs reads every byte of a multi-GB checkpoint. The watchdog checks every CRC of the
+checkpoint it resumes from.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
+import threading
 from pathlib import Path
 
 from health_check.context import Context
 from health_check.result import CheckResult, Fix, FixError, Metric, Status
 from health_check.supervision import read_supervision
 from trainguard.checkpoints import (
+    Candidate,
     CheckpointInfo,
     find_candidates,
     inspect,
-    is_staged,
     prune,
     quarantine,
-    step_of,
     validate_checkpoint,
 )
 from trainguard.workspace import Workspace
@@ -27,27 +31,41 @@ def probe(ctx: Context) -> CheckResult:
     cfg = ws.config.checkpoints
     folder = ws.checkpoints_dir
     try:
-        infos, older = _validate_newest(folder, cfg.pattern)
+        candidates = find_candidates(folder, cfg.pattern)
     except OSError as exc:
         return CheckResult(
             "checkpoints", Status.CRITICAL, f"cannot list {folder}: {exc.strerror or exc}"
         )
+    infos, older = _validate_newest(candidates, ws, ctx.wall_clock())
     training = read_supervision(ws).daemon is not None
     now = ctx.wall_clock()
-    stale_after = ws.config.watchdog.progress_timeout
-    valid = [i for i in infos if i.valid and not i.staged]
-    # A folder the trainer may be writing right now is neither broken nor a leftover: some
-    # trainers stage into tmp-*, others (Hugging Face) write checkpoint-N/ in place. While a
-    # daemon runs, only folders untouched for longer than progress_timeout count.
-    settled = [i for i in infos if not training or now - _newest_mtime(i.path) > stale_after]
-    invalid = [i for i in settled if not i.valid and not i.staged]
-    staged = [i for i in settled if i.staged]
+    valid = [i for i in infos if i.valid]
+    in_flight = [i for i in infos if i.in_flight]
+    invalid = [i for i in infos if not i.valid and not i.staged and not i.in_flight]
+    staged = [i for i in infos if i.staged and not i.in_flight]
     numbered = [i for i in valid if i.step is not None] + older
     beyond = max(0, len(numbered) - cfg.keep_last)
     newest = valid[-1] if valid else None
     metrics = [Metric("checkpoints_valid", len(valid)), Metric("checkpoints_invalid", len(invalid))]
     details = [f"invalid: {i.path.name}: {i.reason}" for i in invalid]
     details += [f"staged leftover: {i.path.name}" for i in staged]
+    details += [f"in flight (being written): {i.path.name}" for i in in_flight]
+    if newest is None and invalid:
+        # What a restart would meet: FATAL, or a start from scratch that loses them all.
+        then = (
+            "a restart quarantines them and starts from scratch (allow_fresh_start)"
+            if cfg.allow_fresh_start
+            else "the watchdog will not restart the run (set allow_fresh_start to start over)"
+        )
+        return CheckResult(
+            "checkpoints",
+            Status.CRITICAL,
+            f"{len(invalid)} checkpoint(s) match {cfg.pattern!r} but none is valid "
+            f"({invalid[-1].path.name}: {invalid[-1].reason}); {then}",
+            details,
+            _fix(ws, staged, False),
+            metrics,
+        )
     problems: list[str] = []
     if invalid:
         problems.append(f"{len(invalid)} invalid ({invalid[-1].path.name}: {invalid[-1].reason})")
@@ -62,6 +80,8 @@ def probe(ctx: Context) -> CheckResult:
             problems.append(f"newest valid is {age:.0f} s old (> {limit:g} s)")
     else:
         summary = "no valid checkpoint yet"
+    if in_flight:
+        summary += f"; {in_flight[-1].path.name} being written"
     # More than keep_last is tidying, not a health problem (disk_space warns when it matters):
     # it is reported and --fix prunes, but the status stays OK.
     extra = f"{len(numbered)} kept, {beyond} beyond keep_last={cfg.keep_last}" if beyond else ""
@@ -73,35 +93,27 @@ def probe(ctx: Context) -> CheckResult:
     return CheckResult("checkpoints", Status.WARNING, text, [summary, *details], fix, metrics)
 
 
-def _validate_newest(folder: Path, pattern: str) -> tuple[list[CheckpointInfo], list[Path]]:
+def _validate_newest(
+    candidates: list[Candidate], ws: Workspace, now: float
+) -> tuple[list[CheckpointInfo], list[Candidate]]:
     """Validate newest first down to the newest valid checkpoint (the one a restart would use);
-    older ones are only counted by name. Validation reads headers and zip checksums, which for
-    `.bin`/`.pt` files means every byte: done for every checkpoint each hour it could take
-    minutes on a real run."""
+    older ones are only counted by name."""
+    cfg = ws.config.checkpoints
     checked: list[CheckpointInfo] = []
-    older: list[Path] = []
-    for path in reversed(find_candidates(folder, pattern)):
-        if any(i.valid and not i.staged for i in checked):
-            if not is_staged(path) and step_of(path) is not None:
-                older.append(path)
+    older: list[Candidate] = []
+    for c in reversed(candidates):
+        if any(i.valid for i in checked):
+            if not c.staged and c.step is not None and not c.in_flight(cfg.settle_seconds, now):
+                older.append(c)
             continue
-        info = inspect(path)
+        if c.in_flight(cfg.settle_seconds, now):
+            checked.append(CheckpointInfo(c.path, c.step, False, "in flight", c.staged, c.mtime,
+                                          in_flight=True))  # fmt: skip
+            continue
+        info = inspect(c, cfg, deep=False)
         if info is not None:
             checked.append(info)
     return list(reversed(checked)), older
-
-
-def _newest_mtime(folder: Path) -> float:
-    newest = 0.0
-    try:
-        newest = os.stat(folder).st_mtime
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-    except OSError:
-        pass
-    return newest
 
 
 def _fix(ws: Workspace, bad: list[CheckpointInfo], prune_too: bool) -> Fix | None:
@@ -113,19 +125,23 @@ def _fix(ws: Workspace, bad: list[CheckpointInfo], prune_too: bool) -> Fix | Non
         parts.append(f"quarantine {', '.join(i.path.name for i in bad)}")
     if prune_too:
         parts.append(f"prune beyond keep_last={cfg.keep_last}")
+    stop = threading.Event()
 
     def apply() -> str:
-        done = [f"quarantined {_move(i.path).name}" for i in bad if os.path.lexists(i.path)]
+        done = [f"quarantined {_move(ws, i.path).name}" for i in bad if os.path.lexists(i.path)]
         if prune_too:
-            removed = prune(ws.checkpoints_dir, cfg.keep_last, cfg.pattern)
+            removed = prune(
+                ws.checkpoints_dir, cfg, settle=cfg.settle_seconds, cancelled=stop.is_set
+            )
             done.append(f"pruned {len(removed)}")
         return "; ".join(done) or "nothing left to do"
 
-    return Fix(" and ".join(parts), apply, key="checkpoints")
+    return Fix(" and ".join(parts), apply, key="checkpoints", stop=stop)
 
 
-def _move(path: Path) -> Path:
-    """Quarantine `path` if it is still bad: a staged folder may have been finished meanwhile."""
-    if not path.name.startswith("tmp-") and validate_checkpoint(path)[0]:
+def _move(ws: Workspace, path: Path) -> Path:
+    """Quarantine `path` if it is still bad: a staged one may have been finished meanwhile."""
+    cfg = ws.config.checkpoints
+    if not path.name.startswith("tmp-") and validate_checkpoint(path, cfg, deep=False)[0]:
         raise FixError(f"{path.name} is valid now; left in place")
     return quarantine(path)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from health_check.context import Context
 from health_check.result import CheckResult, Fix, Metric, Status
-from trainguard.checkpoints import prune
+from trainguard.checkpoints import find_candidates, prune
 from trainguard.workspace import Workspace
 
 GB = 1e9
@@ -111,23 +112,29 @@ def probe(ctx: Context) -> CheckResult:
 
 
 def _prune_fix(ws: Workspace, low_devs: set[int]) -> Fix | None:
-    """Old checkpoints beyond keep_last are the one thing here we may delete to make room."""
+    """Old checkpoints beyond keep_last are the one thing here we may delete to make room.
+
+    Proposed by name alone: knowing which are valid means reading them (every byte of a torch
+    zip), and a disk verdict must never wait for that. The fix itself validates."""
     folder, cfg = ws.checkpoints_dir, ws.config.checkpoints
     try:
         if os.stat(folder).st_dev not in low_devs:
             return None
-        doomed = prune(folder, cfg.keep_last, cfg.pattern, dry_run=True)
-    except (OSError, ValueError):
+        numbered = [c for c in find_candidates(folder, cfg.pattern) if c.step is not None]
+    except OSError:
         return None
-    if not doomed:
+    if len(numbered) <= cfg.keep_last:
         return None
 
+    stop = threading.Event()
+
     def apply() -> str:
-        removed = prune(folder, cfg.keep_last, cfg.pattern)
+        removed = prune(folder, cfg, settle=cfg.settle_seconds, cancelled=stop.is_set)
         return f"pruned {len(removed)} checkpoint(s) beyond keep_last={cfg.keep_last}"
 
     return Fix(
-        f"prune {len(doomed)} old checkpoint(s) beyond keep_last={cfg.keep_last}",
+        f"prune old checkpoints beyond keep_last={cfg.keep_last} ({len(numbered)} on disk)",
         apply,
         key="prune-checkpoints",
+        stop=stop,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from trainguard.checkpoints import list_checkpoints
-from trainguard.config import load_config
+from trainguard.config import CheckpointsSection, load_config
 
 SCRIPT = shutil.which("daemon-watchdog", path=str(Path(sys.executable).parent))
 
@@ -150,7 +150,7 @@ def test_demo_keep_leaves_valid_checkpoints_behind(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     kept = Path(result.stdout.strip().splitlines()[-1].removeprefix("workspaces kept in "))
     try:
-        infos = list_checkpoints(kept / "supervised" / "checkpoints")
+        infos = list_checkpoints(kept / "supervised" / "checkpoints", CheckpointsSection())
         assert [i.step for i in infos] == [10, 20, 30, 40]
         assert all(i.valid for i in infos)
     finally:

@@ -35,6 +35,13 @@ def tree(base: Path) -> dict[str, tuple[int, float]]:
     return found
 
 
+def settle(folder: Path) -> None:
+    """Make every checkpoint under `folder` an hour old: done writing, not in flight."""
+    old = time.time() - 3600
+    for path in [*folder.rglob("*"), folder]:
+        os.utime(path, (old, old))
+
+
 def make_checkpoint(folder: Path, step: int, *, megabytes: float = 0.01) -> Path:
     ckpt = folder / f"checkpoint-{step}"
     ckpt.mkdir(parents=True)
@@ -196,6 +203,7 @@ def test_truncated_and_fifo_checkpoints_are_quarantined_by_fix(
     fifo_ckpt = make_checkpoint(folder, 30)
     (fifo_ckpt / "model.safetensors").unlink()
     os.mkfifo(fifo_ckpt / "model.safetensors")  # reading it would block forever
+    settle(folder)
 
     run = example.health(capsys, "--json")
     check = run.check("checkpoints")
@@ -220,6 +228,7 @@ def test_staged_leftover_and_too_many_checkpoints_are_fixed(
     staged = folder / "tmp-checkpoint-60"
     staged.mkdir()
     (staged / "model.safetensors").write_bytes(b"\0" * 10)
+    settle(folder)
 
     run = example.health(capsys, "--json")
     summary = run.check("checkpoints")["summary"]
@@ -241,6 +250,7 @@ def test_low_disk_on_a_real_tiny_filesystem_is_critical_until_fix_prunes(
     monkeypatch.setenv("TRAINGUARD_HEALTH__DISK_MIN_FREE_GB", "0.003")  # 3 MB
     for step in range(1, 7):
         make_checkpoint(small_tmpfs, step * 10, megabytes=1)  # 6 MB of 8
+    settle(small_tmpfs)
 
     run = example.health(capsys, "--json")
     disk = run.check("disk_space")
@@ -344,6 +354,7 @@ def test_a_checkpoint_a_live_trainer_is_writing_is_left_alone(
     example.record(daemon=me.to_json(), owner_token="t")
     folder = example.base / "checkpoints"
     make_checkpoint(folder, 10)
+    settle(folder)
     # Written in place (no tmp- staging), half done: invalid, but fresh.
     partial = folder / "checkpoint-20"
     partial.mkdir()

@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save, save_file
 
 from tests.polling import wait_until
-from trainguard import checkpoints, safetensors_header, torch_zip
+from trainguard import checkpoint_validation, checkpoints, safetensors_header, torch_zip
 from trainguard.checkpoints import (
     list_checkpoints,
     newest_valid,
@@ -31,6 +32,14 @@ from trainguard.checkpoints import (
     quarantine,
     validate_checkpoint,
 )
+from trainguard.config import CheckpointsSection
+
+RULES = CheckpointsSection()
+
+
+def keep(n: int, **more: Any) -> CheckpointsSection:
+    return CheckpointsSection(keep_last=n, **more)
+
 
 TENSOR_PAYLOAD = np.arange(64, dtype=np.float32)
 
@@ -180,9 +189,15 @@ def test_checkpoint_with_torch_zip_legacy_pickle_and_shards_is_valid(ckpt: Path)
     assert validate_checkpoint(ckpt) == (True, None)
 
 
-def test_missing_trainer_state_is_not_a_fault(ckpt: Path) -> None:
-    (ckpt / "trainer_state.json").unlink()
-    assert validate_checkpoint(ckpt) == (True, None)
+def test_folder_without_a_required_file_is_an_unfinished_save(ckpt: Path) -> None:
+    (ckpt / "trainer_state.json").unlink()  # Hugging Face writes it after weights and optimizer
+    assert reason_of(ckpt) == "trainer_state.json missing: an unfinished save (required_files)"
+    assert validate_checkpoint(ckpt, CheckpointsSection(required_files=[])) == (True, None)
+    done = CheckpointsSection(required_files=["model.safetensors", "done.flag"])
+    assert validate_checkpoint(ckpt, done) == (
+        False,
+        "done.flag missing: an unfinished save (required_files)",
+    )
 
 
 @pytest.mark.parametrize(("header", "data_size"), SPEC_HEADERS)
@@ -229,7 +244,7 @@ def test_any_truncation_of_a_valid_safetensors_file_is_detected(
     folder = tmp_path / "checkpoint-1"
     folder.mkdir(exist_ok=True)
     (folder / "model.safetensors").write_bytes(blob[:cut])
-    valid, reason = validate_checkpoint(folder)
+    valid, reason = validate_checkpoint(folder, CheckpointsSection(required_files=[]))
     assert not valid
     assert reason is not None and reason.startswith("model.safetensors: ")
 
@@ -303,9 +318,9 @@ def test_folder_without_weights_is_invalid(ckpt: Path) -> None:
     assert reason_of(ckpt) == "no weights file"
 
 
-def test_path_that_is_not_a_directory_is_invalid(tmp_path: Path) -> None:
-    (tmp_path / "checkpoint-3").write_text("x")
-    assert reason_of(tmp_path / "checkpoint-3") == "not a directory"
+def test_path_that_is_neither_file_nor_folder_is_invalid(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "checkpoint-3")
+    assert reason_of(tmp_path / "checkpoint-3") == "not a regular file or folder"
     assert "No such file or directory" in reason_of(tmp_path / "checkpoint-4")
 
 
@@ -339,7 +354,7 @@ def test_fifo_swapped_in_after_the_stat_check_still_does_not_block(
     ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Simulate losing the race: the stat pass saw a regular file, the open meets a FIFO.
-    monkeypatch.setattr(checkpoints, "_stat_problem", lambda file: None)
+    monkeypatch.setattr(checkpoint_validation, "_stat_problem", lambda file: None)
     fifo = ckpt / "model.safetensors"
     fifo.unlink()
     os.mkfifo(fifo)
@@ -352,7 +367,7 @@ def test_os_error_while_reading_is_reported_not_raised(
     def refuse(file: Path) -> None:
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(checkpoints, "_open_regular", refuse)
+    monkeypatch.setattr(checkpoint_validation, "_open_regular", refuse)
     assert validate_checkpoint(ckpt) == (False, "model.safetensors: Permission denied")
 
 
@@ -434,29 +449,37 @@ def test_shard_missing_from_an_index_is_invalid(ckpt: Path) -> None:
 
 def test_staged_folder_is_listed_as_staged_and_invalid(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, 20, name="tmp-checkpoint-20")
-    [info] = list_checkpoints(tmp_path)
+    [info] = list_checkpoints(tmp_path, RULES)
     assert info.staged
     assert not info.valid
     assert info.reason == "staged (incomplete) checkpoint"
     assert info.step == 20
 
 
-def test_list_sorts_by_step_number_with_unnumbered_first(tmp_path: Path) -> None:
-    for step in (100, 9, 10):
-        make_checkpoint(tmp_path, step)
-    make_checkpoint(tmp_path, 0, name="checkpoint-best")
+def set_mtime(path: Path, when: float) -> None:
+    for item in [*path.rglob("*"), path]:
+        os.utime(item, (when, when))
+
+
+def test_list_sorts_by_step_and_places_unnumbered_ones_by_time(tmp_path: Path) -> None:
+    now = 1_700_000_000.0
+    for step, age in ((100, 100), (9, 300), (10, 200)):
+        set_mtime(make_checkpoint(tmp_path, step), now - age)
+    set_mtime(make_checkpoint(tmp_path, 0, name="checkpoint-best"), now - 250)
+    set_mtime(make_checkpoint(tmp_path, 0, name="checkpoint-latest"), now - 50)
     make_checkpoint(tmp_path, 5, name="quarantine/checkpoint-5")
     make_checkpoint(tmp_path, 7, name="other-7")
-    (tmp_path / "checkpoint-3").write_text("a file, not a folder")
-    infos = list_checkpoints(tmp_path)
+    (tmp_path / ".pruning-checkpoint-8-x1y2").mkdir()
+    infos = list_checkpoints(tmp_path, RULES)
     assert [info.path.name for info in infos] == [
-        "checkpoint-best",
         "checkpoint-9",
+        "checkpoint-best",  # written after checkpoint-9, before checkpoint-10
         "checkpoint-10",
         "checkpoint-100",
+        "checkpoint-latest",
     ]
-    assert [info.step for info in infos] == [None, 9, 10, 100]
-    assert infos[1].mtime == (tmp_path / "checkpoint-9").stat().st_mtime
+    assert [info.step for info in infos] == [9, None, 10, 100, None]
+    assert infos[0].mtime == now - 300
 
 
 def test_folder_that_vanishes_during_the_scan_is_left_out(
@@ -464,27 +487,28 @@ def test_folder_that_vanishes_during_the_scan_is_left_out(
 ) -> None:
     for step in (1, 2, 3):
         make_checkpoint(tmp_path, step)
-    real_validate = checkpoints.validate_checkpoint
+    real_problem_of = checkpoints.problem_of
 
-    def renamed_by_trainer_meanwhile(path: Path) -> tuple[bool, str | None]:
+    def renamed_by_trainer_meanwhile(path: Path, **kwargs: Any) -> str | None:
         if path.name == "checkpoint-2":
             path.rename(tmp_path / "elsewhere")
-        return real_validate(path)
+        return real_problem_of(path, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "validate_checkpoint", renamed_by_trainer_meanwhile)
-    assert [info.step for info in list_checkpoints(tmp_path)] == [1, 3]
+    monkeypatch.setattr(checkpoints, "problem_of", renamed_by_trainer_meanwhile)
+    assert [info.step for info in list_checkpoints(tmp_path, RULES)] == [1, 3]
 
 
 def test_missing_directory_has_no_checkpoints(tmp_path: Path) -> None:
-    assert list_checkpoints(tmp_path / "nope") == []
-    assert newest_valid(tmp_path / "nope") is None
+    assert list_checkpoints(tmp_path / "nope", RULES) == []
+    assert newest_valid(tmp_path / "nope", RULES) is None
 
 
 def test_custom_pattern_also_finds_its_staged_folders(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, 1, name="step_1")
     make_checkpoint(tmp_path, 2, name="tmp-step_2")
     make_checkpoint(tmp_path, 3)
-    names = [info.path.name for info in list_checkpoints(tmp_path, "step_*")]
+    rules = CheckpointsSection(pattern="step_*")
+    names = [info.path.name for info in list_checkpoints(tmp_path, rules)]
     assert names == ["step_1", "tmp-step_2"]
 
 
@@ -494,7 +518,7 @@ def test_newest_valid_skips_a_corrupt_newest_and_returns_the_previous(tmp_path: 
     weights = tmp_path / "checkpoint-30" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-3])
     make_checkpoint(tmp_path, 40, name="tmp-checkpoint-40")
-    best = newest_valid(tmp_path)
+    best = newest_valid(tmp_path, RULES)
     assert best is not None
     assert best.path == tmp_path / "checkpoint-20"
     assert best.step == 20
@@ -504,7 +528,7 @@ def test_newest_valid_skips_a_corrupt_newest_and_returns_the_previous(tmp_path: 
 def test_newest_valid_is_none_when_nothing_is_valid(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, 1, name="tmp-checkpoint-1")
     (make_checkpoint(tmp_path, 2) / "model.safetensors").write_bytes(b"")
-    assert newest_valid(tmp_path) is None
+    assert newest_valid(tmp_path, RULES) is None
 
 
 # --- quarantine --------------------------------------------------------------------------------
@@ -518,7 +542,7 @@ def test_quarantine_renames_and_keeps_the_bytes(tmp_path: Path) -> None:
     assert moved.parent == tmp_path / "quarantine"
     assert re.fullmatch(r"checkpoint-5\.\d{8}T\d{6}Z", moved.name)
     assert {p.name: p.read_bytes() for p in moved.iterdir()} == before
-    assert list_checkpoints(tmp_path) == []
+    assert list_checkpoints(tmp_path, RULES) == []
 
 
 def test_quarantine_never_overwrites_an_earlier_one(
@@ -548,7 +572,7 @@ def test_prune_keeps_the_newest_valid_and_leaves_invalid_and_staged_alone(tmp_pa
     make_checkpoint(root, 6, name="tmp-checkpoint-6")
     make_checkpoint(root, 0, name="checkpoint-best")
 
-    removed = prune(root, keep_last=2)
+    removed = prune(root, keep(2), settle=0)
 
     assert removed == [root / "checkpoint-1"]
     left = sorted(p.name for p in root.iterdir())
@@ -566,17 +590,17 @@ def test_prune_dry_run_removes_nothing_but_names_what_prune_removes(tmp_path: Pa
     root = tmp_path / "checkpoints"
     for step in (1, 2, 3):
         make_checkpoint(root, step)
-    would = prune(root, keep_last=1, dry_run=True)
+    would = prune(root, keep(1), settle=0, dry_run=True)
     assert would == [root / "checkpoint-1", root / "checkpoint-2"]
     assert all(path.is_dir() for path in would)
-    assert prune(root, keep_last=1) == would
+    assert prune(root, keep(1), settle=0) == would
     assert [p.name for p in root.iterdir()] == ["checkpoint-3"]
 
 
 def test_prune_refuses_to_remove_every_valid_checkpoint(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, 1)
     with pytest.raises(ValueError, match="keep_last"):
-        prune(tmp_path, keep_last=0)
+        prune(tmp_path, keep(0), settle=0)
     assert (tmp_path / "checkpoint-1").is_dir()
 
 
@@ -587,7 +611,7 @@ def test_prune_never_follows_a_symlink_out_of_the_directory(tmp_path: Path) -> N
     (root / "checkpoint-1").symlink_to(outside, target_is_directory=True)
     make_checkpoint(root, 2)
     make_checkpoint(root, 3)
-    assert prune(root, keep_last=1) == [root / "checkpoint-2"]
+    assert prune(root, keep(1), settle=0) == [root / "checkpoint-2"]
     assert (outside / "model.safetensors").is_file()
     assert (root / "checkpoint-1").is_symlink()
 
@@ -604,18 +628,189 @@ def test_a_settled_torch_zip_is_read_once_and_a_rewritten_one_again(
     reads: list[str] = []
     real_check = torch_zip.check
 
-    def counting_check(fh: BinaryIO) -> str | None:  # a spy: the real check still runs
+    def counting_check(fh: BinaryIO, **kwargs: Any) -> str | None:  # a spy: the real one runs
         reads.append(fh.name)
-        return real_check(fh)
+        return real_check(fh, **kwargs)
 
     monkeypatch.setattr(torch_zip, "check", counting_check)
-    assert validate_checkpoint(folder) == (True, None)
-    assert validate_checkpoint(folder) == (True, None)
+    weights_only = CheckpointsSection(required_files=[])
+    assert validate_checkpoint(folder, weights_only) == (True, None)
+    assert validate_checkpoint(folder, weights_only) == (True, None)
     assert len(reads) == 1  # the CRC pass over every byte ran once
 
     with open(weights, "r+b") as fh:  # damaged in place: new size, new version
         fh.truncate(weights.stat().st_size - 10)
     os.utime(weights, (settled + 1, settled + 1))
-    valid, reason = validate_checkpoint(folder)
+    valid, reason = validate_checkpoint(folder, weights_only)
     assert not valid and reason is not None
     assert len(reads) == 2
+
+
+# --- layouts real trainers write -----------------------------------------------------------------
+
+
+def write_sparse_torch_zip(path: Path, size: int, *, crc: int = 0) -> None:
+    """A torch zip whose one big member is `size` zero bytes, stored as a hole: a multi-GB file
+    that costs no disk. A CRC of 0 is wrong for any size > 0, so the deep check reads every
+    byte and then calls it corrupt."""
+    small = pickle.dumps({"state": {}}, protocol=2)
+    entries = [
+        ("archive/data.pkl", small, zlib.crc32(small), len(small)),
+        ("archive/data/0", None, crc, size),
+    ]
+    central = b""
+    with open(path, "wb") as fh:
+        for name, data, member_crc, length in entries:
+            offset = fh.tell()
+            encoded = name.encode()
+            fh.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, member_crc,
+                                 length, length, len(encoded), 0) + encoded)  # fmt: skip
+            if data is None:
+                fh.seek(length, os.SEEK_CUR)  # the hole
+            else:
+                fh.write(data)
+            central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0x21,
+                                   member_crc, length, length, len(encoded), 0, 0, 0, 0, 0,
+                                   offset) + encoded  # fmt: skip
+        start = fh.tell()
+        fh.write(central)
+        fh.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 2, 2, len(central), start, 0))
+
+
+def write_lightning_ckpt(path: Path) -> None:
+    """What Lightning's ModelCheckpoint writes: one torch.save zip, `.ckpt`."""
+    write_torch_zip(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "step"),
+    [
+        ("checkpoint-400", 400),
+        ("epoch=3-step=400.ckpt", 400),
+        ("epoch=3-step=400-v1.ckpt", 400),
+        ("ckpt_000400.pt", 400),
+        ("global_step400", 400),
+        ("model_epoch3.pt", 3),
+        ("last.ckpt", None),
+        ("last-v2.ckpt", None),
+        ("checkpoint-best", None),
+    ],
+)
+def test_the_step_comes_from_the_name_in_every_trainers_naming(name: str, step: int | None) -> None:
+    assert checkpoints.step_of(name) == step
+
+
+def test_half_written_hf_checkpoint_is_never_resumed_counted_or_kept_over_a_complete_one(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "checkpoints"
+    make_checkpoint(root, 120)
+    partial = make_checkpoint(root, 140)
+    (partial / "trainer_state.json").unlink()  # killed after the weights, before the state
+    write_torch_zip(partial / "optimizer.pt")
+    best = newest_valid(root, RULES)
+    assert best is not None and best.path.name == "checkpoint-120"
+    assert prune(root, keep(1), settle=0) == []  # keep_last=1 keeps the complete one
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-120", "checkpoint-140"]
+
+
+def test_checkpoint_still_being_written_is_in_flight_never_pruned_or_counted(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "checkpoints"
+    an_hour_ago = 1_700_000_000.0
+    for step in (10, 20, 30):
+        set_mtime(make_checkpoint(root, step), an_hour_ago + step)
+    make_checkpoint(root, 40)  # written just now: within settle_seconds
+    infos = list_checkpoints(root, RULES, settle=60)
+    assert [(i.path.name, i.in_flight) for i in infos][-1] == ("checkpoint-40", True)
+    assert not infos[-1].valid
+    best = newest_valid(root, RULES, settle=60)
+    assert best is not None and best.path.name == "checkpoint-30"
+    # checkpoint-40 does not count toward keep_last=2: 30 and 20 are kept
+    assert prune(root, keep(2), settle=60) == [root / "checkpoint-10"]
+    assert (root / "checkpoint-40").is_dir()
+
+
+def test_lightning_and_plain_torch_file_checkpoints_are_found_ordered_and_validated(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    now = 1_700_000_000.0
+    for step in (100, 200, 300):
+        write_lightning_ckpt(root / f"epoch=0-step={step}.ckpt")
+        os.utime(root / f"epoch=0-step={step}.ckpt", (now + step, now + step))
+    write_lightning_ckpt(root / "last.ckpt")
+    os.utime(root / "last.ckpt", (now + 301, now + 301))
+    rules = CheckpointsSection(pattern="*.ckpt", keep_last=1)
+    names = [i.path.name for i in list_checkpoints(root, rules)]
+    assert names == ["epoch=0-step=100.ckpt", "epoch=0-step=200.ckpt", "epoch=0-step=300.ckpt",
+                     "last.ckpt"]  # fmt: skip
+    best = newest_valid(root, rules)
+    assert best is not None and best.path.name == "last.ckpt"
+    assert prune(root, rules, settle=0) == [root / "epoch=0-step=100.ckpt",
+                                            root / "epoch=0-step=200.ckpt"]  # fmt: skip
+    assert sorted(p.name for p in root.iterdir()) == ["epoch=0-step=300.ckpt", "last.ckpt"]
+
+
+def test_truncated_file_checkpoint_is_invalid_and_the_previous_one_is_resumed(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    for step in (25, 50):
+        write_torch_zip(root / f"ckpt_{step:06d}.pt")
+    newest = root / "ckpt_000050.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    rules = CheckpointsSection(pattern="ckpt_*.pt")
+    [older, broken] = list_checkpoints(root, rules)
+    assert older.valid and not broken.valid
+    assert broken.reason is not None and broken.reason.startswith("corrupt zip archive")
+    best = newest_valid(root, rules)
+    assert best is not None and best.path == root / "ckpt_000025.pt"
+    assert best.step == 25
+
+
+def test_ckpt_inside_a_folder_counts_as_its_weights(ckpt: Path) -> None:
+    (ckpt / "model.safetensors").unlink()
+    write_lightning_ckpt(ckpt / "model.ckpt")
+    assert validate_checkpoint(ckpt) == (True, None)
+
+
+def test_multi_gb_checkpoint_quick_check_reads_only_the_directory_and_deep_check_can_stop(
+    tmp_path: Path,
+) -> None:
+    big = tmp_path / "checkpoint-1"
+    big.mkdir()
+    (big / "trainer_state.json").write_text('{"global_step": 1}')
+    write_sparse_torch_zip(big / "optimizer.pt", 3 * 2**30)
+    save_file({"w": np.ones(2, dtype=np.float32)}, big / "model.safetensors")
+    assert (big / "optimizer.pt").stat().st_blocks * 512 < 2**20  # really sparse
+    assert validate_checkpoint(big, deep=False) == (True, None)
+    calls: list[int] = []
+
+    def cancelled() -> bool:
+        calls.append(1)
+        return len(calls) > 3  # after ~3 MiB of 3 GiB
+
+    with pytest.raises(checkpoints.Cancelled):
+        checkpoint_validation.problem_of(big, step=1, cancelled=cancelled)
+    assert len(calls) == 4
+
+
+def test_prune_stopped_midway_leaves_no_checkpoint_half_deleted_and_next_prune_cleans_up(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3, 4):
+        make_checkpoint(root, step)
+    leftover = root / ".pruning-checkpoint-0-abc123"  # from a prune killed with SIGKILL
+    (leftover / "checkpoint-0").mkdir(parents=True)
+    (leftover / "checkpoint-0" / "model.safetensors").write_bytes(b"x" * 100)
+    with pytest.raises(checkpoints.Cancelled):
+        prune(root, keep(1), settle=0, cancelled=lambda: True)
+    assert not leftover.exists()
+    assert sorted(p.name for p in root.iterdir()) == [f"checkpoint-{s}" for s in (1, 2, 3, 4)]
+    assert prune(root, keep(1), settle=0) == [root / f"checkpoint-{s}" for s in (1, 2, 3)]
+    assert [p.name for p in root.iterdir()] == ["checkpoint-4"]
