@@ -101,7 +101,8 @@ def make_room(ws: Workspace, cancelled: Callable[[], bool] | None = None) -> str
     if free >= need:
         return None
     try:
-        removed = prune_now(ws, cancelled)
+        # The daemon is gone: nothing is being written, so fresh checkpoints count too.
+        removed = prune_now(ws, cancelled, settle=0.0)
     except OSError as exc:
         message = f"low disk: {free / 1e9:.1f} GB free on {target}; cannot prune: {exc}"
         log.error("%s", message)
@@ -115,6 +116,10 @@ def make_room(ws: Workspace, cancelled: Callable[[], bool] | None = None) -> str
     return message
 
 
-def prune_now(ws: Workspace, cancelled: Callable[[], bool] | None = None) -> list[Path]:
+def prune_now(
+    ws: Workspace, cancelled: Callable[[], bool] | None = None, *, settle: float | None = None
+) -> list[Path]:
+    """Prune beyond keep_last; `settle` defaults to [checkpoints] settle_seconds."""
     rules = ws.config.checkpoints
-    return prune(ws.checkpoints_dir, rules, settle=rules.settle_seconds, cancelled=cancelled)
+    settle = rules.settle_seconds if settle is None else settle
+    return prune(ws.checkpoints_dir, rules, settle=settle, cancelled=cancelled)

@@ -131,6 +131,7 @@ class Supervisor:
         self.start_when_chosen = False  # an operator's restart during BACKOFF skips the wait
         # Crashes in a row before any progress, per checkpoint resumed from.
         self.early_deaths: dict[str, int] = {}
+        self.refused_since_progress = False
         self.ready_sent = False  # systemd's READY=1
 
     @property
@@ -346,6 +347,7 @@ class Supervisor:
             self.policy.reset()
             self.fatal_reason = None
             self.early_deaths.clear()
+            self.refused_since_progress = False
             self._choose(then="spawn", room=False)
         elif self.state == State.BACKOFF:
             log.info("restart requested by the operator: starting now, not after the backoff")
@@ -397,6 +399,7 @@ class Supervisor:
         self.last_progress = progress
         self.last_progress_mono = time.monotonic()
         self.early_deaths.clear()  # it got past loading its checkpoint
+        self.refused_since_progress = False
         self.last_progress_at = utc_now()
         if self.state == State.STARTING:
             self._transition(State.RUNNING, f"progress: step {progress.step} ({progress.phase})")
@@ -467,7 +470,10 @@ class Supervisor:
         on it until FATAL."""
         if daemon.resumed_from is None or self.last_progress is not None:
             return None
-        if diagnosis.category in NOT_THE_CHECKPOINT:
+        if diagnosis.category in NOT_THE_CHECKPOINT or self.refused_since_progress:
+            # After one refusal, a second checkpoint failing the same way before any progress
+            # says the trainer, not its checkpoints, is at fault: quarantining on would eat
+            # every checkpoint and end in a start from scratch.
             return None
         path = Path(daemon.resumed_from)
         deaths = self.early_deaths.get(daemon.resumed_from, 0) + 1
@@ -484,6 +490,7 @@ class Supervisor:
             why = f"died {deaths} times in a row on it"
         else:
             return None
+        self.refused_since_progress = True
         return path, f"trainer could not resume from it, {why}: {diagnosis.reason}"
 
     def _decide(self, checkpoint: CheckpointInfo | None) -> None:

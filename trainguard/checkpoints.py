@@ -2,8 +2,9 @@
 (`checkpoint-500/`, Hugging Face) or single files (`epoch=3-step=400.ckpt`, `ckpt_000400.pt`).
 
 Finding is by name and stat only; whether one can be resumed from is `checkpoint_validation`'s
-question. A checkpoint whose newest file changed within `settle` seconds, while a trainer may
-still be writing it, is in flight: callers never resume from, prune or count it.
+question. An invalid checkpoint whose newest file changed within `settle` seconds, while a
+trainer may still be writing it, is in flight rather than broken: left alone, never resumed
+from. A prune neither deletes nor counts any checkpoint that changed within `settle` seconds.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class CheckpointInfo:
     path: Path
     step: int | None
     valid: bool
-    reason: str | None  # why it is invalid (or in flight), naming the file; None when valid
+    reason: str | None  # why it is invalid, naming the file; None when valid
     staged: bool
     mtime: float
     in_flight: bool = False
@@ -144,17 +145,16 @@ def inspect(
     deep: bool = True,
     cancelled: Callable[[], bool] | None = None,
 ) -> CheckpointInfo | None:
-    """Validate one checkpoint (unless in flight); None when it vanished meanwhile."""
+    """Validate one checkpoint; None when it vanished meanwhile. One that is not (yet) valid
+    and changed within `settle` seconds is in flight: being written, not broken."""
     c = candidate
-    if c.in_flight(settle):
-        return CheckpointInfo(c.path, c.step, False, "in flight: still being written", c.staged,
-                              c.mtime, in_flight=True)  # fmt: skip
     reason = problem_of(
         c.path, required_files=rules.required_files, step=c.step, deep=deep, cancelled=cancelled
     )
     if reason is not None and not os.path.lexists(c.path):
         return None
-    return CheckpointInfo(c.path, c.step, reason is None, reason, c.staged, c.mtime)
+    in_flight = reason is not None and c.in_flight(settle)
+    return CheckpointInfo(c.path, c.step, reason is None, reason, c.staged, c.mtime, in_flight)
 
 
 def validate_checkpoint(
@@ -183,9 +183,9 @@ def newest_valid(
 ) -> CheckpointInfo | None:
     """The checkpoint to resume from: validates newest first and stops at the first good one."""
     for c in reversed(find_candidates(directory, rules.pattern)):
-        if c.staged or c.in_flight(settle):
+        if c.staged:
             continue
-        info = inspect(c, rules)
+        info = inspect(c, rules, settle=settle)
         if info is not None and info.valid:
             return info
     return None

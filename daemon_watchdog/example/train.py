@@ -5,6 +5,10 @@
 (`seed.py` copies this file into the workspace). It reads `DIR/config.json`, trains a 32-64-1
 tanh MLP with plain SGD on data generated from the seed, writes `status/progress.json` after
 every step and `checkpoints/checkpoint-<step>/` every `save_steps` steps and at the end.
+The optional `checkpoint_layout` knob makes it save files instead, written in place as
+Lightning's ModelCheckpoint (`epoch=0-step=<step>.ckpt` plus `last.ckpt`, pattern `*.ckpt`) or
+a plain `torch.save` loop (`ckpt_<step:06>.pt`, pattern `ckpt_*.pt`) does: a zip in torch.save's
+shape holding the weights and trainer state.
 
 Every step's randomness is a pure function of (seed, step) and SGD keeps no optimizer state, so a
 run resumed from a checkpoint ends bit-identical to an uninterrupted one.
@@ -37,9 +41,11 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import faulthandler  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import pickle  # noqa: E402
 import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
@@ -47,6 +53,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import zipfile  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import FrameType  # noqa: E402
@@ -80,6 +87,8 @@ CONFIG_KEYS = (
     "step_seconds",
     "total_steps",
 )
+LAYOUTS = {"folder": "checkpoint-*", "lightning": "*.ckpt", "plain": "ckpt_*.pt"}
+OPTIONAL_KEYS = {"checkpoint_layout": "folder"}
 FAULT_KINDS = ("exception", "segfault", "hang", "exit:N", "cuda_oom", "nan")
 _FAULT_RE = re.compile(r"(exception|segfault|hang|cuda_oom|nan|exit:(\d{1,3}))@(\d+)")
 
@@ -98,6 +107,7 @@ class Config:
     seed: int
     batch_size: int
     learning_rate: float
+    checkpoint_layout: str = "folder"
 
 
 def load_config(base_dir: Path) -> Config:
@@ -110,7 +120,8 @@ def load_config(base_dir: Path) -> Config:
         raise ValueError(f"config.json: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config.json: must be a JSON object, got {type(data).__name__}")
-    problems = [f"config.json: {key}: unknown key" for key in sorted(set(data) - set(CONFIG_KEYS))]
+    known = {*CONFIG_KEYS, *OPTIONAL_KEYS}
+    problems = [f"config.json: {key}: unknown key" for key in sorted(set(data) - known)]
     problems += [f"config.json: {key}: missing" for key in CONFIG_KEYS if key not in data]
 
     def check(key: str, ok: bool, expected: str) -> None:
@@ -144,6 +155,7 @@ def load_config(base_dir: Path) -> Config:
     )
     check("step_seconds", is_number("step_seconds", 0, strict=False), "a number >= 0")
     check("learning_rate", is_number("learning_rate", 0, strict=True), "a number > 0")
+    check("checkpoint_layout", data.get("checkpoint_layout") in LAYOUTS, f"one of {list(LAYOUTS)}")
     if problems:
         raise ValueError("\n".join(problems))
     return Config(
@@ -154,6 +166,7 @@ def load_config(base_dir: Path) -> Config:
         seed=data["seed"],
         batch_size=data["batch_size"],
         learning_rate=float(data["learning_rate"]),
+        checkpoint_layout=data.get("checkpoint_layout", OPTIONAL_KEYS["checkpoint_layout"]),
     )
 
 
@@ -288,7 +301,10 @@ def check_params(params: Params) -> None:
 def load_weights(path: Path) -> Params:
     """Load and check MLP weights; a missing file raises the plain FileNotFoundError."""
     with open(path, "rb") as fh:
-        blob = fh.read()
+        return weights_from(fh.read(), path)
+
+
+def weights_from(blob: bytes, path: Path) -> Params:
     try:
         loaded = load_tensors(blob)
         # Fresh, owned arrays: frombuffer views are read-only and may be oddly aligned.
@@ -360,8 +376,12 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def save_checkpoint(root: Path, params: Params, state: dict[str, Any]) -> Path:
-    """Stage `checkpoint-<step>` in `tmp-checkpoint-<step>`, then rename it into place."""
+def save_checkpoint(
+    root: Path, params: Params, state: dict[str, Any], layout: str = "folder"
+) -> Path:
+    """Save in `layout`; a folder is staged in `tmp-checkpoint-<step>`, then renamed."""
+    if layout != "folder":
+        return _save_file_checkpoint(root, params, state, layout)
     step = state["global_step"]
     final = root / f"checkpoint-{step}"
     staging = root / f"tmp-checkpoint-{step}"
@@ -386,14 +406,53 @@ def save_checkpoint(root: Path, params: Params, state: dict[str, Any]) -> Path:
     return final
 
 
+def _save_file_checkpoint(root: Path, params: Params, state: dict[str, Any], layout: str) -> Path:
+    """One file written in place, as Lightning and plain torch.save loops do: a crash during
+    the write leaves it cut short under its final name."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(state, protocol=2))
+        archive.writestr(f"archive/{TRAINER_STATE}", json.dumps(state))
+        archive.writestr(f"archive/{WEIGHTS_MEMBER}", save_tensors(params))
+    blob = buffer.getvalue()
+    root.mkdir(parents=True, exist_ok=True)
+    step = state["global_step"]
+    if layout == "lightning":
+        path = root / f"epoch=0-step={step}.ckpt"
+        _write_synced(path, blob)
+        _write_synced(root / "last.ckpt", blob)
+    else:
+        path = root / f"ckpt_{step:06d}.pt"
+        _write_synced(path, blob)
+    fsync_dir(root)
+    return path
+
+
+TRAINER_STATE = "trainer_state.json"
+WEIGHTS_MEMBER = "data/model.safetensors"
+
+
+def _read_checkpoint(ckpt: Path) -> tuple[bytes, bytes]:
+    """trainer state and weights, from a checkpoint folder or file."""
+    if ckpt.is_dir():
+        return (ckpt / TRAINER_STATE).read_bytes(), (ckpt / "model.safetensors").read_bytes()
+    try:
+        with zipfile.ZipFile(ckpt) as archive:
+            state = archive.read(f"archive/{TRAINER_STATE}")
+            weights = archive.read(f"archive/{WEIGHTS_MEMBER}")
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"not a checkpoint file: {exc}") from None
+    return state, weights
+
+
 def load_checkpoint(ckpt: Path, cfg: Config) -> tuple[Params, dict[str, Any]]:
     try:
-        with open(ckpt / "trainer_state.json", "rb") as fh:
-            state = json.loads(fh.read())
+        state_bytes, weights = _read_checkpoint(ckpt)
+        state = json.loads(state_bytes)
         step = state.get("global_step") if isinstance(state, dict) else None
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"trainer_state.json: global_step must be an integer >= 0: {step!r}")
-        params = load_weights(ckpt / "model.safetensors")
+        params = weights_from(weights, ckpt)
     except (OSError, ValueError, CorruptCheckpointError) as exc:
         raise CorruptCheckpointError(f"cannot resume from {ckpt}: {exc}") from exc
     if state.get("seed") != cfg.seed:
@@ -472,7 +531,7 @@ def run(args: argparse.Namespace) -> int:
                 "eval_loss": eval_loss,
                 "seed": cfg.seed,
             }
-            path = save_checkpoint(base / "checkpoints", params, state)
+            path = save_checkpoint(base / "checkpoints", params, state, cfg.checkpoint_layout)
             log.info("step %d: eval_loss=%.6f, saved %s", step, eval_loss, path)
 
     progress.write(cfg.total_steps, "done", loss=loss, eval_loss=eval_loss)

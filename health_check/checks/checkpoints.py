@@ -36,7 +36,7 @@ def probe(ctx: Context) -> CheckResult:
         return CheckResult(
             "checkpoints", Status.CRITICAL, f"cannot list {folder}: {exc.strerror or exc}"
         )
-    infos, older = _validate_newest(candidates, ws, ctx.wall_clock())
+    infos, older = _validate_newest(candidates, ws)
     training = read_supervision(ws).daemon is not None
     now = ctx.wall_clock()
     valid = [i for i in infos if i.valid]
@@ -94,7 +94,7 @@ def probe(ctx: Context) -> CheckResult:
 
 
 def _validate_newest(
-    candidates: list[Candidate], ws: Workspace, now: float
+    candidates: list[Candidate], ws: Workspace
 ) -> tuple[list[CheckpointInfo], list[Candidate]]:
     """Validate newest first down to the newest valid checkpoint (the one a restart would use);
     older ones are only counted by name."""
@@ -103,14 +103,10 @@ def _validate_newest(
     older: list[Candidate] = []
     for c in reversed(candidates):
         if any(i.valid for i in checked):
-            if not c.staged and c.step is not None and not c.in_flight(cfg.settle_seconds, now):
+            if not c.staged and c.step is not None and not c.in_flight(cfg.settle_seconds):
                 older.append(c)
             continue
-        if c.in_flight(cfg.settle_seconds, now):
-            checked.append(CheckpointInfo(c.path, c.step, False, "in flight", c.staged, c.mtime,
-                                          in_flight=True))  # fmt: skip
-            continue
-        info = inspect(c, cfg, deep=False)
+        info = inspect(c, cfg, settle=cfg.settle_seconds, deep=False)
         if info is not None:
             checked.append(info)
     return list(reversed(checked)), older

@@ -22,7 +22,12 @@ from tests.polling import wait_until
 
 pytestmark = [pytest.mark.edge_cases, pytest.mark.e2e]
 
-SABOTAGED = ("crash_loop_goes_fatal", "low_disk_threshold", "daemon_hang_no_progress")
+SABOTAGED = (
+    "crash_loop_goes_fatal",
+    "low_disk_threshold",
+    "daemon_hang_no_progress",
+    "partial_inplace_checkpoint_skipped",
+)
 
 
 def _leftovers(scratch: Path) -> list[str]:
@@ -79,6 +84,14 @@ def test_crash_loop_scenario_fails_when_max_restarts_is_lifted(
     result = sabotaged["crash_loop_goes_fatal"]
     assert result.status == "fail", result
     assert "state FATAL: not seen" in result.detail
+
+
+def test_partial_checkpoint_scenario_fails_when_no_file_marks_a_complete_save(
+    sabotaged: dict[str, Result],
+) -> None:
+    result = sabotaged["partial_inplace_checkpoint_skipped"]
+    assert result.status == "fail"
+    assert result.status == "fail" and ", not checkpoint-" in result.detail, result
 
 
 def test_low_disk_scenario_fails_when_the_threshold_is_zero(sabotaged: dict[str, Result]) -> None:

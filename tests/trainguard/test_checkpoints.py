@@ -721,15 +721,21 @@ def test_checkpoint_still_being_written_is_in_flight_never_pruned_or_counted(
     an_hour_ago = 1_700_000_000.0
     for step in (10, 20, 30):
         set_mtime(make_checkpoint(root, step), an_hour_ago + step)
-    make_checkpoint(root, 40)  # written just now: within settle_seconds
+    make_checkpoint(root, 40)  # complete, written just now
+    (make_checkpoint(root, 50) / "trainer_state.json").unlink()  # being written just now
     infos = list_checkpoints(root, RULES, settle=60)
-    assert [(i.path.name, i.in_flight) for i in infos][-1] == ("checkpoint-40", True)
-    assert not infos[-1].valid
+    assert [(i.path.name, i.valid, i.in_flight) for i in infos][-2:] == [
+        ("checkpoint-40", True, False),
+        ("checkpoint-50", False, True),
+    ]
     best = newest_valid(root, RULES, settle=60)
-    assert best is not None and best.path.name == "checkpoint-30"
-    # checkpoint-40 does not count toward keep_last=2: 30 and 20 are kept
+    assert best is not None and best.path.name == "checkpoint-40"
+    # Neither fresh one counts toward keep_last=2 until it settles: 30 and 20 are kept.
     assert prune(root, keep(2), settle=60) == [root / "checkpoint-10"]
-    assert (root / "checkpoint-40").is_dir()
+    assert sorted(p.name for p in root.iterdir())[-2:] == ["checkpoint-40", "checkpoint-50"]
+    # Settled, the incomplete one is plain invalid: no longer in flight.
+    set_mtime(root / "checkpoint-50", an_hour_ago + 50)
+    assert list_checkpoints(root, RULES, settle=60)[-1].in_flight is False
 
 
 def test_lightning_and_plain_torch_file_checkpoints_are_found_ordered_and_validated(
