@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest e2e clean
+.PHONY: demo test test-trainers lint typecheck pytest e2e clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,18 @@ pytest: $(VENV)/.installed-dev
 
 test: lint typecheck pytest
 
+# Opt-in: real Hugging Face, Lightning and plain PyTorch trainers (CPU torch, tiny models built
+# in code) killed mid-save under the watchdog. Its own venv: torch is several hundred MB.
+TVENV ?= .venv-trainers
+
+$(TVENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TVENV)
+	$(TVENV)/bin/python -m pip install -q --upgrade pip
+	$(TVENV)/bin/python -m pip install -q -e '.[dev,trainers]'
+	touch $@
+
+test-trainers: $(TVENV)/.installed
+	$(TVENV)/bin/pytest -m trainers tests/trainers
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TVENV) .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -184,9 +184,7 @@ def plain_loop_pt_files(sb: Sandbox) -> str:
     status = sb.wait_running(restarts=1)
     resume = status["restarts"][0].get("resume_from")
     expect(resume == previous.name, f"resumed from {resume!r}, not {previous.name}")
-    expect(
-        len(_moved_to_quarantine(sb, newest.name)) == 1, f"{newest.name} was not quarantined"
-    )
+    expect(len(_moved_to_quarantine(sb, newest.name)) == 1, f"{newest.name} was not quarantined")
     _code, report = sb.tool_json("health_check", "--only", "checkpoints")
     summary = str(report.get("checks", [{}])[0].get("summary"))
     expect("newest valid: ckpt_" in summary, f"health-check does not see them: {summary}")
