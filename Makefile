@@ -35,10 +35,14 @@ test: lint typecheck pytest
 # Opt-in: real Hugging Face, Lightning and plain PyTorch trainers (CPU torch, tiny models built
 # in code) killed mid-save under the watchdog. Its own venv: torch is several hundred MB.
 TVENV ?= .venv-trainers
+# A CPU build of torch is enough: a local one (a `+cpu` wheel in $PIP_FIND_LINKS) is taken
+# first, else whatever `pip install torch` gives; `make test-trainers TORCH='torch==2.9.1'` picks.
+TORCH ?= $(or $(lastword $(sort $(wildcard $(PIP_FIND_LINKS)/torch-*+cpu-*.whl))),torch)
 
 $(TVENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TVENV)
 	$(TVENV)/bin/python -m pip install -q --upgrade pip
+	$(TVENV)/bin/python -m pip install -q '$(TORCH)'
 	$(TVENV)/bin/python -m pip install -q -e '.[dev,trainers]'
 	touch $@
 

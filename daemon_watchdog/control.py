@@ -58,6 +58,8 @@ def show_status(ws: Workspace, *, as_json: bool) -> int:
     crash = status.get("last_crash")
     if crash:
         print(f"last crash: {crash.get('at')}: {crash.get('reason')}")
+        if crash.get("quarantined"):
+            print(f"  quarantined checkpoint {crash['quarantined']}")
     if status.get("fatal_reason"):
         print(f"FATAL:    {status['fatal_reason']}")
     return code

@@ -26,6 +26,7 @@ import psutil
 
 from daemon_watchdog import events as ev
 from daemon_watchdog.checkpoint_jobs import CheckpointJobs
+from daemon_watchdog.checkpoint_refusal import CheckpointRefusal
 from daemon_watchdog.daemon_process import (
     DaemonHandle,
     SpawnError,
@@ -62,12 +63,6 @@ log = logging.getLogger("daemon_watchdog")
 PR_SET_CHILD_SUBREAPER = 36
 MAX_RESTARTS_KEPT = 50  # in the state file; the crash history keeps everything
 PROGRESS_PUBLISH_INTERVAL = 1.0  # seconds; state changes are published at once
-# Crashes that say nothing against the checkpoint a daemon resumed from: the machine or the
-# setup failed, and an older checkpoint would fail the same way.
-NOT_THE_CHECKPOINT = frozenset(
-    {"cuda_oom", "host_oom", "gpu_hardware", "nccl", "network", "disk_full", "permission_error",
-     "import_error", "config_error"}
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ class _Crash:
     diagnosis: Diagnosis
     code: int | None
     hang: bool
-    refused: str | None  # the checkpoint quarantined because the trainer could not resume it
+    refused: str | None  # "NAME: why", the checkpoint quarantined as the trainer could not use it
 
 
 class Supervisor:
@@ -129,9 +124,7 @@ class Supervisor:
         self.pending_crash: _Crash | None = None
         self.chosen: CheckpointInfo | None = None
         self.start_when_chosen = False  # an operator's restart during BACKOFF skips the wait
-        # Crashes in a row before any progress, per checkpoint resumed from.
-        self.early_deaths: dict[str, int] = {}
-        self.refused_since_progress = False
+        self.refusal = CheckpointRefusal()
         self.ready_sent = False  # systemd's READY=1
 
     @property
@@ -218,8 +211,10 @@ class Supervisor:
             self._reap()  # a lost SIGCHLD costs at most one check_interval
             self._on_progress()  # and so does a lost inotify event (a recreated folder)
             self._publish()
-        if self.unswept_token is not None:
-            self._sweep_marked(self.unswept_token)  # after a restart this event may have made
+        if self.unswept_token is not None and self.choosing is None:
+            # After the restart this event may have made: while the checkpoint is being chosen,
+            # the sweep (~20 ms of reading environments) would only delay the new daemon.
+            self._sweep_marked(self.unswept_token)
         if self.diagnosed:
             self.diagnosed = False
             _release_free_heap()  # what reading and classifying the log tail freed
@@ -291,6 +286,7 @@ class Supervisor:
 
     def _spawn(self, checkpoint: CheckpointInfo | None) -> None:
         """Start the daemon from `checkpoint` (None: from scratch); FATAL if it cannot be."""
+        self.start_when_chosen = False
         path = checkpoint.path if checkpoint is not None else None
         if path is not None and not os.path.lexists(path):
             self._choose(then="spawn", room=False)  # moved since it was chosen: choose again
@@ -346,8 +342,7 @@ class Supervisor:
             log.info("restart requested by the operator: clearing %s", self.state)
             self.policy.reset()
             self.fatal_reason = None
-            self.early_deaths.clear()
-            self.refused_since_progress = False
+            self.refusal.reset()
             self._choose(then="spawn", room=False)
         elif self.state == State.BACKOFF:
             log.info("restart requested by the operator: starting now, not after the backoff")
@@ -398,8 +393,7 @@ class Supervisor:
             return  # the file the previous run left: this daemon has not written yet
         self.last_progress = progress
         self.last_progress_mono = time.monotonic()
-        self.early_deaths.clear()  # it got past loading its checkpoint
-        self.refused_since_progress = False
+        self.refusal.progressed()
         self.last_progress_at = utc_now()
         if self.state == State.STARTING:
             self._transition(State.RUNNING, f"progress: step {progress.step} ({progress.phase})")
@@ -456,42 +450,23 @@ class Supervisor:
         self.diagnosed = True
         occurrence = f"daemon-watchdog:{daemon.pid}:{daemon.identity.create_time}"
         record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code)
-        refused = None if hang else self._refused_checkpoint(daemon, diagnosis)
-        self.pending_crash = _Crash(diagnosis, code, hang, refused[1] if refused else None)
-        self._transition(State.BACKOFF, f"{diagnosis.reason}; choosing the checkpoint to resume")
-        self._choose(then="recover", room=True, refused=refused)
-
-    def _refused_checkpoint(
-        self, daemon: DaemonHandle, diagnosis: Diagnosis
-    ) -> tuple[Path, str] | None:
-        """The checkpoint this daemon resumed from, when it died on it: before any progress,
-        and the crash names that checkpoint, says it is corrupt, or happened twice in a row.
-        Quarantining it lets the next start use the previous complete one instead of failing
-        on it until FATAL."""
-        if daemon.resumed_from is None or self.last_progress is not None:
-            return None
-        if diagnosis.category in NOT_THE_CHECKPOINT or self.refused_since_progress:
-            # After one refusal, a second checkpoint failing the same way before any progress
-            # says the trainer, not its checkpoints, is at fault: quarantining on would eat
-            # every checkpoint and end in a start from scratch.
-            return None
-        path = Path(daemon.resumed_from)
-        deaths = self.early_deaths.get(daemon.resumed_from, 0) + 1
-        self.early_deaths[daemon.resumed_from] = deaths
-        named = any(
-            str(path) in text or f"{path.name}/" in text or text.endswith(path.name)
-            for text in (diagnosis.evidence, diagnosis.last_lines)
+        refused = None
+        if not hang and daemon.resumed_from is not None and self.last_progress is None:
+            why = self.refusal.judge(
+                daemon.resumed_from,
+                category=diagnosis.category,
+                evidence=diagnosis.evidence,
+                last_lines=diagnosis.last_lines,
+            )
+            if why is not None:
+                why = f"the trainer could not resume from it ({why}): {diagnosis.reason}"
+                refused = (Path(daemon.resumed_from), why)
+        self.pending_crash = _Crash(
+            diagnosis, code, hang, f"{refused[0].name}: {refused[1]}" if refused else None
         )
-        if diagnosis.category == "checkpoint_corrupt":
-            why = "the trainer found it corrupt"
-        elif named:
-            why = "the crash names it"
-        elif deaths >= 2:
-            why = f"died {deaths} times in a row on it"
-        else:
-            return None
-        self.refused_since_progress = True
-        return path, f"trainer could not resume from it, {why}: {diagnosis.reason}"
+        # The worker first: it runs while this thread writes the state file (I/O frees the GIL).
+        self._choose(then="recover", room=True, refused=refused)
+        self._transition(State.BACKOFF, f"{diagnosis.reason}; choosing the checkpoint to resume")
 
     def _decide(self, checkpoint: CheckpointInfo | None) -> None:
         crash, self.pending_crash = self.pending_crash, None
@@ -532,6 +507,11 @@ class Supervisor:
                 diagnosis.category, diagnosis.reason, diagnosis.suggestion, diagnosis.evidence, then
             )
         self.restarts = [*self.restarts, entry][-MAX_RESTARTS_KEPT:]
+        if delay == 0:
+            # No wait: straight to STARTING, sparing the state file one more fsync'd write.
+            log.info("%s; restarting now", diagnosis.reason)
+            self._spawn(checkpoint)
+            return
         self.restart_at = time.monotonic() + delay
         self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {delay:g} s")
 

@@ -45,8 +45,13 @@ done = 0
 
 [checkpoints]
 dir = "checkpoints"
+# Folders or files: Lightning writes "*.ckpt", a plain torch.save loop e.g. "ckpt_*.pt".
 pattern = "checkpoint-*"
 keep_last = 3
+# What a complete checkpoint folder holds (Hugging Face writes it last); [] for other trainers.
+required_files = ["trainer_state.json"]
+# Checkpoints that exist but none valid are FATAL; true quarantines them and starts over.
+# allow_fresh_start = false
 
 [health]
 disk_min_free_gb = 1

@@ -70,7 +70,13 @@ def test_a_checkpoint_the_trainer_refuses_by_name_is_quarantined_and_the_previou
     status = picky.wait_for(_running_from("checkpoint-120"), "running from checkpoint-120")
     assert _quarantined(picky) == ["checkpoint-140"]
     assert status["restart_count"] == 1
-    assert "crash names it" in status["restarts"][0]["quarantined"]
+    assert status["restarts"][0]["quarantined"].startswith(
+        "checkpoint-140: the trainer could not resume from it (the crash names it)"
+    )
+    shown = subprocess.run(
+        [SCRIPT or "", "status", "-c", str(picky.config)], capture_output=True, text=True
+    )
+    assert "quarantined checkpoint checkpoint-140: the trainer could not" in shown.stdout
     assert _resumed(picky).endswith("checkpoint-120")
 
 
@@ -80,7 +86,7 @@ def test_a_checkpoint_the_trainer_dies_on_twice_in_a_row_is_quarantined(picky: R
     status = picky.wait_for(_running_from("checkpoint-120"), "running from checkpoint-120")
     assert _quarantined(picky) == ["checkpoint-140"]
     assert [r["resume_from"] for r in status["restarts"]] == ["checkpoint-140", "checkpoint-120"]
-    assert "2 times in a row" in status["restarts"][1]["quarantined"]
+    assert "(died 2 times in a row on it)" in status["restarts"][1]["quarantined"]
 
 
 def test_restart_after_fatal_uses_the_previous_checkpoint_not_the_refused_one(
