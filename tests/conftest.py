@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 _IGNORED = {
     ".venv",
+    ".venv-trainers",
     ".git",
     "__pycache__",
     ".mypy_cache",

@@ -25,6 +25,9 @@ TRAINER_STATE = "trainer_state.json"
 # .ckpt, a plain loop's .pt.
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+# What a checkpoint that is one file may be called; `torch.save(..., "x.pth.tar")` is an old
+# habit. Other files matching the pattern (notes, logs) are not checkpoints at all.
+FILE_SUFFIXES = (*WEIGHT_SUFFIXES, ".tar")
 SHARD_INDEX_SUFFIX = ".index.json"  # e.g. model.safetensors.index.json of a sharded model
 
 __all__ = ["Cancelled", "problem_of"]
@@ -118,9 +121,12 @@ def _file_problem(
     regular and non-empty; a checkpoint that is one file must be a format we can check."""
     name = file.name
     is_state = not is_checkpoint and file == folder / TRAINER_STATE
-    known = name.endswith(WEIGHT_SUFFIXES) or name.endswith(SHARD_INDEX_SUFFIX) or is_state
+    is_torch = name.endswith(TORCH_SUFFIXES) or (is_checkpoint and name.endswith(".tar"))
+    known = is_torch or name.endswith((".safetensors", SHARD_INDEX_SUFFIX)) or is_state
     if not known:
-        return _stat_problem(file) if is_checkpoint else None
+        return (
+            "not a checkpoint file (.safetensors or a torch.save file)" if is_checkpoint else None
+        )
     opened = _open_regular(file)
     if opened is None:
         return "not a regular file"
@@ -130,7 +136,7 @@ def _file_problem(
             return "empty file"
         if name.endswith(".safetensors"):
             return safetensors_header.check(fh, size)
-        if name.endswith(TORCH_SUFFIXES):
+        if is_torch:
             return _checked_zip(fh, deep, cancelled)
         if is_state:
             return _trainer_state_problem(fh, step)

@@ -24,7 +24,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from trainguard.atomicio import fsync_dir
-from trainguard.checkpoint_validation import STAGED_PREFIX, Cancelled, problem_of
+from trainguard.checkpoint_validation import FILE_SUFFIXES, STAGED_PREFIX, Cancelled, problem_of
 from trainguard.config import CheckpointsSection
 
 DEFAULT_PATTERN = "checkpoint-*"
@@ -36,7 +36,7 @@ PRUNING_PREFIX = ".pruning-"  # a prune's trash folder; one left by a killed pru
 _NAMED_STEP = re.compile(r"(?:^|[^a-z0-9])(?:global_)?step[=_-]?(\d+)", re.IGNORECASE)
 _VERSION = re.compile(r"-v\d+$")
 _TRAILING_INT = re.compile(r"(\d+)$")
-_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".tar", ".pkl", ".npz", ".h5")
+_SUFFIXES = (".pth.tar", *FILE_SUFFIXES)
 
 __all__ = ["Cancelled", "Candidate", "CheckpointInfo", "problem_of"]
 
@@ -97,13 +97,23 @@ def find_candidates(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[Can
             continue
         if not any(fnmatchcase(name, glob) for glob in wanted):
             continue
+        if not name.endswith(FILE_SUFFIXES) and not _is_dir_or_other(entry):
+            continue  # a plain file with another suffix (notes, a log): not a checkpoint
         mtime = _newest_mtime(Path(entry.path))
         if mtime is None:
-            continue  # vanished, or neither file nor folder
+            continue  # vanished
         found.append(
             Candidate(Path(entry.path), step_of(name), mtime, name.startswith(STAGED_PREFIX))
         )
     return _ordered(found)
+
+
+def _is_dir_or_other(entry: os.DirEntry[str]) -> bool:
+    """A folder, or something odd (a FIFO) that validation should name, not skip."""
+    try:
+        return not entry.is_file()
+    except OSError:
+        return True
 
 
 def _ordered(found: list[Candidate]) -> list[Candidate]:
@@ -126,7 +136,7 @@ def _newest_mtime(path: Path) -> float | None:
     except OSError:
         return None
     if not os.path.isdir(path):
-        return info.st_mtime if os.path.isfile(path) else None
+        return info.st_mtime
     newest = info.st_mtime
     for root, dirs, files in os.walk(path):
         for name in itertools.chain(dirs, files):
@@ -284,6 +294,9 @@ def _remove(path: Path) -> None:
     # Move it out of the pattern's sight first, so a prune interrupted half-way never leaves a
     # half-deleted checkpoint that could pass for one to resume from.
     trash = Path(tempfile.mkdtemp(prefix=f"{PRUNING_PREFIX}{path.name}-", dir=path.parent))
-    with contextlib.suppress(FileNotFoundError):  # quarantined or removed meanwhile
+    # FileNotFoundError: quarantined meanwhile, or another prune (the watchdog's and a
+    # health-check --fix can overlap) cleaned up the trash as a leftover.
+    with contextlib.suppress(FileNotFoundError):
         os.rename(path, trash / path.name)
-    shutil.rmtree(trash)
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(trash)

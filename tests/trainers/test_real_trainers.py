@@ -98,7 +98,6 @@ def quarantined(run: TrainerRun) -> list[str]:
 def test_hf_trainer_killed_mid_save_resumes_from_the_last_complete_checkpoint(
     tmp_path: Path, runs: list[TrainerRun]
 ) -> None:
-    pytest.importorskip("transformers")
     run = workspace(tmp_path, "hf_trainer.py", "checkpoint-*", die_at=20)
     runs.append(run)
     status = finish(run)
@@ -126,7 +125,6 @@ def test_hf_trainer_killed_mid_save_resumes_from_the_last_complete_checkpoint(
 def test_hf_trainer_resumes_past_a_truncated_newest_checkpoint(
     tmp_path: Path, runs: list[TrainerRun]
 ) -> None:
-    pytest.importorskip("transformers")
     run = workspace(tmp_path, "hf_trainer.py", "checkpoint-*", die_at=None)
     runs.append(run)
     finish(run)
@@ -144,7 +142,6 @@ def test_hf_trainer_resumes_past_a_truncated_newest_checkpoint(
 def test_lightning_killed_mid_save_resumes_from_last_ckpt(
     tmp_path: Path, runs: list[TrainerRun]
 ) -> None:
-    pytest.importorskip("lightning")
     run = workspace(tmp_path, "lightning_trainer.py", "*.ckpt", die_at=20)
     runs.append(run)
     status = finish(run)
@@ -161,7 +158,6 @@ def test_lightning_killed_mid_save_resumes_from_last_ckpt(
 def test_plain_torch_loop_killed_mid_save_resumes_from_the_previous_file(
     tmp_path: Path, runs: list[TrainerRun]
 ) -> None:
-    pytest.importorskip("torch")
     run = workspace(tmp_path, "plain_loop.py", "ckpt_*.pt", die_at=20)
     runs.append(run)
     status = finish(run)

@@ -820,3 +820,15 @@ def test_prune_stopped_midway_leaves_no_checkpoint_half_deleted_and_next_prune_c
     assert sorted(p.name for p in root.iterdir()) == [f"checkpoint-{s}" for s in (1, 2, 3, 4)]
     assert prune(root, keep(1), settle=0) == [root / f"checkpoint-{s}" for s in (1, 2, 3)]
     assert [p.name for p in root.iterdir()] == ["checkpoint-4"]
+
+
+def test_files_that_are_no_checkpoint_format_are_not_checkpoints(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    make_checkpoint(root, 10)
+    (root / "checkpoint-notes.txt").write_text("lr 3e-4 looked better")  # newer than all
+    write_torch_zip(root / "checkpoint_000020.pth.tar")  # torch.save's old habit
+    infos = list_checkpoints(root, CheckpointsSection(pattern="checkpoint*"))
+    assert [(i.path.name, i.step, i.valid) for i in infos] == [
+        ("checkpoint-10", 10, True),
+        ("checkpoint_000020.pth.tar", 20, True),
+    ]
