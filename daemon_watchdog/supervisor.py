@@ -322,12 +322,14 @@ class Supervisor:
             self._operator_restart()
 
     def _operator_stop(self) -> None:
-        if self.state == State.STOPPING:
-            self.stopping_for = "operator"  # once the tree is gone: STOPPED, not a restart
-            return
         self.restart_at = None
         if self.daemon is None:
+            # Nothing runs: in BACKOFF, or while the checkpoint for a (re)start is being chosen
+            # (`_finish` makes that choice moot: no daemon starts after the stop).
             self._finish(State.STOPPED, "stopped by the operator", leave=True)
+            return
+        if self.state == State.STOPPING:
+            self.stopping_for = "operator"  # once the tree is gone: STOPPED, not a restart
             return
         self.stopping_for = "operator"
         self.reporter.stopping()

@@ -194,3 +194,49 @@ def test_a_prune_reading_gigabytes_never_holds_up_a_restart(picky: Run) -> None:
     # The prune was told to stop (the choice needed it gone), not waited for.
     wait_until(lambda: "pruning checkpoints: stopped early" in log.read_text(), timeout=30,
                message="the prune to report it was stopped")  # fmt: skip
+
+
+def _reading(watchdog: subprocess.Popen[bytes], path: Path) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return any(f.path == str(path) for f in psutil.Process(watchdog.pid).open_files())
+        except psutil.Error:
+            return False
+
+    return check
+
+
+def _big_newest_checkpoint(folder: Path, step: int) -> Path:
+    """A checkpoint whose 3.5 GB optimizer.pt takes seconds to check in full."""
+    big = make_checkpoint(folder, step)
+    write_sparse_torch_zip(big / "optimizer.pt", 3_500_000_000)
+    settle(folder)
+    return big / "optimizer.pt"
+
+
+def test_a_stop_while_the_first_checkpoint_is_being_checked_starts_no_daemon(
+    picky: Run,
+) -> None:
+    optimizer = _big_newest_checkpoint(picky.base / "checkpoints", 160)
+    watchdog = picky.start()
+    wait_until(_reading(watchdog, optimizer), timeout=30, interval=0.005, message="the check")
+    watchdog.send_signal(signal.SIGTERM)
+    assert watchdog.wait(timeout=30) == 0
+    status = picky.status()
+    assert status["state"] == "STOPPED" and status["daemon_pid"] is None
+    assert not (picky.base / "status" / "resumed_from").exists()  # no trainer ever started
+    assert "started daemon" not in (picky.base / "logs" / "watchdog.log").read_text()
+
+
+def test_a_stop_while_a_restart_chooses_its_checkpoint_starts_no_daemon(picky: Run) -> None:
+    watchdog = picky.start()
+    picky.wait_for(_running_from("checkpoint-140"), "running from checkpoint-140")
+    optimizer = _big_newest_checkpoint(picky.base / "checkpoints", 160)
+    watchdog.send_signal(signal.SIGHUP)  # what `daemon-watchdog restart` sends
+    wait_until(_reading(watchdog, optimizer), timeout=30, interval=0.005, message="the check")
+    watchdog.send_signal(signal.SIGTERM)
+    assert watchdog.wait(timeout=30) == 0
+    status = picky.status()
+    assert status["state"] == "STOPPED" and status["daemon_pid"] is None
+    log = (picky.base / "logs" / "watchdog.log").read_text()
+    assert log.count("started daemon") == 1, log
