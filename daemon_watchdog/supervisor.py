@@ -307,10 +307,7 @@ class Supervisor:
 
     def _restart_now(self) -> None:
         self.restart_at = None
-        if self.choosing is not None:
-            self.start_when_chosen = True  # the choice is still being made: start right after
-        else:
-            self._spawn(self.chosen)
+        self._spawn(self.chosen)
 
     # --- events -----------------------------------------------------------------------------
 
@@ -340,7 +337,11 @@ class Supervisor:
         """`daemon-watchdog restart`: start the daemon again, whatever state it is in. Not a
         crash: nothing is classified or counted, and no backoff is waited out."""
         self.restart_requests += 1  # published with the state change below
-        if self.state in TERMINAL and self.daemon is None:
+        if self.daemon is None and self.choosing is not None:
+            log.info("restart requested by the operator: starting once the checkpoint is chosen")
+            self.start_when_chosen = True  # no backoff after the choice
+            self._publish()
+        elif self.state in TERMINAL and self.daemon is None:
             log.info("restart requested by the operator: clearing %s", self.state)
             self.policy.reset()
             self.fatal_reason = None
