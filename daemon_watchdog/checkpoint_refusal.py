@@ -36,8 +36,9 @@ class CheckpointRefusal:
     ) -> str | None:
         """Why `checkpoint` should be quarantined after a crash before any progress, or None.
 
-        It is refused when the crash says it is corrupt, names it, or is the second in a row on
-        it. Only once until the next progress: a second checkpoint failing the same way says the
+        It is refused when the crash (its traceback) names it, or is the second in a row on it;
+        a corrupt-file error that does not name it may be about another file (the base model).
+        Only once until the next progress: a second checkpoint failing the same way says the
         trainer, not its checkpoints, is at fault, and refusing on would quarantine every
         checkpoint and end in a start from scratch.
         """
@@ -50,9 +51,7 @@ class CheckpointRefusal:
             checkpoint in text or f"{name}/" in text or text.rstrip("'\" ").endswith(name)
             for text in (evidence, last_lines)
         )
-        if category == "checkpoint_corrupt":
-            why = "the trainer found it corrupt"
-        elif named:
+        if named:
             why = "the crash names it"
         elif deaths >= 2:
             why = f"died {deaths} times in a row on it"

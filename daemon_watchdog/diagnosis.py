@@ -23,7 +23,8 @@ from trainguard.workspace import Workspace
 log = logging.getLogger("daemon_watchdog")
 
 LOG_TAIL_LINES = 1000
-LAST_LINES_KEPT = 20  # for "does the crash name the checkpoint it resumed from?"
+LAST_LINES_KEPT = 40  # where the crash is looked for: does it name the checkpoint resumed from?
+CRASH_LINES_WITHOUT_TRACEBACK = 3
 DB_BUILD_TIMEOUT = 120.0  # seconds for a child to compile the rules (~0.5 s usually)
 
 HANG_SUGGESTION = (
@@ -40,7 +41,7 @@ class Diagnosis:
     reason: str  # one line for the state file and the alert
     suggestion: str
     evidence: str  # the log line that decided it, if any
-    last_lines: str = ""  # the end of this daemon's output (what a traceback ends with)
+    last_lines: str = ""  # the crash at the end of this daemon's output: its traceback
 
 
 def load_scanner() -> Scanner:
@@ -85,7 +86,7 @@ def diagnose_crash(
     began: an earlier run's error above it is not this crash), with its exit status."""
     lines = _log_tail(ws, since)
     result = classify_text(b"\n".join(lines), exit_code=exit_code, scanner=scanner)
-    last = b"\n".join(lines[-LAST_LINES_KEPT:]).decode("utf-8", "replace")
+    last = _crash_block(lines[-LAST_LINES_KEPT:]).decode("utf-8", "replace")
     primary = result.primary
     if primary is None:
         return Diagnosis(
@@ -99,6 +100,15 @@ def diagnose_crash(
         primary.text,
         last,
     )
+
+
+def _crash_block(lines: list[bytes]) -> bytes:
+    """The end of the output that is the crash itself: from the last traceback on, or else the
+    last few lines. A trainer's own "resuming from checkpoint-20" above it is not the crash."""
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].lstrip().startswith(b"Traceback (most recent call last)"):
+            return b"\n".join(lines[index:])
+    return b"\n".join(lines[-CRASH_LINES_WITHOUT_TRACEBACK:])
 
 
 def _log_tail(ws: Workspace, since: int) -> list[bytes]:

@@ -7,6 +7,7 @@ check of a multi-GB checkpoint reads every byte.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,8 @@ def choose_checkpoint(ws: Workspace) -> CheckpointInfo | None:
         if info is None:
             continue
         if info.valid:
-            _quarantine_all(bad)
+            for stale in bad:  # one that cannot be moved is logged and left: it is skipped
+                refuse(stale.path, stale.reason or "invalid")
             return info
         bad.append(info)
     if not bad:
@@ -68,21 +70,27 @@ def choose_checkpoint(ws: Workspace) -> CheckpointInfo | None:
             f"is valid (newest: {newest.path.name}: {newest.reason}); repair or move them, or "
             "set [checkpoints] allow_fresh_start = true to start from scratch"
         )
-    _quarantine_all(bad)
+    stuck = [info.path.name for info in bad if refuse(info.path, info.reason or "invalid") is None]
+    if stuck:
+        raise NoValidCheckpoint(
+            f"no valid checkpoint, and {', '.join(stuck)} could not be moved into quarantine/: "
+            "a start from scratch could overwrite it; move it away, then restart"
+        )
     log.warning("no valid checkpoint among %d: starting from scratch (allow_fresh_start)", len(bad))
     return None
 
 
-def _quarantine_all(bad: list[CheckpointInfo]) -> None:
-    for info in bad:
-        refuse(info.path, info.reason or "invalid")
-
-
 def refuse(path: Path, why: str) -> Path | None:
-    """Quarantine one checkpoint, saying why; None (logged) when it cannot be moved."""
+    """Quarantine one checkpoint, saying why; where it went, or None (logged) when it is still
+    where it was."""
     try:
         moved = quarantine(path)
     except FileNotFoundError:
+        if not os.path.lexists(path):
+            return path  # gone already: nothing left to overwrite
+        log.error(
+            "cannot quarantine invalid checkpoint %s (%s): no quarantine folder", path.name, why
+        )
         return None
     except OSError as exc:
         log.error("cannot quarantine invalid checkpoint %s (%s): %s; left where it is, skipped",

@@ -235,6 +235,9 @@ class Supervisor:
             # Not our child: its orphans went to init, only the token finds them.
             self._kill_orphans(previous["owner_token"], "left by the previous daemon", tree=False)
         self._restore(previous or {})
+        # Published at once, so `status`, `stop` and health-check see this watchdog while the
+        # checkpoint (every byte of a huge one) is checked, not the state an earlier one left.
+        self._transition(State.STARTING, "choosing the checkpoint to resume from")
         self._choose(then="spawn", room=False)
 
     def _restore(self, previous: dict[str, Any]) -> None:
@@ -346,6 +349,7 @@ class Supervisor:
             self.policy.reset()
             self.fatal_reason = None
             self.refusal.reset()
+            self._transition(State.STARTING, "restart requested: choosing the checkpoint")
             self._choose(then="spawn", room=False)
         elif self.state == State.BACKOFF:
             log.info("restart requested by the operator: starting now, not after the backoff")
@@ -476,23 +480,25 @@ class Supervisor:
         assert crash is not None
         diagnosis = crash.diagnosis
         step = checkpoint.step if checkpoint is not None else None
+        operator, self.start_when_chosen = self.start_when_chosen, False
+        if operator:
+            # `restart` came while this crash's checkpoint was being chosen: the operator's
+            # word, as from FATAL (a fresh restart budget, no backoff), not the policy's.
+            self.policy.reset()
+            self.refusal.reset()
+            self.restarts = [*self.restarts, self._crash_entry(crash, checkpoint)]
+            self.restarts = self.restarts[-MAX_RESTARTS_KEPT:]
+            self.last_crash = self.restarts[-1]
+            log.info("%s; restarting now, as the operator asked", diagnosis.reason)
+            self._spawn(checkpoint)
+            return
         decision = self.policy.decide(
             # a refused checkpoint is what failed, not the run: the previous one may well work
             retryable=diagnosis.retryable or crash.refused is not None,
             category=diagnosis.category,
             checkpoint_step=step,
         )
-        entry = {
-            "at": utc_now(),
-            "reason": diagnosis.reason,
-            "category": diagnosis.category,
-            "exit_code": crash.code,
-            "evidence": diagnosis.evidence[:300],
-            "suggestion": diagnosis.suggestion,
-            "resume_from": checkpoint.path.name if checkpoint is not None else None,
-        }
-        if crash.refused is not None:
-            entry["quarantined"] = crash.refused
+        entry = self._crash_entry(crash, checkpoint)
         self.last_crash = entry
         if decision.action == "give_up":
             self.fatal_reason = f"{decision.reason}; last crash: {diagnosis.reason}"
@@ -500,8 +506,7 @@ class Supervisor:
             self.reporter.fatal(diagnosis.category, self.fatal_reason, diagnosis.suggestion)
             self._finish(State.FATAL, self.fatal_reason)
             return
-        delay = 0.0 if self.start_when_chosen else decision.delay
-        self.start_when_chosen = False
+        delay = decision.delay
         if not crash.hang:  # a hang was alerted when it was seen
             then = f"restarting in {delay:g} s from " + (
                 checkpoint.path.name if checkpoint is not None else "the start"
@@ -517,6 +522,23 @@ class Supervisor:
             return
         self.restart_at = time.monotonic() + delay
         self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {delay:g} s")
+
+    @staticmethod
+    def _crash_entry(crash: _Crash, checkpoint: CheckpointInfo | None) -> dict[str, Any]:
+        """The crash as the state file's `restarts` and `last_crash` hold it."""
+        d = crash.diagnosis
+        entry: dict[str, Any] = {
+            "at": utc_now(),
+            "reason": d.reason,
+            "category": d.category,
+            "exit_code": crash.code,
+            "evidence": d.evidence[:300],
+            "suggestion": d.suggestion,
+            "resume_from": checkpoint.path.name if checkpoint is not None else None,
+        }
+        if crash.refused is not None:
+            entry["quarantined"] = crash.refused
+        return entry
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -663,7 +685,7 @@ class Supervisor:
         self.state = new
         log.info("state %s -> %s: %s", old, new.value, reason)
         self._publish()
-        if not self.ready_sent:
+        if not self.ready_sent and (self.daemon is not None or new in TERMINAL):
             # Ready once the daemon is started (or cannot be): the checkpoint to resume from is
             # chosen first, on a worker thread, which for a huge one can take a while.
             self.ready_sent = True
@@ -683,7 +705,7 @@ class Supervisor:
 
     def _publish(self) -> None:
         if self.state is None:
-            return  # the first checkpoint is still being chosen: nothing true to say yet
+            return  # before the first state: nothing true to say yet
         d = self.daemon
         status = {
             "state": self.state.value if self.state else None,

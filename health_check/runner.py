@@ -162,17 +162,16 @@ def apply_fixes(
     return final
 
 
-STOP_GRACE_S = 10.0  # how long a fix told to stop may take to reach its next step
-
-
 def _apply_one(name: str, fix: Fix, timeout: float) -> FixOutcome:
     messages: list[str] = []
+    applied: list[bool] = []
     finished = threading.Event()
     action = fix.action
 
     def job() -> CheckResult:
         try:
             messages.append(fix.apply())
+            applied.append(True)
             return CheckResult(name, Status.OK, "")
         except Cancelled:
             messages.append(f"stopped at its {timeout:g} s deadline, part done; run --fix again")
@@ -187,8 +186,8 @@ def _apply_one(name: str, fix: Fix, timeout: float) -> FixOutcome:
     if result is None and fix.stop is not None:
         # Past its deadline: tell it to stop, and wait for it to reach its next step.
         fix.stop.set()
-        if finished.wait(STOP_GRACE_S):
-            return FixOutcome(action, False, messages[0])
+        if finished.wait(STOP_GRACE_S):  # stopped, or it finished just then after all
+            return FixOutcome(action, bool(applied), messages[0])
     if result is None:
         return FixOutcome(action, False, f"could not {action}: no answer within {timeout:g} s")
     return FixOutcome(action, result.status == Status.OK, messages[0])

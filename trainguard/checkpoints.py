@@ -31,11 +31,15 @@ DEFAULT_PATTERN = "checkpoint-*"
 QUARANTINE_DIR = "quarantine"
 PRUNING_PREFIX = ".pruning-"  # a prune's trash folder; one left by a killed prune is removed
 
-# `step=400` (Lightning), `global_step400` (DeepSpeed); else the name's last number
-# (`checkpoint-400`, `ckpt_000400.pt`), once suffixes and Lightning's `-v1` are cut off.
+# `step=400` (Lightning), `global_step400` (DeepSpeed); else the name's last number after a
+# separator or a letter (`checkpoint-400`, `ckpt_000400.pt`, `model_epoch3`), once suffixes and
+# Lightning's `-v1` are cut off; else Lightning's `epoch=3`. Digits after `.` or `=` are a
+# metric's (`epoch=2-val_loss=0.31`), never a step.
 _NAMED_STEP = re.compile(r"(?:^|[^a-z0-9])(?:global_)?step[=_-]?(\d+)", re.IGNORECASE)
-_VERSION = re.compile(r"-v\d+$")
-_TRAILING_INT = re.compile(r"(\d+)$")
+_NAMED_EPOCH = re.compile(r"(?:^|[^a-z0-9])epoch[=_-]?(\d+)", re.IGNORECASE)
+_VERSION = re.compile(r"-v(\d+)$")
+_HF_FOLDER = re.compile(r"checkpoint-(\d+)")
+_TRAILING_INT = re.compile(r"(?:^|[-_a-zA-Z])(\d+)$")
 _SUFFIXES = (".pth.tar", *FILE_SUFFIXES)
 
 __all__ = ["Cancelled", "Candidate", "CheckpointInfo", "problem_of"]
@@ -68,12 +72,32 @@ class CheckpointInfo:
 
 def step_of(name: str) -> int | None:
     """The training step a checkpoint's name gives, if any."""
-    stem = next((name[: -len(s)] for s in _SUFFIXES if name.endswith(s)), name)
-    named = _NAMED_STEP.search(stem)
+    stem = _stem(name)
+    for found in (_NAMED_STEP.search(stem), _TRAILING_INT.search(_VERSION.sub("", stem))):
+        if found:
+            return int(found.group(1))
+    epoch = _NAMED_EPOCH.search(stem)
+    return int(epoch.group(1)) if epoch else None
+
+
+def _global_step(name: str) -> int | None:
+    """The step a trainer_state.json inside must hold: only for names that give the global step
+    (`checkpoint-400`, `step=400`), not an epoch or a number of another kind."""
+    named = _NAMED_STEP.search(_stem(name))
     if named:
         return int(named.group(1))
-    trailing = _TRAILING_INT.search(_VERSION.sub("", stem))
-    return int(trailing.group(1)) if trailing else None
+    hf = _HF_FOLDER.fullmatch(name)
+    return int(hf.group(1)) if hf else None
+
+
+def _stem(name: str) -> str:
+    return next((name[: -len(s)] for s in _SUFFIXES if name.endswith(s)), name)
+
+
+def _version(name: str) -> int:
+    """Lightning's `-v1`, `-v2` for a name saved again: a later version is newer."""
+    found = _VERSION.search(_stem(name))
+    return int(found.group(1)) if found else 0
 
 
 def find_candidates(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[Candidate]:
@@ -108,6 +132,21 @@ def find_candidates(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[Can
     return _ordered(found)
 
 
+def count_numbered(directory: Path, pattern: str = DEFAULT_PATTERN) -> int:
+    """How many checkpoints with a step in their names there are, from names alone: no stat
+    of what is inside them (a disk verdict must not wait on a walk of 100,000 files)."""
+    with os.scandir(directory) as scan:
+        return sum(
+            1
+            for entry in scan
+            if fnmatchcase(entry.name, pattern)
+            and not entry.name.startswith(STAGED_PREFIX)
+            and entry.name != QUARANTINE_DIR
+            and (entry.name.endswith(FILE_SUFFIXES) or _is_dir_or_other(entry))
+            and step_of(entry.name) is not None
+        )
+
+
 def _is_dir_or_other(entry: os.DirEntry[str]) -> bool:
     """A folder, or something odd (a FIFO) that validation should name, not skip."""
     try:
@@ -117,7 +156,10 @@ def _is_dir_or_other(entry: os.DirEntry[str]) -> bool:
 
 
 def _ordered(found: list[Candidate]) -> list[Candidate]:
-    numbered = sorted((c for c in found if c.step is not None), key=lambda c: (c.step, c.path.name))
+    numbered = sorted(
+        (c for c in found if c.step is not None),
+        key=lambda c: (c.step, _version(c.path.name), c.mtime, c.path.name),
+    )
     unnumbered = sorted((c for c in found if c.step is None), key=lambda c: (c.mtime, c.path.name))
     written_by = list(itertools.accumulate((c.mtime for c in numbered), max))
     slots: list[list[Candidate]] = [[] for _ in range(len(numbered) + 1)]
@@ -159,7 +201,11 @@ def inspect(
     and changed within `settle` seconds is in flight: being written, not broken."""
     c = candidate
     reason = problem_of(
-        c.path, required_files=rules.required_files, step=c.step, deep=deep, cancelled=cancelled
+        c.path,
+        required_files=rules.required_files,
+        step=_global_step(c.path.name),
+        deep=deep,
+        cancelled=cancelled,
     )
     if reason is not None and not os.path.lexists(c.path):
         return None
@@ -172,8 +218,8 @@ def validate_checkpoint(
 ) -> tuple[bool, str | None]:
     """Return (valid, reason) for one checkpoint folder or file; never raises."""
     rules = rules or CheckpointsSection()
-    reason = problem_of(path, required_files=rules.required_files, step=step_of(path.name),
-                        deep=deep)  # fmt: skip
+    reason = problem_of(path, required_files=rules.required_files,
+                        step=_global_step(path.name), deep=deep)  # fmt: skip
     return reason is None, reason
 
 

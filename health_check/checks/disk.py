@@ -9,7 +9,7 @@ from pathlib import Path
 
 from health_check.context import Context
 from health_check.result import CheckResult, Fix, Metric, Status
-from trainguard.checkpoints import find_candidates, prune
+from trainguard.checkpoints import count_numbered, prune
 from trainguard.workspace import Workspace
 
 GB = 1e9
@@ -120,10 +120,10 @@ def _prune_fix(ws: Workspace, low_devs: set[int]) -> Fix | None:
     try:
         if os.stat(folder).st_dev not in low_devs:
             return None
-        numbered = [c for c in find_candidates(folder, cfg.pattern) if c.step is not None]
+        numbered = count_numbered(folder, cfg.pattern)
     except OSError:
         return None
-    if len(numbered) <= cfg.keep_last:
+    if numbered <= cfg.keep_last:
         return None
 
     stop = threading.Event()
@@ -133,7 +133,7 @@ def _prune_fix(ws: Workspace, low_devs: set[int]) -> Fix | None:
         return f"pruned {len(removed)} checkpoint(s) beyond keep_last={cfg.keep_last}"
 
     return Fix(
-        f"prune old checkpoints beyond keep_last={cfg.keep_last} ({len(numbered)} on disk)",
+        f"prune old checkpoints beyond keep_last={cfg.keep_last} ({numbered} on disk)",
         apply,
         key="prune-checkpoints",
         stop=stop,

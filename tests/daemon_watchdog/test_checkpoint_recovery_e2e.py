@@ -220,6 +220,8 @@ def test_a_stop_while_the_first_checkpoint_is_being_checked_starts_no_daemon(
     optimizer = _big_newest_checkpoint(picky.base / "checkpoints", 160)
     watchdog = picky.start()
     wait_until(_reading(watchdog, optimizer), timeout=30, interval=0.005, message="the check")
+    meanwhile = picky.status()  # this watchdog, starting: not nothing, nor an earlier state
+    assert (meanwhile["state"], meanwhile["watchdog_pid"]) == ("STARTING", watchdog.pid)
     watchdog.send_signal(signal.SIGTERM)
     assert watchdog.wait(timeout=30) == 0
     status = picky.status()
@@ -240,3 +242,21 @@ def test_a_stop_while_a_restart_chooses_its_checkpoint_starts_no_daemon(picky: R
     assert status["state"] == "STOPPED" and status["daemon_pid"] is None
     log = (picky.base / "logs" / "watchdog.log").read_text()
     assert log.count("started daemon") == 1, log
+
+
+def test_a_restart_asked_for_while_a_crash_is_handled_is_not_overruled_by_the_policy(
+    picky: Run,
+) -> None:
+    picky.config.write_text(_set_key(picky.config.read_text(), "watchdog", "max_restarts", 0))
+    watchdog = picky.start()
+    picky.wait_for(_running_from("checkpoint-140"), "running from checkpoint-140")
+    optimizer = _big_newest_checkpoint(picky.base / "checkpoints", 160)
+    daemon = picky.status()["daemon_pid"]
+    os.kill(daemon, signal.SIGKILL)  # with max_restarts = 0, FATAL: unless the operator says
+    wait_until(_reading(watchdog, optimizer), timeout=30, interval=0.005, message="the check")
+    watchdog.send_signal(signal.SIGHUP)  # `daemon-watchdog restart`
+    status = picky.wait_for(
+        lambda s: _running_from("checkpoint-140")(s) and s.get("daemon_pid") != daemon,
+        "running again from checkpoint-140",
+    )
+    assert status["restart_count"] == 1 and status["fatal_reason"] is None

@@ -691,6 +691,11 @@ def write_lightning_ckpt(path: Path) -> None:
         ("ckpt_000400.pt", 400),
         ("global_step400", 400),
         ("model_epoch3.pt", 3),
+        ("epoch=3.ckpt", 3),
+        ("epoch=2-val_loss=0.31.ckpt", 2),  # the metric's digits are never the step
+        ("epoch=10-val_loss=0.05.ckpt", 10),
+        ("epoch=4-val_acc=91.ckpt", 4),
+        ("checkpoint_000020.pth.tar", 20),
         ("last.ckpt", None),
         ("last-v2.ckpt", None),
         ("checkpoint-best", None),
@@ -832,3 +837,45 @@ def test_files_that_are_no_checkpoint_format_are_not_checkpoints(tmp_path: Path)
         ("checkpoint-10", 10, True),
         ("checkpoint_000020.pth.tar", 20, True),
     ]
+
+
+def test_lightning_metric_names_are_ordered_by_epoch_and_the_newest_kept(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    losses = [0.91, 0.55, 0.31, 0.12, 0.07]  # falling loss: the digits shrink as epochs grow
+    for epoch, loss in enumerate(losses):
+        write_torch_zip(root / f"epoch={epoch}-val_loss={loss:.2f}.ckpt")
+    rules = CheckpointsSection(pattern="*.ckpt", keep_last=2)
+    best = newest_valid(root, rules)
+    assert best is not None and best.path.name == "epoch=4-val_loss=0.07.ckpt"
+    assert [p.name for p in prune(root, rules, settle=0)] == [
+        "epoch=0-val_loss=0.91.ckpt",
+        "epoch=1-val_loss=0.55.ckpt",
+        "epoch=2-val_loss=0.31.ckpt",
+    ]
+
+
+def test_lightning_v1_file_of_the_same_step_is_the_newer(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    write_torch_zip(root / "epoch=0-step=400-v1.ckpt")  # saved after the original
+    write_torch_zip(root / "epoch=0-step=400.ckpt")
+    write_torch_zip(root / "epoch=0-step=300.ckpt")
+    rules = CheckpointsSection(pattern="*.ckpt", keep_last=1)
+    best = newest_valid(root, rules)
+    assert best is not None and best.path.name == "epoch=0-step=400-v1.ckpt"
+    assert [p.name for p in prune(root, rules, settle=0)] == [
+        "epoch=0-step=300.ckpt",
+        "epoch=0-step=400.ckpt",
+    ]
+
+
+def test_global_step_is_checked_only_where_the_name_gives_it(tmp_path: Path) -> None:
+    epoch_named = make_checkpoint(tmp_path, 3, name="model_epoch3")  # global_step 3: matches
+    (epoch_named / "trainer_state.json").write_text(json.dumps({"global_step": 3000}))
+    assert validate_checkpoint(epoch_named) == (True, None)
+    hf = make_checkpoint(tmp_path, 30)
+    (hf / "trainer_state.json").write_text(json.dumps({"global_step": 3000}))
+    assert validate_checkpoint(hf)[1] == (
+        "trainer_state.json: global_step 3000 does not match the folder's step 30"
+    )
