@@ -63,7 +63,7 @@ def main() -> None:
         rules = CheckpointsSection(keep_last=3)
         print(f"{args.checkpoints} checkpoints, newest optimizer.pt {args.gb:g} GB (sparse), "
               f"in {root}")  # fmt: skip
-        timed("find_candidates (names, stat, walk)", lambda: find_candidates(folder), repeat=5)
+        timed("find_candidates (names; no walk inside)", lambda: find_candidates(folder), repeat=5)
         newest = find_candidates(folder)[-1]
         timed("quick check of the newest", lambda: inspect(newest, rules, deep=False), repeat=5)
         checkpoint_validation._ZIP_VERDICTS.clear()

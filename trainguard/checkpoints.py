@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -45,14 +46,19 @@ _SUFFIXES = (".pth.tar", *FILE_SUFFIXES)
 __all__ = ["Cancelled", "Candidate", "CheckpointInfo", "problem_of"]
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Candidate:
     """A checkpoint as found by name: nothing in it has been read."""
 
     path: Path
     step: int | None  # from the name; None for `last.ckpt`, `checkpoint-best`
-    mtime: float  # when anything in it last changed
     staged: bool
+
+    @functools.cached_property
+    def mtime(self) -> float:
+        """When anything in it last changed (0 if it vanished). Looked up only when asked: for
+        a folder it takes a stat of every file in it."""
+        return _newest_mtime(self.path) or 0.0
 
     def in_flight(self, settle: float, now: float | None = None) -> bool:
         """Changed within `settle` seconds: a trainer may still be writing it."""
@@ -123,12 +129,7 @@ def find_candidates(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[Can
             continue
         if not name.endswith(FILE_SUFFIXES) and not _is_dir_or_other(entry):
             continue  # a plain file with another suffix (notes, a log): not a checkpoint
-        mtime = _newest_mtime(Path(entry.path))
-        if mtime is None:
-            continue  # vanished
-        found.append(
-            Candidate(Path(entry.path), step_of(name), mtime, name.startswith(STAGED_PREFIX))
-        )
+        found.append(Candidate(Path(entry.path), step_of(name), name.startswith(STAGED_PREFIX)))
     return _ordered(found)
 
 
@@ -158,9 +159,11 @@ def _is_dir_or_other(entry: os.DirEntry[str]) -> bool:
 def _ordered(found: list[Candidate]) -> list[Candidate]:
     numbered = sorted(
         (c for c in found if c.step is not None),
-        key=lambda c: (c.step, _version(c.path.name), c.mtime, c.path.name),
+        key=lambda c: (c.step, _version(c.path.name), c.path.name),
     )
     unnumbered = sorted((c for c in found if c.step is None), key=lambda c: (c.mtime, c.path.name))
+    if not unnumbered:
+        return numbered  # no mtime needed: nothing inside the folders is looked at
     written_by = list(itertools.accumulate((c.mtime for c in numbered), max))
     slots: list[list[Candidate]] = [[] for _ in range(len(numbered) + 1)]
     for c in unnumbered:

@@ -103,8 +103,8 @@ def _validate_newest(
     older: list[Candidate] = []
     for c in reversed(candidates):
         if any(i.valid for i in checked):
-            if not c.staged and c.step is not None and not c.in_flight(cfg.settle_seconds):
-                older.append(c)
+            if not c.staged and c.step is not None:
+                older.append(c)  # counted by name: no walk through every old checkpoint
             continue
         info = inspect(c, cfg, settle=cfg.settle_seconds, deep=False)
         if info is not None:
