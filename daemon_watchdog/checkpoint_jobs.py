@@ -64,9 +64,10 @@ class CheckpointJobs:
     def _choose(self, seq: int, room: bool, refused: tuple[Path, str] | None) -> None:
         disk_low = error = None
         checkpoint = None
+        stuck = False
         try:
             if refused is not None:
-                refuse(*refused)
+                stuck = refuse(*refused) is None
             if room:
                 disk_low = make_room(self.ws, self._closing.is_set)
             checkpoint = choose_checkpoint(self.ws)
@@ -77,7 +78,7 @@ class CheckpointJobs:
         except Exception as exc:  # a bug here must not leave the run waiting forever
             log.exception("choosing a checkpoint failed")
             error = f"choosing a checkpoint failed: {type(exc).__name__}: {exc}"
-        self.post(ev.CheckpointChosen(seq, checkpoint, error, disk_low))
+        self.post(ev.CheckpointChosen(seq, checkpoint, error, disk_low, stuck))
 
     def _prune(self, cancel: threading.Event) -> None:
         removed: list[Path] = []

@@ -43,6 +43,7 @@ class CheckpointChosen:
     checkpoint: CheckpointInfo | None  # None: start from scratch
     error: str | None  # the checkpoints cannot be used: FATAL with this reason
     disk_low: str | None  # what pruning for room did, when the disk was low
+    refused_stuck: bool = False  # the refused checkpoint could not be moved into quarantine/
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import queue
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -276,6 +276,9 @@ class Supervisor:
             return
         self.chosen = event.checkpoint
         if then == "recover":
+            if event.refused_stuck and self.pending_crash is not None:
+                crash = self.pending_crash
+                self.pending_crash = replace(crash, refused=f"{crash.refused} (NOT moved: see log)")
             self._decide(event.checkpoint)
         else:
             self._spawn(event.checkpoint)

@@ -260,3 +260,20 @@ def test_a_restart_asked_for_while_a_crash_is_handled_is_not_overruled_by_the_po
         "running again from checkpoint-140",
     )
     assert status["restart_count"] == 1 and status["fatal_reason"] is None
+
+
+def test_a_refused_checkpoint_that_cannot_be_moved_is_not_reported_as_moved(
+    picky: Run,
+) -> None:
+    folder = picky.base / "checkpoints"
+    (folder / "checkpoint-140" / "behaviour").write_text("refuse")
+    (folder / "quarantine").write_text("a file where the folder goes")
+    picky.start()
+    status = picky.wait_for(
+        lambda s: bool(s.get("restarts")) and "quarantined" in s["restarts"][0],
+        "the refusal recorded",
+    )
+    assert status["restarts"][0]["quarantined"].endswith("(NOT moved: see log)")
+    assert (folder / "checkpoint-140").is_dir()
+    log = (picky.base / "logs" / "watchdog.log").read_text()
+    assert "cannot quarantine invalid checkpoint checkpoint-140" in log
