@@ -175,14 +175,7 @@ def test_a_prune_reading_gigabytes_never_holds_up_a_restart(picky: Run) -> None:
     settle(folder)  # written an hour ago: not in flight
     watchdog = picky.start()
     picky.wait_for(_running_from("checkpoint-140"), "running from checkpoint-140")
-    optimizer = str(big / "optimizer.pt")
-
-    def reading() -> bool:
-        try:
-            return any(f.path == optimizer for f in psutil.Process(watchdog.pid).open_files())
-        except psutil.Error:
-            return False
-
+    reading = _reading(watchdog, big / "optimizer.pt")
     wait_until(reading, timeout=30, interval=0.005, message="a prune reading optimizer.pt")
     daemon = picky.status()["daemon_pid"]
     os.kill(daemon, signal.SIGKILL)
