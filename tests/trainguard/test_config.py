@@ -74,6 +74,12 @@ def test_each_problem_gets_one_line_with_its_key_path(tmp_path: Path) -> None:
         ('[watchdog]\nmax_restarts = "3"\n', "watchdog.max_restarts"),
         ("[health]\ngpu_max_mem_pct = 120\n", "health.gpu_max_mem_pct: must be <= 100"),
         ("unknown_section = 1\n", "unknown_section: unknown key"),
+        (
+            '[checkpoints]\nrequired_files = ["../state.json"]\n',
+            "checkpoints.required_files: item 0: '../state.json' must be a path inside",
+        ),
+        ("[checkpoints]\nsettle_seconds = -1\n", "checkpoints.settle_seconds: must be >= 0"),
+        ('[checkpoints]\nallow_fresh_start = "yes"\n', "checkpoints.allow_fresh_start"),
     ],
 )
 def test_bad_configs_are_refused_with_a_readable_reason(
