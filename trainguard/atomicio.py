@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from contextlib import suppress
 from pathlib import Path
@@ -36,10 +37,38 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, mode: int = 0o6
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", mode=mode)
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file; raises OSError or ValueError (json.JSONDecodeError is one)."""
-    with open(path, "rb") as fh:
-        return json.loads(fh.read())
+MAX_JSON_BYTES = 1 << 20  # progress and state files are a few KB: more is not one of ours
+
+
+class UnreadableJson(ValueError):
+    """Not a small regular file: a FIFO, a device, a folder's worth of bytes."""
+
+
+def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a small JSON file; raises OSError, or ValueError for what is not one (JSON errors,
+    and UnreadableJson for a FIFO or device, which is never read, or a file over `max_bytes`).
+
+    O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever (a watchdog whose
+    progress file someone replaced with a FIFO must not hang on it).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableJson(f"not a regular file ({_kind(info.st_mode)})")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadableJson(f"larger than {max_bytes} bytes")
+    return json.loads(data)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a folder")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

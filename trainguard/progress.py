@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from trainguard.atomicio import read_json, write_json_atomic
+from trainguard.atomicio import UnreadableJson, read_json, write_json_atomic
 from trainguard.timestamps import parse_iso_utc
 
 DEFAULT_PHASE = "train"
@@ -109,6 +109,8 @@ def read_progress(path: str | os.PathLike[str]) -> Progress | None:
         data = read_json(path)
     except FileNotFoundError:
         return None
+    except UnreadableJson as exc:
+        raise ProgressError(f"{path}: {exc}") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ProgressError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -719,3 +719,22 @@ def test_an_unusable_workspace_is_a_one_line_error(run: Run, broken: str) -> Non
     assert done.returncode == 1
     assert done.stderr.startswith("daemon-watchdog: cannot ")
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_fifo_at_the_progress_file_never_blocks_the_watchdog(run: Run) -> None:
+    fifo = run.base / "status" / "watched.json"
+    fifo.parent.mkdir(exist_ok=True)
+    os.mkfifo(fifo)  # opening it for reading, without a writer, would wait forever
+    run.config.write_text(
+        _set_key(run.config.read_text(), "daemon", "progress_file", "status/watched.json")
+    )
+    watchdog = run.start()
+    log = run.base / "logs" / "watchdog.log"
+    wait_until(
+        lambda: log.exists() and "not a regular file (a FIFO)" in log.read_text(),
+        timeout=30,
+        message="the FIFO refused, not read",
+    )
+    result = _cli(run, "stop")  # the loop still answers
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert watchdog.wait(10) == 0

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from trainguard.atomicio import MAX_JSON_BYTES
 from trainguard.progress import (
     Progress,
     ProgressError,
@@ -210,3 +212,47 @@ def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     assert reads > 10
     final = read_progress(path)
     assert final is not None and final.step == 500
+
+
+def _read_with_deadline(path: Path) -> str:
+    """read_progress in a thread; a FIFO that blocked it is freed by opening its write end."""
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            read_progress(path)
+            outcome.append("read")
+        except ProgressError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    if worker.is_alive():
+        with open(path, "wb"):  # unblock it, then fail
+            pass
+        worker.join(timeout=5)
+        pytest.fail("read_progress blocked on a FIFO")
+    return outcome[0]
+
+
+def test_a_fifo_in_place_of_the_progress_file_is_refused_without_blocking(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "progress.json"
+    os.mkfifo(path)
+    assert _read_with_deadline(path) == f"{path}: not a regular file (a FIFO)"
+
+
+def test_a_device_in_place_of_the_progress_file_is_never_read(tmp_path: Path) -> None:
+    path = tmp_path / "progress.json"
+    path.symlink_to("/dev/zero")  # reading it would never end
+    assert _read_with_deadline(path) == f"{path}: not a regular file (a character device)"
+
+
+def test_a_huge_progress_file_is_refused_after_reading_at_most_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "progress.json"
+    with open(path, "wb") as fh:
+        fh.truncate(MAX_JSON_BYTES * 64)  # 64 MiB, sparse
+    with pytest.raises(ProgressError, match=f"larger than {MAX_JSON_BYTES} bytes"):
+        read_progress(path)
