@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from crash_detector.rules import CATEGORIES
 from daemon_watchdog.states import State
 from trainguard.checkpoints import find_candidates
 from trainguard.procs import ProcessIdentity, locate_marked
@@ -49,16 +50,17 @@ class WatchdogCollector:
             state.add_metric([name.value], 1.0 if status.get("state") == name.value else 0.0)
         yield state
 
+        # `_total` is added by the exposition format. Every category is there from the start,
+        # at 0, so rate() and alerts see the first restart; the totals never go down (the
+        # `restarts` list keeps only the newest 50).
         restarts = CounterMetricFamily(
             f"{PREFIX}_watchdog_restarts", "Daemon restarts by crash category", labels=["category"]
         )
-        counts = Counter(
-            str(r.get("category") or "unknown")
-            for r in status.get("restarts") or []
-            if isinstance(r, dict)
-        )
-        for category, count in sorted(counts.items()):
-            restarts.add_metric([category], float(count))
+        totals = status.get("restart_totals")
+        counts = Counter(totals if isinstance(totals, dict) else {})
+        for category in sorted({*CATEGORIES, *counts}):
+            value = counts.get(category, 0)
+            restarts.add_metric([category], float(value if isinstance(value, int) else 0))
         yield restarts
 
         progress = status.get("last_progress") or {}

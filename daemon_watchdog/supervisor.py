@@ -17,6 +17,7 @@ import queue
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,7 +106,9 @@ class Supervisor:
         self.stopping_for: str | None = None  # "hang" | "operator" | "restart" while STOPPING
         self.restart_requests = 0  # operator restarts handled: `restart` waits for its own
         self.hang_reason = ""
-        self.restarts: list[dict[str, Any]] = []
+        self.restarts: list[dict[str, Any]] = []  # the newest MAX_RESTARTS_KEPT
+        # Every restart ever, by crash category: the metric's counter, which never goes down.
+        self.restart_totals: Counter[str] = Counter()
         self.last_crash: dict[str, Any] | None = None
         self.fatal_reason: str | None = None
         self.exit_code: int | None = None  # set when run() should return
@@ -243,6 +246,15 @@ class Supervisor:
     def _restore(self, previous: dict[str, Any]) -> None:
         restarts = previous.get("restarts")
         self.restarts = restarts if isinstance(restarts, list) else []
+        totals = previous.get("restart_totals")
+        if isinstance(totals, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in totals.items()
+        ):
+            self.restart_totals = Counter(totals)
+        else:  # a state file from before the totals: count what the list still holds
+            self.restart_totals = Counter(
+                str(r.get("category") or "unknown") for r in self.restarts if isinstance(r, dict)
+            )
         if previous.get("state") != State.STOPPED.value:
             # The same run goes on (this watchdog replaces one that died): its restarts still
             # count against max_restarts and the backoff. After a stop, a `run` starts afresh.
@@ -489,9 +501,7 @@ class Supervisor:
             # word, as from FATAL (a fresh restart budget, no backoff), not the policy's.
             self.policy.reset()
             self.refusal.reset()
-            self.restarts = [*self.restarts, self._crash_entry(crash, checkpoint)]
-            self.restarts = self.restarts[-MAX_RESTARTS_KEPT:]
-            self.last_crash = self.restarts[-1]
+            self.last_crash = self._count_restart(self._crash_entry(crash, checkpoint))
             log.info("%s; restarting now, as the operator asked", diagnosis.reason)
             self._spawn(checkpoint)
             return
@@ -517,7 +527,7 @@ class Supervisor:
             self.reporter.crash(
                 diagnosis.category, diagnosis.reason, diagnosis.suggestion, diagnosis.evidence, then
             )
-        self.restarts = [*self.restarts, entry][-MAX_RESTARTS_KEPT:]
+        self._count_restart(entry)
         if delay == 0:
             # No wait: straight to STARTING, sparing the state file one more fsync'd write.
             log.info("%s; restarting now", diagnosis.reason)
@@ -525,6 +535,11 @@ class Supervisor:
             return
         self.restart_at = time.monotonic() + delay
         self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {delay:g} s")
+
+    def _count_restart(self, entry: dict[str, Any]) -> dict[str, Any]:
+        self.restarts = [*self.restarts, entry][-MAX_RESTARTS_KEPT:]
+        self.restart_totals[str(entry.get("category") or "unknown")] += 1
+        return entry
 
     @staticmethod
     def _crash_entry(crash: _Crash, checkpoint: CheckpointInfo | None) -> dict[str, Any]:
@@ -720,7 +735,8 @@ class Supervisor:
             "owner_token": d.token if d else None,
             "daemon_log_offset": d.log_offset if d else None,
             "resumed_from": d.resumed_from if d else None,
-            "restart_count": len(self.restarts),
+            "restart_count": sum(self.restart_totals.values()),
+            "restart_totals": dict(sorted(self.restart_totals.items())),
             "restarts": self.restarts,
             "last_progress": (
                 {

@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from crash_detector.rules import CATEGORIES
 from daemon_watchdog.metrics import WatchdogCollector
 from daemon_watchdog.workspace_init import init_workspace
 from tests.polling import wait_until
@@ -41,7 +42,9 @@ def test_state_restarts_progress_checkpoints_and_daemon_tree(tmp_path: Path) -> 
         status = {
             "state": "RUNNING",
             "daemon": me.to_json(),
-            "restarts": [{"category": "cuda_oom"}, {"category": "cuda_oom"}, {"category": None}],
+            # the list keeps only the newest restarts; the totals count every one
+            "restarts": [{"category": "cuda_oom"}],
+            "restart_totals": {"cuda_oom": 70, "unknown": 1},
             "last_progress": {"step": 17, "phase": "train", "at": "2026-01-01T00:00:00Z"},
         }
         metrics = scrape(ws, status)
@@ -55,7 +58,7 @@ def test_state_restarts_progress_checkpoints_and_daemon_tree(tmp_path: Path) -> 
         for s in metrics["trainguard_watchdog_restarts"]
         if s.name.endswith("_total")
     }
-    assert restarts == {"cuda_oom": 2.0, "unknown": 1.0}
+    assert restarts == {c: {"cuda_oom": 70.0, "unknown": 1.0}.get(c, 0.0) for c in CATEGORIES}
     assert metrics["trainguard_progress_step"][0].value == 17
     assert metrics["trainguard_progress_age_seconds"][0].value > 3600
     assert metrics["trainguard_checkpoints"][0].value == 2

@@ -102,3 +102,23 @@ def test_a_first_start_takes_an_existing_progress_file_as_history(
     write_progress(sup.ws.progress_file, 1)
     sup._handle(ev.ProgressChanged())
     assert (sup.state, _step(sup)) == (State.RUNNING, 1)
+
+
+def test_restart_totals_keep_counting_past_the_kept_list_and_survive_a_new_watchdog(
+    supervisor: Supervisor,
+) -> None:
+    sup = supervisor
+    sup._spawn(None)
+    for n in range(60):
+        sup._count_restart({"category": "cuda_oom" if n % 2 else "nccl", "at": str(n)})
+    sup._publish()
+    status = json.loads(sup.ws.state_file.read_text())
+    assert len(status["restarts"]) == 50  # the newest only
+    assert status["restart_count"] == 60
+    assert status["restart_totals"] == {"cuda_oom": 30, "nccl": 30}
+    replacement = Supervisor(sup.ws)
+    replacement._restore(status)
+    assert replacement.restart_totals == {"cuda_oom": 30, "nccl": 30}
+    older = {"restarts": [{"category": "cuda_oom"}, {"category": None}]}  # before the totals
+    replacement._restore(older)
+    assert replacement.restart_totals == {"cuda_oom": 1, "unknown": 1}
