@@ -146,8 +146,15 @@ class RestartPolicy:
         # Uptime is measured from the next started(); a restart that never got up (spawn
         # failed) must not borrow the previous run's healthy hours.
         self._started_at = None
-        doublings = min(self._consecutive - 1, _MAX_DOUBLINGS)
-        delay = min(self._backoff_base * 2.0**doublings, self._backoff_max)
+        # The first crash after a healthy spell (or the first of a run) restarts at once: an
+        # isolated crash after hours of training waits for nothing. From the second crash in a
+        # row the backoff starts at backoff_base and doubles.
+        doublings = min(self._consecutive - 2, _MAX_DOUBLINGS)
+        delay = (
+            0.0
+            if self._consecutive <= 1
+            else min(self._backoff_base * 2.0**doublings, self._backoff_max)
+        )
         return Decision(
             "restart",
             delay,

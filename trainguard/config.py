@@ -147,7 +147,8 @@ class WatchdogSection(_Section):
     startup_grace: Annotated[float, Ge(0)] = 300
     max_restarts: Annotated[int, Ge(0)] = 3
     restart_window: Annotated[float, Gt(0)] = 300
-    backoff_base: Annotated[float, Ge(0)] = 2  # seconds before the first restart; doubles each time
+    # Seconds before the second restart in a row (the first is at once); doubles each time.
+    backoff_base: Annotated[float, Ge(0)] = 2
     backoff_max: Annotated[float, Ge(0)] = 120
     backoff_reset_after: Annotated[float, Gt(0)] = 600  # this long healthy resets the backoff
     # FATAL after this many restarts in a row that never got past the checkpoint step of the

@@ -103,23 +103,25 @@ def test_a_give_up_records_nothing(clock: FakeClock) -> None:
 # -- backoff -----------------------------------------------------------------------------
 
 
-def test_backoff_doubles_per_crash_up_to_the_cap(clock: FakeClock) -> None:
+def test_the_first_crash_restarts_at_once_then_the_backoff_doubles_up_to_the_cap(
+    clock: FakeClock,
+) -> None:
     policy = make(clock, max_restarts=100, backoff_base=2, backoff_max=20)
     delays = [crash_and_restart(policy, clock).delay for _ in range(6)]
-    assert delays == [2, 4, 8, 16, 20, 20]
+    assert delays == [0, 2, 4, 8, 16, 20]
     assert policy.consecutive == 6
 
 
 def test_a_healthy_run_resets_the_backoff(clock: FakeClock) -> None:
     policy = make(clock, max_restarts=100, backoff_base=2, reset_after=600)
-    assert [crash_and_restart(policy, clock).delay for _ in range(3)] == [2, 4, 8]
+    assert [crash_and_restart(policy, clock).delay for _ in range(3)] == [0, 2, 4]
     clock.advance(599)  # not quite healthy long enough
-    assert crash_and_restart(policy, clock).delay == 16
+    assert crash_and_restart(policy, clock).delay == 8
     clock.advance(600)
     decision = crash_and_restart(policy, clock)
-    assert decision.delay == 2
+    assert decision.delay == 0  # an isolated crash after a healthy spell: at once
     assert policy.consecutive == 1
-    assert crash_and_restart(policy, clock).delay == 4
+    assert crash_and_restart(policy, clock).delay == 2
 
 
 def test_uptime_counts_only_from_started_so_a_restart_that_never_came_up_keeps_backing_off(
@@ -128,9 +130,9 @@ def test_uptime_counts_only_from_started_so_a_restart_that_never_came_up_keeps_b
     policy = make(clock, max_restarts=100, reset_after=600)
     crash_and_restart(policy, clock)
     clock.advance(700)
-    assert crash(policy).delay == 2  # ran 700 s: healthy
+    assert crash(policy).delay == 0  # ran 700 s: healthy
     clock.advance(700)  # the new daemon never called started()
-    assert crash(policy).delay == 4
+    assert crash(policy).delay == 2
 
 
 def test_backoff_base_zero_restarts_at_once(clock: FakeClock) -> None:
@@ -223,13 +225,14 @@ def test_reset_forgets_the_history(clock: FakeClock) -> None:
     assert policy.consecutive == 0
     decision = crash(policy, 5)
     assert decision.action == "restart"
-    assert decision.delay == 2
+    assert decision.delay == 0
 
 
 def test_a_restart_decision_says_why_and_when() -> None:
     policy = make(FakeClock())
     decision = crash(policy)
-    assert decision.reason == "cuda_oom crash: restart 1 of 3 within 300 s, after 2 s"
+    assert decision.reason == "cuda_oom crash: restart 1 of 3 within 300 s, after 0 s"
+    assert crash(policy).reason == "cuda_oom crash: restart 2 of 3 within 300 s, after 2 s"
 
 
 @pytest.mark.parametrize(

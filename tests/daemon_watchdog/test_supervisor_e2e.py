@@ -493,12 +493,17 @@ def test_restart_during_a_backoff_starts_the_daemon_at_once(run: Run) -> None:
     run.configure(backoff_base=300, backoff_max=300)
     run.start()
     run.wait_for(_running_past(15), "training past step 15")
-    os.kill(run.status()["daemon_pid"], signal.SIGKILL)
-    run.wait_for(lambda s: s.get("state") == "BACKOFF", "a 300 s backoff")
+    os.kill(run.status()["daemon_pid"], signal.SIGKILL)  # the first crash: restarted at once
+    first = run.wait_for(_restarted(1), "the first restart, with no backoff")
+    os.kill(first["daemon_pid"], signal.SIGKILL)  # the second in a row: backoff_base
+    run.wait_for(
+        lambda s: s.get("state") == "BACKOFF" and s.get("restart_count") == 2,
+        "a 300 s backoff (decided: the crash counted)",
+    )
     result = _cli(run, "restart", "--timeout", "30")  # fails unless it skips the backoff
     assert result.returncode == 0, result.stderr
     status = run.status()
-    assert status["state"] in ("STARTING", "RUNNING") and status["restart_count"] == 1
+    assert status["state"] in ("STARTING", "RUNNING") and status["restart_count"] == 2
 
 
 def test_two_restarts_at_once_each_report_the_daemon_they_started(run: Run) -> None:
