@@ -52,10 +52,15 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_JSON_BYTES) 
     progress file someone replaced with a FIFO must not hang on it).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)  # fdopen would refuse a folder's fd without closing it
+        raise UnreadableJson(f"not a regular file ({_kind(mode)})")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnreadableJson(f"not a regular file ({_kind(info.st_mode)})")
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise UnreadableJson(f"larger than {max_bytes} bytes")

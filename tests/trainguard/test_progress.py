@@ -256,3 +256,15 @@ def test_a_huge_progress_file_is_refused_after_reading_at_most_the_cap(tmp_path:
         fh.truncate(MAX_JSON_BYTES * 64)  # 64 MiB, sparse
     with pytest.raises(ProgressError, match=f"larger than {MAX_JSON_BYTES} bytes"):
         read_progress(path)
+
+
+def test_a_folder_in_place_of_the_progress_file_is_refused_and_leaks_no_descriptor(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "progress.json"
+    path.mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        with pytest.raises(ProgressError, match=r"not a regular file \(a folder\)"):
+            read_progress(path)
+    assert len(os.listdir("/proc/self/fd")) == before
