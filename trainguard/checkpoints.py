@@ -114,38 +114,41 @@ def find_candidates(directory: Path, pattern: str = DEFAULT_PATTERN) -> list[Can
     none; any other error listing it is raised, since "no checkpoints" would make the caller
     restart training from scratch.
     """
+    found = [
+        Candidate(Path(entry.path), step_of(entry.name), entry.name.startswith(STAGED_PREFIX))
+        for entry in _matching(directory, pattern)
+    ]
+    return _ordered(found)
+
+
+def count_numbered(directory: Path, pattern: str = DEFAULT_PATTERN) -> int:
+    """How many checkpoints with a step in their names there are (staged ones aside), never
+    looking inside them (a disk verdict must not wait on a walk of 100,000 files)."""
+    return sum(
+        1
+        for entry in _matching(directory, pattern)
+        if not entry.name.startswith(STAGED_PREFIX) and step_of(entry.name) is not None
+    )
+
+
+def _matching(directory: Path, pattern: str) -> list[os.DirEntry[str]]:
+    """The entries of `directory` that are checkpoints or the trainer's staged ones, by name:
+    the pattern (or `tmp-` + it), not our quarantine or prune trash, and a plain file only
+    with a checkpoint's suffix (notes or a log beside them are not checkpoints)."""
     try:
         with os.scandir(directory) as scan:
             entries = list(scan)
     except FileNotFoundError:
         return []
     wanted = (pattern, STAGED_PREFIX + pattern)
-    found: list[Candidate] = []
-    for entry in entries:
-        name = entry.name
-        if name == QUARANTINE_DIR or name.startswith(PRUNING_PREFIX):
-            continue
-        if not any(fnmatchcase(name, glob) for glob in wanted):
-            continue
-        if not name.endswith(FILE_SUFFIXES) and not _is_dir_or_other(entry):
-            continue  # a plain file with another suffix (notes, a log): not a checkpoint
-        found.append(Candidate(Path(entry.path), step_of(name), name.startswith(STAGED_PREFIX)))
-    return _ordered(found)
-
-
-def count_numbered(directory: Path, pattern: str = DEFAULT_PATTERN) -> int:
-    """How many checkpoints with a step in their names there are, from names alone: no stat
-    of what is inside them (a disk verdict must not wait on a walk of 100,000 files)."""
-    with os.scandir(directory) as scan:
-        return sum(
-            1
-            for entry in scan
-            if fnmatchcase(entry.name, pattern)
-            and not entry.name.startswith(STAGED_PREFIX)
-            and entry.name != QUARANTINE_DIR
-            and (entry.name.endswith(FILE_SUFFIXES) or _is_dir_or_other(entry))
-            and step_of(entry.name) is not None
-        )
+    return [
+        entry
+        for entry in entries
+        if entry.name != QUARANTINE_DIR
+        and not entry.name.startswith(PRUNING_PREFIX)
+        and any(fnmatchcase(entry.name, glob) for glob in wanted)
+        and (entry.name.endswith(FILE_SUFFIXES) or _is_dir_or_other(entry))
+    ]
 
 
 def _is_dir_or_other(entry: os.DirEntry[str]) -> bool:
