@@ -8,67 +8,65 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from daemon_watchdog.lock import WorkspaceBusy, WorkspaceLock
 from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.states import State, status_exit_code
-from daemon_watchdog.status_file import read_status, write_status
 from trainguard.errors import TrainguardError
 from trainguard.process_tree import kill_tree, stop_process_tree
 from trainguard.procs import ProcessIdentity, locate
+from trainguard.watchdog_status import WatchdogStatus, read_watchdog_status
 from trainguard.workspace import Workspace
 
 UNKNOWN = 3
 
 
-def _process(status: dict[str, Any], key: str) -> psutil.Process | None:
-    """The live process `status[key]` names, only if pid, start time, cmdline and uid match."""
-    try:
-        return locate(ProcessIdentity.from_json(status.get(key)))
-    except ValueError:
-        return None
+def _process(identity: ProcessIdentity | None) -> psutil.Process | None:
+    """The live process `identity` names, only if pid, start time, cmdline and uid match."""
+    return locate(identity) if identity is not None else None
 
 
 def show_status(ws: Workspace, *, as_json: bool) -> int:
-    status = read_status(ws.state_file)
+    status = read_watchdog_status(ws.state_file)
     if status is None:
         print(json.dumps({"state": None}) if as_json else f"no watchdog state in {ws.state_file}")
         return UNKNOWN
-    alive = _process(status, "watchdog") is not None
-    code = (
-        status_exit_code(State(status["state"]))
-        if status["state"] in State.__members__
-        else UNKNOWN
-    )
-    if not alive and status["state"] not in ("STOPPED", "FATAL"):
+    alive = _process(status.watchdog) is not None
+    code = status_exit_code(State(status.state)) if status.state in State.__members__ else UNKNOWN
+    stale = not alive and status.state not in ("STOPPED", "FATAL")
+    if stale:
         code = UNKNOWN  # the watchdog died: what the file says is no longer being kept true
     if as_json:
-        print(json.dumps({**status, "watchdog_alive": alive}, indent=2))
+        print(json.dumps({**status.to_json(), "watchdog_alive": alive}, indent=2))
         return code
-    last = status.get("last_progress") or {}
-    stale = not alive and status["state"] not in ("STOPPED", "FATAL")
-    print(f"state:    {status['state']}" + ("  (watchdog not running: stale)" if stale else ""))
-    print(f"daemon:   pid {status.get('daemon_pid')} since {status.get('daemon_started_at')}")
-    print(f"progress: step {last.get('step')} ({last.get('phase')}) at {last.get('at')}")
-    print(f"restarts: {status.get('restart_count', 0)}")
-    crash = status.get("last_crash")
+    last = status.last_progress
+    print(f"state:    {status.state}" + ("  (watchdog not running: stale)" if stale else ""))
+    print(f"daemon:   pid {status.daemon_pid} since {status.daemon_started_at}")
+    if last is not None:
+        print(f"progress: step {last.step} ({last.phase}) at {last.at}")
+    else:
+        print("progress: none seen yet")
+    if status.liveness_note:
+        print(f"liveness: {status.liveness_note}")
+    print(f"restarts: {status.restart_count}")
+    crash = status.last_crash
     if crash:
-        print(f"last crash: {crash.get('at')}: {crash.get('reason')}")
-        if crash.get("quarantined"):
-            print(f"  quarantined checkpoint {crash['quarantined']}")
-    if status.get("fatal_reason"):
-        print(f"FATAL:    {status['fatal_reason']}")
+        print(f"last crash: {crash.at}: {crash.reason}")
+        if crash.quarantined:
+            print(f"  quarantined checkpoint {crash.quarantined}")
+    if status.fatal_reason:
+        print(f"FATAL:    {status.fatal_reason}")
     return code
 
 
 def stop(ws: Workspace, *, timeout: float) -> int:
     """Ask the watchdog to stop its daemon and exit; with no watchdog, stop the daemon itself."""
-    status = read_status(ws.state_file) or {}
-    watchdog = _process(status, "watchdog")
+    status = read_watchdog_status(ws.state_file)
+    watchdog = _process(status.watchdog) if status else None
     if watchdog is not None:
         # A pidfd wait that counts an exited-but-unreaped watchdog as stopped: its parent
         # (systemd, a shell, a test) reaps it when it likes.
@@ -96,33 +94,38 @@ def stop(ws: Workspace, *, timeout: float) -> int:
     return 0
 
 
-def _stop_without_watchdog(ws: Workspace, status: dict[str, Any]) -> str:
+def _stop_without_watchdog(ws: Workspace, status: WatchdogStatus | None) -> str:
     """Stop the daemon tree a dead watchdog left (if still ours), and record STOPPED."""
-    try:
-        daemon: ProcessIdentity | None = ProcessIdentity.from_json(status.get("daemon"))
-    except ValueError:
-        daemon = None
+    daemon = status.daemon if status else None
     message = "no watchdog and no daemon running"
-    if daemon is not None:
+    if status is not None and daemon is not None:
         cfg = ws.config.daemon
-        token = status.get("owner_token") if isinstance(status.get("owner_token"), str) else None
         report = stop_process_tree(
-            daemon, sig=signal.Signals[cfg.stop_signal], timeout=cfg.stop_timeout, token=token
+            daemon,
+            sig=signal.Signals[cfg.stop_signal],
+            timeout=cfg.stop_timeout,
+            token=status.owner_token,
         )
         stopped = len(report.exited) + len(report.killed)
         message = f"no watchdog running; stopped the daemon tree: {stopped} processes"
-    if status.get("state") not in (None, State.STOPPED.value, State.FATAL.value):
+    if status is not None and status.state not in (State.STOPPED.value, State.FATAL.value):
         # What a dead watchdog last wrote (RUNNING, BACKOFF, ...) is no longer true.
-        gone = dict.fromkeys(
-            ("daemon_pid", "daemon", "daemon_started_at", "owner_token", "daemon_log_offset")
+        stopped_state = replace(
+            status,
+            state=State.STOPPED.value,
+            daemon_pid=None,
+            daemon=None,
+            daemon_started_at=None,
+            owner_token=None,
+            daemon_log_offset=None,
         )
         try:
-            write_status(ws.state_file, {**status, **gone, "state": State.STOPPED.value})
+            stopped_state.write(ws.state_file)
         except OSError as exc:
             raise TrainguardError(
                 f"{message}, but cannot update {ws.state_file}: {exc.strerror or exc}"
             ) from None
-        message += f"; state {status['state']} -> STOPPED"
+        message += f"; state {status.state} -> STOPPED"
     return message
 
 
@@ -148,13 +151,13 @@ def _one_restart_at_a_time(ws: Workspace) -> Iterator[None]:
 
 
 def _restart(ws: Workspace, *, timeout: float) -> int:
-    status = read_status(ws.state_file) or {}
-    watchdog = _process(status, "watchdog")
-    if watchdog is None:
+    status = read_watchdog_status(ws.state_file)
+    watchdog = _process(status.watchdog) if status else None
+    if status is None or watchdog is None:
         raise TrainguardError(
             f"no watchdog is running for {ws.base_dir}; start one with: daemon-watchdog run"
         )
-    was = status.get("state")
+    was = status.state
     if was in (State.HUNG.value, State.STOPPING.value):
         raise TrainguardError(
             f"the watchdog (pid {watchdog.pid}) is stopping the daemon already (state {was}); "
@@ -173,7 +176,7 @@ def _restart(ws: Workspace, *, timeout: float) -> int:
         print(f"asked the watchdog (pid {watchdog.pid}) to restart the daemon (state was {was})")
         deadline = time.monotonic() + timeout
         while True:
-            now = read_status(ws.state_file) or {}
+            now = read_watchdog_status(ws.state_file) or status
             outcome = _restart_outcome(status, now)
             if outcome is not None:
                 ok, message = outcome
@@ -184,7 +187,7 @@ def _restart(ws: Workspace, *, timeout: float) -> int:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TrainguardError(
-                    f"no new daemon within {timeout:.0f} s (state {now.get('state')}); "
+                    f"no new daemon within {timeout:.0f} s (state {now.state}); "
                     "see: daemon-watchdog status"
                 )
             if not watchdog.is_running():
@@ -193,17 +196,17 @@ def _restart(ws: Workspace, *, timeout: float) -> int:
             changed.clear()
 
 
-def _restart_outcome(before: dict[str, Any], now: dict[str, Any]) -> tuple[bool, str] | None:
+def _restart_outcome(before: WatchdogStatus, now: WatchdogStatus) -> tuple[bool, str] | None:
     """(started?, what to say) once the state file shows the restart's result, else None."""
-    if now.get("restart_requests", 0) <= before.get("restart_requests", 0):
+    if now.restart_requests <= before.restart_requests:
         return None  # the watchdog has not handled the request yet
-    started = now.get("daemon_started_at")
-    if started and started != before.get("daemon_started_at"):
-        where = now.get("resumed_from")
+    started = now.daemon_started_at
+    if started and started != before.daemon_started_at:
+        where = now.resumed_from
         origin = f"from {Path(where).name}" if where else "from the start"
-        return True, f"daemon pid {now.get('daemon_pid')} started {origin} (state {now['state']})"
-    if now.get("restart_count", 0) > before.get("restart_count", 0):
-        return True, f"the new daemon started and has crashed since (state {now.get('state')})"
-    if now.get("state") == State.FATAL.value:
-        return False, f"restart failed: {now.get('fatal_reason')}"
+        return True, f"daemon pid {now.daemon_pid} started {origin} (state {now.state})"
+    if now.restart_count > before.restart_count:
+        return True, f"the new daemon started and has crashed since (state {now.state})"
+    if now.state == State.FATAL.value:
+        return False, f"restart failed: {now.fatal_reason}"
     return None

@@ -1,60 +1,68 @@
-"""Start the training daemon, or adopt the one an earlier watchdog started, and know it is ours."""
+"""The training daemon as a child of ours: start it, or find the one an earlier watchdog started.
+
+The generic part (own session, owner token, log offset, identity) is `trainguard.child_process`;
+this module adds what is the daemon's: its command from the config, resume arguments, the pid
+file, and the rules that decide, at start, whether a live process is ours to adopt, someone
+else's to leave alone, or a trainer we cannot prove anything about (then we start nothing).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
-import subprocess
-import threading
 import time
-from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from trainguard.atomicio import write_text_atomic
+from trainguard.child_process import Child, SpawnError, spawn_child
 from trainguard.config import expand_argv
-from trainguard.errors import TrainguardError
-from trainguard.procs import OWNER_ENV, ProcessIdentity, identify, locate_marked
+from trainguard.orphan_sweep import describe
+from trainguard.procs import has_owner_mark, identify, locate_marked
+from trainguard.watchdog_status import WatchdogStatus, utc_now
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
 
+__all__ = [
+    "DaemonHandle", "SpawnError", "Unprovable", "find_daemon", "forget_daemon", "spawn",
+    "unprovable_pid",
+]  # fmt: skip
+
 
 @dataclass
-class DaemonHandle:
-    identity: ProcessIdentity
-    token: str  # in the daemon's environment: every descendant inherits it, so it proves ours
-    started_at: str  # ISO-8601 UTC
-    started_mono: float
-    proc: subprocess.Popen[bytes] | None = None  # None for an adopted daemon (not our child)
+class DaemonHandle(Child):
     resumed_from: str | None = None
-    # Size of the daemon log when this daemon started: what it wrote begins there, and a
-    # crash is classified on that, not on the lines of earlier runs above it.
-    log_offset: int = 0
-
-    @property
-    def pid(self) -> int:
-        return self.identity.pid
 
 
-class SpawnError(TrainguardError):
-    """The daemon could not be started: restarting cannot help until someone fixes it."""
+@dataclass(frozen=True)
+class Unprovable:
+    """A live process the pid file names that no record proves to be ours or not ours."""
 
+    pid: int
+    what: str  # its command line
 
-def new_token() -> str:
-    # What secrets.token_hex(12) returns, without the `secrets` module: it imports hashlib, whose
-    # OpenSSL would add ~3.5 MiB to a watchdog that never crashes.
-    return os.urandom(12).hex()
+    def reason(self, ws: Workspace) -> str:
+        return (
+            f"{ws.pid_file} names pid {self.pid} ({self.what}), which is running, but no record "
+            f"of this workspace proves it is the daemon a watchdog started: not adopting it, "
+            f"not signalling it, and not starting a second trainer beside it"
+        )
+
+    def advice(self, ws: Workspace) -> str:
+        return (
+            f"If pid {self.pid} is a trainer of this workspace, stop it (kill {self.pid}); if it "
+            f"is not, delete {ws.pid_file}. Then run `daemon-watchdog restart`."
+        )
 
 
 def spawn(ws: Workspace, *, checkpoint: Path | None, token: str, started_at: str) -> DaemonHandle:
-    """Start `[daemon].command` (+ resume args) in its own session, output appended to its log."""
+    """Start `[daemon].command` (+ resume args) in its own session, output appended to its log,
+    and name it in the pid file. The caller has recorded `token` first (no record, no spawn)."""
     argv = expand_argv(ws.config.daemon.command, base_dir=str(ws.base_dir))
     if checkpoint is not None:
         argv += expand_argv(
@@ -62,121 +70,120 @@ def spawn(ws: Workspace, *, checkpoint: Path | None, token: str, started_at: str
         )
     # PYTHONFAULTHANDLER makes a Python trainer print every thread's stack on SIGABRT, the
     # fallback for showing where a hung trainer is stuck when py-spy is not installed.
-    env = {**os.environ, OWNER_ENV: token, "PYTHONFAULTHANDLER": "1"}
-    try:
-        ws.daemon_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(ws.daemon_log, "ab") as out:
-            log_offset = os.fstat(out.fileno()).st_size
-            proc = subprocess.Popen(
-                argv,
-                cwd=ws.base_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # its own process group: signals reach the whole tree
-            )
-    except OSError as exc:  # no such program, not executable, the log cannot be opened
-        where = exc.filename if exc.filename is not None else argv[0]
-        raise SpawnError(f"cannot start the daemon: {where}: {exc.strerror or exc}") from None
-    identity = _identify_after_exec(proc.pid) or ProcessIdentity(
-        proc.pid, 0.0, tuple(argv), os.getuid()
+    child = spawn_child(
+        argv,
+        cwd=ws.base_dir,
+        log_file=ws.daemon_log,
+        token=token,
+        started_at=started_at,
+        env={"PYTHONFAULTHANDLER": "1"},
+        what="the daemon",
     )
     try:
-        write_text_atomic(ws.pid_file, f"{proc.pid}\n")
+        write_text_atomic(ws.pid_file, f"{child.pid}\n")
     except OSError as exc:
         # A daemon no pid file names would be unsupervised after our next restart: end it.
         # It is our unreaped child, so its pid (and group) cannot belong to anyone else yet.
+        assert child.proc is not None
         with suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            os.killpg(child.pid, signal.SIGKILL)
+        child.proc.wait()
         raise SpawnError(
             f"cannot write the pid file {ws.pid_file}: {exc.strerror or exc}; daemon stopped"
         ) from None
-    log.info("started daemon pid %d: %s", proc.pid, " ".join(argv))
+    log.info("started daemon pid %d: %s", child.pid, " ".join(argv))
     resumed = str(checkpoint) if checkpoint is not None else None
-    return DaemonHandle(identity, token, started_at, time.monotonic(), proc, resumed, log_offset)
+    return _handle(child, resumed)
 
 
-def _identify_after_exec(pid: int) -> ProcessIdentity | None:
-    """The child's identity once exec has finished.
-
-    Popen (vfork) returns as soon as the child has released our memory, which is before the
-    kernel has set up the new program's arguments: for a moment /proc/PID/cmdline is empty, and
-    an identity recorded then would never match the daemon again (no adoption, "pid reused").
-    """
-    deadline = time.monotonic() + 1.0
-    while True:
-        identity = identify(pid)
-        if identity is None or identity.cmdline or time.monotonic() >= deadline:
-            return identity
-        time.sleep(0.001)
+def _handle(child: Child, resumed_from: str | None) -> DaemonHandle:
+    values = {f.name: getattr(child, f.name) for f in fields(Child)}
+    return DaemonHandle(**values, resumed_from=resumed_from)
 
 
-def adopt(ws: Workspace, status: dict[str, Any] | None) -> DaemonHandle | None:
-    """The daemon an earlier watchdog started, if it still runs and provably is that process.
-
-    A pid file or state naming any other process (the pid was reused) is ignored, never signalled.
-    """
-    if not status or not isinstance(status.get("daemon"), dict):
-        _warn_about_stale_pid_file(ws, None)
+def find_daemon(ws: Workspace, status: WatchdogStatus | None) -> DaemonHandle | Unprovable | None:
+    """At start: the daemon an earlier watchdog started if it still runs and provably is that
+    process (adopt it); an Unprovable live process the pid file names (start nothing); or None
+    (start one). A pid that provably is someone else's now (reused) is never signalled."""
+    token = status.owner_token if status is not None else None
+    if status is not None and status.daemon is not None and token is not None:
+        found = locate_marked(status.daemon, token)
+        if found is not None:
+            identity = identify(found.pid) or status.daemon  # its cmdline may have changed
+            log.info("adopted running daemon pid %d (started %s)", identity.pid,
+                     status.daemon_started_at)  # fmt: skip
+            return DaemonHandle(
+                identity, token, status.daemon_started_at or "", time.monotonic(), None,
+                status.daemon_log_offset or 0,
+            )  # fmt: skip
+    pid = _pid_from_file(ws)
+    if pid is None:
         return None
-    try:
-        identity = ProcessIdentity.from_json(status["daemon"])
-    except ValueError:
-        log.warning("state file names no valid daemon identity; not adopting")
+    proc = _live(pid)
+    if proc is None:
+        log.info("daemon pid %d from the last run is gone", pid)
+        _remove_pid_file(ws, pid)
         return None
-    token = status.get("owner_token")
-    found = locate_marked(identity, token) if isinstance(token, str) and token else None
-    if found is None or not isinstance(token, str):
-        _warn_about_stale_pid_file(ws, identity)
+    if status is not None and token is not None and has_owner_mark(proc, token):
+        # The token was recorded before this daemon was started; the watchdog that started it
+        # died before recording its identity. Our uid and that token prove it ours.
+        marked = identify(pid)
+        if marked is not None and marked.uid == os.getuid():
+            log.info("adopted running daemon pid %d by its owner token (its watchdog died "
+                     "before recording it)", pid)  # fmt: skip
+            return DaemonHandle(
+                marked, token, status.daemon_started_at or utc_now(), time.monotonic(), None,
+                status.daemon_log_offset or 0,
+            )  # fmt: skip
+    if status is not None and status.daemon is not None and status.daemon.pid == pid:
+        # Recorded, and no longer matching: the kernel gave that pid to another process.
+        log.info("daemon pid %d from the last run is gone; that pid is now another process's, "
+                 "left alone", pid)  # fmt: skip
+        _remove_pid_file(ws, pid)
         return None
-    # Its cmdline may have changed since it was recorded (an exec'ing wrapper): record it anew.
-    identity = identify(found.pid) or identity
-    started_at = str(status.get("daemon_started_at") or "")
-    offset = status.get("daemon_log_offset")
-    log_offset = offset if isinstance(offset, int) and offset >= 0 else 0
-    log.info("adopted running daemon pid %d (started %s)", identity.pid, started_at)
-    return DaemonHandle(identity, token, started_at, time.monotonic(), None, None, log_offset)
+    if pid == os.getpid() or pid in {p.pid for p in psutil.Process().parents()}:
+        _remove_pid_file(ws, pid)  # a stale file from before a reboot names us: not a trainer
+        return None
+    return Unprovable(pid, describe(proc))
 
 
-def _warn_about_stale_pid_file(ws: Workspace, identity: ProcessIdentity | None) -> None:
+def unprovable_pid(ws: Workspace) -> Unprovable | None:
+    """Before each spawn (no daemon of ours runs then): a live process the pid file still names.
+    The file is removed whenever our daemon ends, so one that remains names a stranger."""
+    pid = _pid_from_file(ws)
+    if pid is None:
+        return None
+    proc = _live(pid)
+    if proc is None:
+        return None
+    if pid == os.getpid():
+        return None
+    return Unprovable(pid, describe(proc))
+
+
+def forget_daemon(ws: Workspace, pid: int) -> None:
+    """The daemon `pid` has ended: its pid file would soon name a stranger (pid reuse)."""
+    _remove_pid_file(ws, pid)
+
+
+def _pid_from_file(ws: Workspace) -> int | None:
     try:
         pid = int(ws.pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return
-    alive = identify(pid) is not None
-    if identity is not None and pid == identity.pid:
-        reused = "; that pid is now another process's, left alone" if alive else ""
-        log.info("daemon pid %d from the last run is gone%s", pid, reused)
-    elif alive:
-        log.warning(
-            "pid file names pid %d, which is not the daemon this watchdog started "
-            "(pid reused?): not adopting it, not signalling it",
-            pid,
-        )
+        return None
+    return pid if pid > 0 else None
 
 
-def watch_adopted(pid: int, on_exit: Callable[[], None]) -> threading.Thread:
-    """Call `on_exit` the moment an adopted (non-child) pid ends: pidfd, no polling."""
+def _remove_pid_file(ws: Workspace, pid: int) -> None:
+    """Remove the pid file if it still names `pid` (a newer daemon's is left)."""
+    if _pid_from_file(ws) == pid:
+        with suppress(OSError):
+            ws.pid_file.unlink()
 
-    def wait() -> None:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            on_exit()
-            return
-        except (OSError, AttributeError):  # no pidfd (kernel < 5.3): psutil polls instead
-            with suppress(psutil.Error):
-                psutil.Process(pid).wait()
-            on_exit()
-            return
-        try:
-            select.select([fd], [], [])
-        finally:
-            os.close(fd)
-        on_exit()
 
-    thread = threading.Thread(target=wait, name=f"adopted-{pid}", daemon=True)
-    thread.start()
-    return thread
+def _live(pid: int) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc
+    except psutil.Error:
+        return None

@@ -18,13 +18,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from daemon_watchdog.workspace_init import init_workspace
 from trainguard.config import expand_argv, load_config
 from trainguard.process_tree import kill_tree
+from trainguard.watchdog_status import WatchdogStatus, read_watchdog_status
 
 JOB = {"total_steps": 40, "save_steps": 10, "step_seconds": 0.1}
 CRASH_AFTER_STEP = 25
@@ -69,8 +69,9 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]]) -> int:
         watchdog_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     started.append(watchdog)
-    status = _wait(ws, lambda s: s.get("state") == "RUNNING" and _step(s) >= CRASH_AFTER_STEP)
-    daemon_pid = status["daemon_pid"]
+    status = _wait(ws, lambda s: s.state == "RUNNING" and s.step >= CRASH_AFTER_STEP)
+    daemon_pid = status.daemon_pid
+    assert daemon_pid is not None  # RUNNING names its daemon
     workers = psutil.Process(daemon_pid).children()
     crash_step = _trainer_step(ws)  # the state file's progress lags by up to a second
     killed_at = time.monotonic()
@@ -78,22 +79,23 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]]) -> int:
     print(
         f"2. crash injected: SIGKILL to the training daemon (pid {daemon_pid}) at step {crash_step}"
     )
-    status = _wait(ws, lambda s: s.get("restart_count", 0) >= 1 and _new_daemon(s, daemon_pid))
+    status = _wait(ws, lambda s: s.restart_count >= 1 and _new_daemon(s, daemon_pid))
     restart_s = time.monotonic() - killed_at
-    crash = status["restarts"][0]
+    crash = status.restarts[0]
     orphans_alive = [w.pid for w in workers if _alive(w)]
-    print(f"3. detected at once: {crash['reason']} (category {crash['category']})")
-    print(f"   suggestion: {crash['suggestion']}")
+    print(f"3. detected at once: {crash.reason} (category {crash.category})")
+    print(f"   suggestion: {crash.suggestion}")
     verdict = "yes" if not orphans_alive else "NO"
     print(f"4. orphaned worker(s) {[w.pid for w in workers]} stopped: {verdict}")
-    resumed = int(str(crash["resume_from"] or "checkpoint-0").removeprefix("checkpoint-"))
+    resumed = int((crash.resume_from or "checkpoint-0").removeprefix("checkpoint-"))
     lost = max(0, crash_step - resumed)  # the orphan may have checkpointed once more
-    print(f"5. restarted in {restart_s:.1f} s from {crash['resume_from']}; steps lost: {lost}")
+    print(f"5. restarted in {restart_s:.1f} s from {crash.resume_from}; steps lost: {lost}")
     code = watchdog.wait(DEADLINE_S)
     started[-1].wait(DEADLINE_S)
     final = f"checkpoints/checkpoint-{JOB['total_steps']}/model.safetensors"
     same = filecmp.cmp(ws / final, reference / final, shallow=False)
-    state = _status(ws).get("state")
+    last = _status(ws)
+    state = last.state if last is not None else None
     print(f"6. training finished: watchdog state {state}, exit {code}")
     print(f"7. final weights identical to an uninterrupted run: {'yes' if same else 'NO'}")
     history = (ws / ".crash_history.jsonl").read_text().splitlines()
@@ -110,15 +112,11 @@ def _start_reference(base: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, cwd=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _status(ws: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((ws / "status" / "watchdog.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _status(ws: Path) -> WatchdogStatus | None:
+    return read_watchdog_status(ws / "status" / "watchdog.json")
 
 
-def _wait(ws: Path, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+def _wait(ws: Path, done: Callable[[WatchdogStatus], bool]) -> WatchdogStatus:
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
         status = _status(ws)
@@ -128,10 +126,6 @@ def _wait(ws: Path, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     raise TimeoutError(f"the demo stalled; see {ws / 'logs'}")
 
 
-def _step(status: dict[str, Any]) -> int:
-    return int((status.get("last_progress") or {}).get("step") or 0)
-
-
 def _trainer_step(ws: Path) -> int:
     try:
         return int(json.loads((ws / "status" / "progress.json").read_text())["step"])
@@ -139,8 +133,8 @@ def _trainer_step(ws: Path) -> int:
         return 0
 
 
-def _new_daemon(status: dict[str, Any], old_pid: int) -> bool:
-    return status.get("daemon_pid") not in (None, old_pid)
+def _new_daemon(status: WatchdogStatus, old_pid: int) -> bool:
+    return status.daemon_pid not in (None, old_pid)
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -8,7 +8,7 @@ import logging.handlers
 import sys
 from pathlib import Path
 
-from daemon_watchdog.status_file import utc_now
+from trainguard.watchdog_status import utc_now
 
 
 class JsonFormatter(logging.Formatter):

@@ -19,8 +19,9 @@ import psutil
 from crash_detector.rules import CATEGORIES
 from daemon_watchdog.states import State
 from trainguard.checkpoints import find_candidates
-from trainguard.procs import ProcessIdentity, locate_marked
+from trainguard.procs import locate_marked
 from trainguard.timestamps import parse_iso_utc
+from trainguard.watchdog_status import WatchdogStatus
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
@@ -30,7 +31,7 @@ NVML_RETRY_S = 300.0  # a host without a usable NVML is asked again this rarely
 
 
 class WatchdogCollector:
-    def __init__(self, ws: Workspace, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, ws: Workspace, snapshot: Callable[[], WatchdogStatus | None]) -> None:
         self.ws = ws
         self.snapshot = snapshot
         self._nvml: Any = None
@@ -42,12 +43,13 @@ class WatchdogCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        status = self.snapshot() or {}
+        status = self.snapshot()
         state = GaugeMetricFamily(
             f"{PREFIX}_watchdog_state", "1 for the watchdog's current state", labels=["state"]
         )
         for name in State:
-            state.add_metric([name.value], 1.0 if status.get("state") == name.value else 0.0)
+            now = status is not None and status.state == name.value
+            state.add_metric([name.value], 1.0 if now else 0.0)
         yield state
 
         # `_total` is added by the exposition format. Every category is there from the start,
@@ -56,19 +58,17 @@ class WatchdogCollector:
         restarts = CounterMetricFamily(
             f"{PREFIX}_watchdog_restarts", "Daemon restarts by crash category", labels=["category"]
         )
-        totals = status.get("restart_totals")
-        counts = Counter(totals if isinstance(totals, dict) else {})
+        counts = Counter(status.restart_totals if status is not None else {})
         for category in sorted({*CATEGORIES, *counts}):
-            value = counts.get(category, 0)
-            restarts.add_metric([category], float(value if isinstance(value, int) else 0))
+            restarts.add_metric([category], float(counts.get(category, 0)))
         yield restarts
 
-        progress = status.get("last_progress") or {}
-        if isinstance(progress.get("step"), int):
+        progress = status.last_progress if status is not None else None
+        if progress is not None:
             yield GaugeMetricFamily(
-                f"{PREFIX}_progress_step", "Last training step seen", value=progress["step"]
+                f"{PREFIX}_progress_step", "Last training step seen", value=progress.step
             )
-        at = parse_iso_utc(progress.get("at"))
+        at = parse_iso_utc(progress.at if progress is not None else None)
         if at is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_progress_age_seconds",
@@ -76,7 +76,8 @@ class WatchdogCollector:
                 value=max(0.0, time.time() - at.timestamp()),
             )
         yield from self._checkpoints()
-        yield from self._daemon(status)
+        if status is not None:
+            yield from self._daemon(status)
         yield from self._gpus()
 
     def _checkpoints(self) -> Iterator[Any]:
@@ -102,17 +103,10 @@ class WatchdogCollector:
                 value=max(0.0, time.time() - newest),
             )
 
-    def _daemon(self, status: dict[str, Any]) -> Iterator[Any]:
+    def _daemon(self, status: WatchdogStatus) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        try:
-            token = status.get("owner_token")
-            root = locate_marked(
-                ProcessIdentity.from_json(status.get("daemon")),
-                token if isinstance(token, str) else None,
-            )
-        except ValueError:
-            root = None
+        root = locate_marked(status.daemon, status.owner_token) if status.daemon else None
         if root is None:
             return
         rss = cpu = 0.0
@@ -178,7 +172,7 @@ class WatchdogCollector:
         return pynvml
 
 
-def serve(ws: Workspace, snapshot: Callable[[], dict[str, Any] | None]) -> Any:
+def serve(ws: Workspace, snapshot: Callable[[], WatchdogStatus | None]) -> Any:
     """Start the /metrics HTTP server thread; returns the server (call `.shutdown()`)."""
     from prometheus_client import CollectorRegistry, start_http_server
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from trainguard.alerts import Alert, Alerter
 from trainguard.sd_notify import Notifier
+from trainguard.watchdog_status import WatchdogStatus
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
@@ -27,7 +28,7 @@ class Reporter:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start_metrics(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+    def start_metrics(self, snapshot: Callable[[], WatchdogStatus | None]) -> None:
         if not self.ws.config.metrics.listen:
             return
         from daemon_watchdog.metrics import serve

@@ -14,14 +14,14 @@ import ctypes
 import logging
 import os
 import queue
+import shutil
 import signal
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -31,10 +31,11 @@ from daemon_watchdog.checkpoint_refusal import CheckpointRefusal
 from daemon_watchdog.daemon_process import (
     DaemonHandle,
     SpawnError,
-    adopt,
-    new_token,
+    Unprovable,
+    find_daemon,
+    forget_daemon,
     spawn,
-    watch_adopted,
+    unprovable_pid,
 )
 from daemon_watchdog.diagnosis import (
     Diagnosis,
@@ -48,12 +49,21 @@ from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.reporting import Reporter
 from daemon_watchdog.restart_policy import RestartPolicy
 from daemon_watchdog.states import TERMINAL, State, check_transition
-from daemon_watchdog.status_file import read_status, utc_now, write_status
 from trainguard.checkpoints import CheckpointInfo
-from trainguard.process_tree import kill_tree, stop_process_tree
+from trainguard.child_process import become_subreaper, new_token, reap_children, watch_exit
+from trainguard.orphan_sweep import LATE_FORK_ROUNDS, kill_orphans, orphans_of
+from trainguard.orphan_sweep import reparented as reparented_to_us
+from trainguard.process_tree import stop_process_tree
 from trainguard.procs import OWNER_ENV, decode_wait_status, descendants, find_marked, identify
 from trainguard.progress import Progress, ProgressError, is_progress, read_progress
 from trainguard.timestamps import parse_iso_utc
+from trainguard.watchdog_status import (
+    CrashRecord,
+    ProgressMark,
+    WatchdogStatus,
+    read_watchdog_status,
+    utc_now,
+)
 from trainguard.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -61,7 +71,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("daemon_watchdog")
 
-PR_SET_CHILD_SUBREAPER = 36
 MAX_RESTARTS_KEPT = 50  # in the state file; the crash history keeps everything
 PROGRESS_PUBLISH_INTERVAL = 1.0  # seconds; state changes are published at once
 
@@ -82,7 +91,7 @@ class Supervisor:
     ) -> None:
         self.ws = ws
         self.reporter = reporter or Reporter(ws)
-        self.last_status: dict[str, Any] | None = None  # what /metrics reads (swapped whole)
+        self.last_status: WatchdogStatus | None = None  # what /metrics reads (swapped whole)
         self.next_ping: float | None = None  # monotonic time of the next systemd WATCHDOG=1
         self.cfg = ws.config
         self.exit_when_done = exit_when_done
@@ -106,10 +115,14 @@ class Supervisor:
         self.stopping_for: str | None = None  # "hang" | "operator" | "restart" while STOPPING
         self.restart_requests = 0  # operator restarts handled: `restart` waits for its own
         self.hang_reason = ""
-        self.restarts: list[dict[str, Any]] = []  # the newest MAX_RESTARTS_KEPT
+        self.restarts: list[CrashRecord] = []  # the newest MAX_RESTARTS_KEPT
         # Every restart ever, by crash category: the metric's counter, which never goes down.
         self.restart_totals: Counter[str] = Counter()
-        self.last_crash: dict[str, Any] | None = None
+        self.last_crash: CrashRecord | None = None
+        # Recorded in the state file before a daemon is started with it (no record, no spawn):
+        # a later watchdog then recognises that daemon even if we die before recording it.
+        self.pending_token: str | None = None
+        self.pending_log_offset: int | None = None
         self.fatal_reason: str | None = None
         self.exit_code: int | None = None  # set when run() should return
         self.published_mono = 0.0
@@ -148,7 +161,7 @@ class Supervisor:
 
     def run(self) -> int:
         self._install_signal_handlers()
-        self.subreaper = _become_subreaper()
+        self.subreaper = become_subreaper()
         watch = ProgressWatch(self.ws.progress_file, lambda: self.events.put(ev.ProgressChanged()))
         watch.start()
         now = time.monotonic()
@@ -225,49 +238,67 @@ class Supervisor:
     # --- start, adopt, restart ------------------------------------------------------------
 
     def _start_or_adopt(self) -> None:
-        previous = read_status(self.ws.state_file)
-        adopted = adopt(self.ws, previous)
-        if adopted is not None:
-            self.daemon = adopted
-            self._restore(previous or {})
-            watch_adopted(adopted.pid, lambda: self.events.put(ev.AdoptedExited(adopted.pid)))
+        previous = self._read_previous()
+        found = find_daemon(self.ws, previous)
+        self._restore(previous)
+        if isinstance(found, DaemonHandle):
+            self.daemon = found
+            watch_exit(found.pid, lambda: self.events.put(ev.AdoptedExited(found.pid)))
             self._transition(State.STARTING, "adopted the running daemon")
             self.last_progress_mono = time.monotonic()  # its grace starts now
             return
-        if previous and isinstance(previous.get("owner_token"), str):
+        if previous is not None and previous.owner_token is not None:
             # Not our child: its orphans went to init, only the token finds them.
-            self._kill_orphans(previous["owner_token"], "left by the previous daemon", tree=False)
-        self._restore(previous or {})
+            self._kill_orphans(previous.owner_token, "left by the previous daemon", tree=False)
+        if isinstance(found, Unprovable):
+            self._refuse_unprovable(found)
+            return
         # Published at once, so `status`, `stop` and health-check see this watchdog while the
         # checkpoint (every byte of a huge one) is checked, not the state an earlier one left.
         self._transition(State.STARTING, "choosing the checkpoint to resume from")
         self._choose(then="spawn", room=False)
 
-    def _restore(self, previous: dict[str, Any]) -> None:
-        restarts = previous.get("restarts")
-        self.restarts = restarts if isinstance(restarts, list) else []
-        totals = previous.get("restart_totals")
-        if isinstance(totals, dict) and all(
-            isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in totals.items()
-        ):
-            self.restart_totals = Counter(totals)
-        else:  # a state file from before the totals: count what the list still holds
-            self.restart_totals = Counter(
-                str(r.get("category") or "unknown") for r in self.restarts if isinstance(r, dict)
+    def _read_previous(self) -> WatchdogStatus | None:
+        """The state an earlier watchdog left. One that exists but cannot be read is kept aside
+        (it will be replaced), so that what it held is not lost."""
+        previous = read_watchdog_status(self.ws.state_file)
+        if previous is None and os.path.lexists(self.ws.state_file):
+            aside = self.ws.state_file.with_name(
+                f"{self.ws.state_file.name}.unreadable-{utc_now().replace(':', '')}"
             )
-        if previous.get("state") != State.STOPPED.value:
+            try:
+                shutil.move(self.ws.state_file, aside)
+                log.warning("state file %s cannot be read: kept as %s", self.ws.state_file, aside)
+            except OSError as exc:
+                log.warning("state file %s cannot be read (%s)", self.ws.state_file, exc)
+        for problem in previous.problems if previous is not None else ():
+            log.warning("state file %s: ignoring %s", self.ws.state_file, problem)
+        return previous
+
+    def _refuse_unprovable(self, found: Unprovable) -> None:
+        """A trainer may be running that we cannot prove ours: start nothing beside it."""
+        reason = found.reason(self.ws)
+        self.fatal_reason = reason
+        log.error("FATAL: %s", reason)
+        self.reporter.fatal("spawn", reason, found.advice(self.ws))
+        self._finish(State.FATAL, reason)
+
+    def _restore(self, previous: WatchdogStatus | None) -> None:
+        if previous is None:
+            return
+        self.restarts = list(previous.restarts)
+        self.restart_totals = Counter(previous.restart_totals)
+        if previous.state != State.STOPPED.value:
             # The same run goes on (this watchdog replaces one that died): its restarts still
             # count against max_restarts and the backoff. After a stop, a `run` starts afresh.
             now = datetime.now(timezone.utc)
             ages = [
                 (now - at).total_seconds()
-                for at in (parse_iso_utc(r.get("at")) for r in self.restarts if isinstance(r, dict))
+                for at in (parse_iso_utc(r.at) for r in self.restarts)
                 if at is not None
             ]
             self.policy.remember(ages)
-        self.last_crash = (
-            previous.get("last_crash") if isinstance(previous.get("last_crash"), dict) else None
-        )
+        self.last_crash = previous.last_crash
 
     def _choose(self, *, then: str, room: bool, refused: tuple[Path, str] | None = None) -> None:
         """Ask the checkpoint worker what to resume from; `_on_chosen` goes on from there."""
@@ -309,19 +340,48 @@ class Supervisor:
         if path is not None and not os.path.lexists(path):
             self._choose(then="spawn", room=False)  # moved since it was chosen: choose again
             return
+        stranger = unprovable_pid(self.ws)
+        if stranger is not None:
+            self._refuse_unprovable(stranger)
+            return
+        token = new_token()
+        if not self._record_token(token):
+            return
         try:
             # A resumed run starts below the last run's step: until the new daemon replaces the
             # progress file, what it holds is history, not this daemon's first progress.
             self.stale_progress = _stamp(self.ws.progress_file)
-            self.daemon = spawn(self.ws, checkpoint=path, token=new_token(), started_at=utc_now())
+            self.daemon = spawn(self.ws, checkpoint=path, token=token, started_at=utc_now())
         except SpawnError as exc:
+            self.pending_token = None
             self._cannot_start(str(exc))
             return
+        self.pending_token = None
         self.policy.started()
         self.last_progress = None
         self.last_progress_mono = time.monotonic()
         where = f"from {path.name}" if path is not None else "from the start"
         self._transition(State.STARTING, f"daemon pid {self.daemon.pid} started {where}")
+
+    def _record_token(self, token: str) -> bool:
+        """Write the new daemon's owner token into the state file before the daemon exists:
+        a watchdog that dies between the spawn and the state update leaves a record that lets
+        the next one recognise that daemon, rather than start a second one beside it."""
+        self.pending_token = token
+        try:
+            self.pending_log_offset = self.ws.daemon_log.stat().st_size
+        except OSError:
+            self.pending_log_offset = 0
+        try:
+            self._publish(strict=True)
+        except OSError as exc:
+            self.pending_token = None
+            self._cannot_start(
+                f"cannot record the new daemon's owner token in {self.ws.state_file} "
+                f"({exc.strerror or exc}): not starting a daemon that no record would name"
+            )
+            return False
+        return True
 
     def _restart_now(self) -> None:
         self.restart_at = None
@@ -380,26 +440,15 @@ class Supervisor:
             self._publish()
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, code in reap_children():
             if self.daemon is not None and pid == self.daemon.pid:
-                code = os.waitstatus_to_exitcode(status)
                 if self.daemon.proc is not None:
                     self.daemon.proc.returncode = code  # we reaped it: tell Popen
                 self._on_daemon_exit(code)
             elif pid in self.reporter.alert_senders():
                 pass  # an alert's delivery child: its thread reads the outcome from its pipe
             else:
-                log.info(
-                    "reaped orphaned process %d (%s)",
-                    pid,
-                    decode_wait_status(os.waitstatus_to_exitcode(status)),
-                )
+                log.info("reaped orphaned process %d (%s)", pid, decode_wait_status(code))
 
     def _on_progress(self) -> None:
         try:
@@ -430,6 +479,7 @@ class Supervisor:
             decode_wait_status(code) if code is not None else "ended (adopted: exit status unknown)"
         )
         log.info("daemon pid %d %s", daemon.pid, how)
+        forget_daemon(self.ws, daemon.pid)  # its pid file would soon name a stranger
         # A daemon we spawned is our child, and we are a child subreaper: whenever a process of
         # its tree loses its parent (the daemon dying, a worker double-forking), the kernel
         # re-parents it to its nearest living subreaper ancestor, which is us or a subreaper
@@ -536,27 +586,25 @@ class Supervisor:
         self.restart_at = time.monotonic() + delay
         self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {delay:g} s")
 
-    def _count_restart(self, entry: dict[str, Any]) -> dict[str, Any]:
+    def _count_restart(self, entry: CrashRecord) -> CrashRecord:
         self.restarts = [*self.restarts, entry][-MAX_RESTARTS_KEPT:]
-        self.restart_totals[str(entry.get("category") or "unknown")] += 1
+        self.restart_totals[entry.category] += 1
         return entry
 
     @staticmethod
-    def _crash_entry(crash: _Crash, checkpoint: CheckpointInfo | None) -> dict[str, Any]:
+    def _crash_entry(crash: _Crash, checkpoint: CheckpointInfo | None) -> CrashRecord:
         """The crash as the state file's `restarts` and `last_crash` hold it."""
         d = crash.diagnosis
-        entry: dict[str, Any] = {
-            "at": utc_now(),
-            "reason": d.reason,
-            "category": d.category,
-            "exit_code": crash.code,
-            "evidence": d.evidence[:300],
-            "suggestion": d.suggestion,
-            "resume_from": checkpoint.path.name if checkpoint is not None else None,
-        }
-        if crash.refused is not None:
-            entry["quarantined"] = crash.refused
-        return entry
+        return CrashRecord(
+            at=utc_now(),
+            reason=d.reason,
+            category=d.category,
+            exit_code=crash.code,
+            evidence=d.evidence[:300],
+            suggestion=d.suggestion,
+            resume_from=checkpoint.path.name if checkpoint is not None else None,
+            quarantined=crash.refused,
+        )
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -639,20 +687,24 @@ class Supervisor:
         """SIGKILL what a dead daemon left: processes re-parented to us (ours by ancestry, even
         if they scrubbed their environment) and, unless `tree` says our process tree holds them
         all, the processes carrying its token. Nothing else is ours to signal."""
-        orphans = self._reparented()
         if tree:
             self.unswept_token = token  # swept by `_handle`, off the restart's critical path
-        else:
-            known = {p.pid for p in orphans}
-            orphans += [p for p in find_marked(token) if p.pid not in known]
+        orphans = orphans_of(token, live=self._live(), exclude=self._helpers(), tree=tree)
         if orphans:
             self._kill(orphans, why)
             # A process that forked between our snapshot and its SIGKILL left that child to us.
-            for _ in range(3):
-                late = self._reparented()
+            for _ in range(LATE_FORK_ROUNDS):
+                late = reparented_to_us(self._live(), self._helpers())
                 if not late:
                     break
                 self._kill(late, f"{why} (forked while it was being killed)")
+
+    def _live(self) -> set[int]:
+        return {self.daemon.pid} if self.daemon is not None else set()
+
+    def _helpers(self) -> set[int]:
+        # Read after the caller's snapshot: every alert sender in it is registered by now.
+        return set(self.reporter.alert_senders())
 
     def _sweep_marked(self, token: str) -> None:
         self.unswept_token = None
@@ -660,28 +712,14 @@ class Supervisor:
         if escaped:
             self._kill(escaped, "that escaped our process tree, carrying a dead daemon's token")
 
-    def _reparented(self) -> list[psutil.Process]:
-        """Our descendants outside the live daemon's tree: orphans of earlier daemons."""
-        live = {self.daemon.pid} if self.daemon is not None else set()
-        found = descendants(os.getpid())
-        # Read after the snapshot: every alert sender in it is registered by now (see Alerter).
-        ours = self.reporter.alert_senders()
-        return [
-            p for p in found if p.pid not in live and p.pid not in ours and not _in_tree(p, live)
-        ]
-
     def _kill(self, procs: list[psutil.Process], why: str) -> None:
-        names = [f"{p.pid} ({_name(p)})" for p in procs]
-        # Headless workers of a dead daemon: what they did since the last checkpoint is lost
-        # anyway (checkpoints are staged, then renamed), and a polite stop could hold the
-        # restart for a whole step or stop_timeout. SIGKILL frees the GPU at once.
-        report = kill_tree(procs, sig=signal.SIGKILL, timeout=self.cfg.daemon.stop_timeout)
+        swept = kill_orphans(procs, timeout=self.cfg.daemon.stop_timeout)
         log.warning(
             "stopped %d processes %s: %s (killed: %s)",
             len(procs),
             why,
-            names,
-            list(report.killed),
+            list(swept.names),
+            list(swept.report.killed),
         )
         self._reap()
 
@@ -721,41 +759,38 @@ class Supervisor:
         if leave or self.exit_when_done:
             self.exit_code = 0 if state == State.STOPPED else 1
 
-    def _publish(self) -> None:
+    def _publish(self, *, strict: bool = False) -> None:
+        """Replace the state file with the current state; with `strict`, a failure raises
+        OSError (the caller must not go on without the record), else it is logged."""
         if self.state is None:
             return  # before the first state: nothing true to say yet
         d = self.daemon
-        status = {
-            "state": self.state.value if self.state else None,
-            "watchdog_pid": os.getpid(),
-            "watchdog": self.me.to_json() if self.me else None,
-            "daemon_pid": d.pid if d else None,
-            "daemon": d.identity.to_json() if d else None,
-            "daemon_started_at": d.started_at if d else None,
-            "owner_token": d.token if d else None,
-            "daemon_log_offset": d.log_offset if d else None,
-            "resumed_from": d.resumed_from if d else None,
-            "restart_count": sum(self.restart_totals.values()),
-            "restart_totals": dict(sorted(self.restart_totals.items())),
-            "restarts": self.restarts,
-            "last_progress": (
-                {
-                    "step": self.last_progress.step,
-                    "phase": self.last_progress.phase,
-                    "at": self.last_progress_at,
-                }
-                if self.last_progress
-                else None
-            ),
-            "last_crash": self.last_crash,
-            "fatal_reason": self.fatal_reason,
-            "restart_requests": self.restart_requests,
-        }
+        p = self.last_progress
+        status = WatchdogStatus(
+            state=self.state.value,
+            watchdog_pid=os.getpid(),
+            watchdog=self.me,
+            daemon_pid=d.pid if d else None,
+            daemon=d.identity if d else None,
+            daemon_started_at=d.started_at if d else None,
+            owner_token=d.token if d else self.pending_token,
+            daemon_log_offset=d.log_offset if d else self.pending_log_offset,
+            resumed_from=d.resumed_from if d else None,
+            restart_count=sum(self.restart_totals.values()),
+            restart_totals=dict(self.restart_totals),
+            restarts=tuple(self.restarts),
+            last_progress=ProgressMark(p.step, p.phase, self.last_progress_at) if p else None,
+            last_crash=self.last_crash,
+            fatal_reason=self.fatal_reason,
+            restart_requests=self.restart_requests,
+        )
         self.published_mono = time.monotonic()
         self.last_status = status
         try:
-            write_status(self.ws.state_file, status)
+            self.last_status = status.write(self.ws.state_file)
         except OSError as exc:
+            if strict:
+                raise
             log.error("cannot write %s: %s", self.ws.state_file, exc)
 
     def _ping(self) -> None:
@@ -784,14 +819,6 @@ class Supervisor:
         signal.signal(signal.SIGCHLD, handle_sigchld)
 
 
-def _become_subreaper() -> bool:
-    """Workers that escape the daemon's group are re-parented to us, not to init."""
-    if sys.platform != "linux":
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-
-
 def _release_free_heap() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise); ~1 ms."""
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
@@ -808,25 +835,11 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
-def _in_tree(proc: psutil.Process, roots: set[int]) -> bool:
-    try:
-        return any(parent.pid in roots for parent in proc.parents())
-    except psutil.Error:
-        return False
-
-
 def _is_python(pid: int) -> bool:
     try:
         return "python" in psutil.Process(pid).name().lower()
     except psutil.Error:
         return False
-
-
-def _name(proc: psutil.Process) -> str:
-    try:
-        return " ".join(proc.cmdline())[:80] or proc.name()
-    except psutil.Error:
-        return "?"
 
 
 __all__ = ["OWNER_ENV", "Supervisor"]

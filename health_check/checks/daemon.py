@@ -41,7 +41,7 @@ def probe(ctx: Context) -> CheckResult:
     alive = f"pid {sup.watchdog.pid} alive" if sup.watchdog else "not running"
     details = [f"watchdog: {alive}"]
     if state == "FATAL":
-        reason = (sup.state or {}).get("fatal_reason") or "see status/watchdog.json"
+        reason = (sup.state.fatal_reason if sup.state else None) or "see status/watchdog.json"
         return CheckResult(
             "daemon",
             Status.CRITICAL,
@@ -148,7 +148,7 @@ def _judge_pid(
 
 def _nobody_supervises(sup: Supervision, details: list[str]) -> CheckResult:
     """The state says a run was going on, yet neither the watchdog nor the daemon is alive."""
-    updated = (sup.state or {}).get("updated_at") or "?"
+    updated = (sup.state.updated_at if sup.state else None) or "?"
     return CheckResult(
         "daemon",
         Status.CRITICAL,

@@ -9,6 +9,7 @@ from health_check.result import CheckResult, Metric, Status
 from health_check.supervision import read_supervision
 from trainguard.progress import ProgressError, read_progress
 from trainguard.timestamps import parse_iso_utc
+from trainguard.watchdog_status import WatchdogStatus
 
 DONE_PHASE = "done"
 
@@ -66,10 +67,9 @@ def probe(ctx: Context) -> CheckResult:
     return CheckResult("progress", Status.OK, f"{where}, {age:.0f} s ago", metrics=metrics)
 
 
-def _no_progress_yet(ctx: Context, state: dict[str, object] | None) -> CheckResult:
+def _no_progress_yet(ctx: Context, state: WatchdogStatus | None) -> CheckResult:
     grace = ctx.ws.config.watchdog.startup_grace
-    started = state.get("daemon_started_at") if state else None
-    at = parse_iso_utc(started)
+    at = parse_iso_utc(state.daemon_started_at if state else None)
     since = ctx.wall_clock() - at.timestamp() if at is not None else None
     if since is not None and since <= grace:
         return CheckResult("progress", Status.OK, f"starting: no progress yet ({since:.0f} s in)")

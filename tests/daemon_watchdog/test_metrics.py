@@ -17,6 +17,7 @@ from tests.polling import wait_until
 from tests.trainguard.test_checkpoints import make_checkpoint
 from trainguard.config import load_config
 from trainguard.procs import identify
+from trainguard.watchdog_status import WatchdogStatus
 from trainguard.workspace import Workspace
 
 CHILDREN = Path(__file__).resolve().parents[1] / "children"
@@ -24,7 +25,8 @@ CHILDREN = Path(__file__).resolve().parents[1] / "children"
 
 def scrape(ws: Workspace, status: dict[str, Any]) -> dict[str, list[Any]]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WatchdogCollector(ws, lambda: status))
+    # The state as the watchdog publishes it: read through the same typed record.
+    registry.register(WatchdogCollector(ws, lambda: WatchdogStatus.from_json(status)))
     text = generate_latest(registry).decode()
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 

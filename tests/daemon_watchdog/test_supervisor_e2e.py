@@ -743,3 +743,42 @@ def test_a_fifo_at_the_progress_file_never_blocks_the_watchdog(run: Run) -> None
     result = _cli(run, "stop")  # the loop still answers
     assert result.returncode == 0, result.stdout + result.stderr
     assert watchdog.wait(10) == 0
+
+
+@pytest.mark.parametrize("damage", ["unreadable", "missing"])
+def test_a_live_daemon_no_record_proves_ours_is_fatal_never_a_second_trainer(
+    run: Run, damage: str
+) -> None:
+    first = run.start()
+    run.wait_for(_running_past(5), "training past step 5")
+    daemon_pid = run.status()["daemon_pid"]
+    first.kill()
+    first.wait()
+    state_file = run.base / "status" / "watchdog.json"
+    if damage == "unreadable":
+        state_file.write_text('{"state": "RUNNING", "daemon": ')  # cut off mid-write
+    else:
+        state_file.unlink()
+    second = run.start()
+    status = run.wait_for(
+        lambda s: s.get("watchdog_pid") == second.pid and s.get("state") == "FATAL", "FATAL"
+    )
+    assert f"names pid {daemon_pid}" in status["fatal_reason"]
+    assert "not starting a second trainer" in status["fatal_reason"]
+    assert _example_daemons(run) == [daemon_pid]  # untouched, and alone
+    if damage == "unreadable":
+        kept = [p.read_text() for p in state_file.parent.glob("watchdog.json.unreadable-*")]
+        assert kept == ['{"state": "RUNNING", "daemon": '], "the unreadable state file was lost"
+    # The operator ends the stray trainer (its whole group: it leads one); `restart` then starts
+    # training under this watchdog.
+    os.killpg(daemon_pid, signal.SIGKILL)
+    wait_until(lambda: daemon_pid not in _example_daemons(run), message="stray daemon gone")
+    assert _cli(run, "restart").returncode == 0
+    status = run.wait_for(_running_past(1), "a new daemon after the operator's restart")
+    assert status["daemon_pid"] != daemon_pid and _example_daemons(run) == [status["daemon_pid"]]
+
+
+def test_the_pid_file_is_removed_when_the_daemon_ends(short: Run) -> None:
+    short.start()
+    short.wait_for(lambda s: s.get("state") == "STOPPED", "training finished")
+    assert not (short.base / ".daemon.pid").exists()

@@ -12,15 +12,18 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from daemon_watchdog import events as ev
+from daemon_watchdog import supervisor as supervisor_module
 from daemon_watchdog.states import State
 from daemon_watchdog.supervisor import Supervisor
 from tests.polling import wait_until
 from trainguard.config import load_config
 from trainguard.progress import write_progress
+from trainguard.watchdog_status import CrashRecord, WatchdogStatus
 from trainguard.workspace import Workspace
 
 SLEEPER = Path(__file__).resolve().parent.parent / "children" / "sleeper.py"
@@ -71,7 +74,7 @@ def test_a_rewound_restart_takes_its_lower_steps_as_progress_not_the_old_file(
         return sup.daemon is not None and sup.daemon.pid != killed.pid
 
     wait_until(restarted, message="the SIGKILLed daemon reaped and a new one spawned (backoff 0)")
-    assert sup.state == State.STARTING and sup.restarts[0]["exit_code"] == -signal.SIGKILL
+    assert sup.state == State.STARTING and sup.restarts[0].exit_code == -signal.SIGKILL
 
     # The killed run's file is still there: history, not the new daemon's first progress.
     sup._handle(ev.ProgressChanged())
@@ -110,15 +113,50 @@ def test_restart_totals_keep_counting_past_the_kept_list_and_survive_a_new_watch
     sup = supervisor
     sup._spawn(None)
     for n in range(60):
-        sup._count_restart({"category": "cuda_oom" if n % 2 else "nccl", "at": str(n)})
+        category = "cuda_oom" if n % 2 else "nccl"
+        sup._count_restart(CrashRecord(at=str(n), reason="", category=category, exit_code=1))
     sup._publish()
     status = json.loads(sup.ws.state_file.read_text())
     assert len(status["restarts"]) == 50  # the newest only
     assert status["restart_count"] == 60
     assert status["restart_totals"] == {"cuda_oom": 30, "nccl": 30}
     replacement = Supervisor(sup.ws)
-    replacement._restore(status)
+    replacement._restore(WatchdogStatus.from_json(status))
     assert replacement.restart_totals == {"cuda_oom": 30, "nccl": 30}
     older = {"restarts": [{"category": "cuda_oom"}, {"category": None}]}  # before the totals
-    replacement._restore(older)
+    replacement._restore(WatchdogStatus.from_json({"state": "RUNNING", **older}))
     assert replacement.restart_totals == {"cuda_oom": 1, "unknown": 1}
+
+
+def test_a_watchdog_dying_just_after_the_spawn_leaves_a_record_its_successor_adopts_by(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file as a watchdog SIGKILLed right after the fork (before it could record the
+    daemon's identity) leaves it: the next watchdog must recognise that daemon, not start a
+    second one beside it."""
+    sup = supervisor
+    left: list[bytes] = []
+    real_spawn = supervisor_module.spawn
+
+    def spawn_then_die(*args: Any, **kwargs: Any) -> Any:
+        handle = real_spawn(*args, **kwargs)
+        left.append(sup.ws.state_file.read_bytes())  # what is on disk at that moment
+        return handle
+
+    monkeypatch.setattr(supervisor_module, "spawn", spawn_then_die)
+    sup._transition(State.STARTING, "test")
+    sup._spawn(None)
+    assert sup.daemon is not None and left
+    first = sup.daemon
+    sup.ws.state_file.write_bytes(left[0])
+
+    successor = Supervisor(sup.ws)
+    successor.next_check = successor.next_prune = math.inf
+    successor._start_or_adopt()
+    try:
+        assert successor.daemon is not None and successor.daemon.pid == first.pid
+        assert successor.daemon.proc is None  # adopted, not spawned
+        assert successor.choosing is None  # and no start is on its way
+        assert first.proc is not None and first.proc.poll() is None
+    finally:
+        successor.jobs.close()
