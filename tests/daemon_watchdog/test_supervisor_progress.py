@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from daemon_watchdog import daemon_process
 from daemon_watchdog import events as ev
-from daemon_watchdog import supervisor as supervisor_module
 from daemon_watchdog.states import State
 from daemon_watchdog.supervisor import Supervisor
 from tests.polling import wait_until
@@ -136,14 +136,14 @@ def test_a_watchdog_dying_just_after_the_spawn_leaves_a_record_its_successor_ado
     second one beside it."""
     sup = supervisor
     left: list[bytes] = []
-    real_spawn = supervisor_module.spawn
+    real_spawn = daemon_process.spawn  # what the supervisor calls
 
     def spawn_then_die(*args: Any, **kwargs: Any) -> Any:
         handle = real_spawn(*args, **kwargs)
         left.append(sup.ws.state_file.read_bytes())  # what is on disk at that moment
         return handle
 
-    monkeypatch.setattr(supervisor_module, "spawn", spawn_then_die)
+    monkeypatch.setattr("daemon_watchdog.supervisor.spawn", spawn_then_die)
     sup._transition(State.STARTING, "test")
     sup._spawn(None)
     assert sup.daemon is not None and left
