@@ -129,7 +129,11 @@ def _operate(args: argparse.Namespace) -> int:
             setup_logging(log_file, as_json=args.log_json)
         except OSError as exc:
             raise TrainguardError(f"cannot write {log_file}: {exc.strerror or exc}") from None
-        return Supervisor(ws, exit_when_done=args.exit_when_done).run()
+        return Supervisor(
+            ws,
+            exit_when_done=args.exit_when_done,
+            reload_config=lambda: load_config_in_child(args.config),
+        ).run()
     finally:
         lock.release()
 

@@ -16,10 +16,16 @@ import psutil
 from daemon_watchdog.lock import WorkspaceBusy, WorkspaceLock
 from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.states import State, status_exit_code
+from trainguard.atomicio import write_json_atomic
 from trainguard.errors import TrainguardError
 from trainguard.process_tree import kill_tree, stop_process_tree
 from trainguard.procs import ProcessIdentity, locate
-from trainguard.watchdog_status import WatchdogStatus, read_watchdog_status
+from trainguard.watchdog_status import (
+    WatchdogStatus,
+    read_watchdog_status,
+    restart_request_file,
+    utc_now,
+)
 from trainguard.workspace import Workspace
 
 UNKNOWN = 3
@@ -52,6 +58,8 @@ def show_status(ws: Workspace, *, as_json: bool) -> int:
         print("progress: none seen yet")
     if status.liveness_note:
         print(f"liveness: {status.liveness_note}")
+    if status.reload_note:
+        print(f"reload:   {status.reload_note}")
     print(f"restarts: {status.restart_count}")
     crash = status.last_crash
     if crash:
@@ -166,6 +174,8 @@ def _restart(ws: Workspace, *, timeout: float) -> int:
     changed = threading.Event()
     with ProgressWatch(ws.state_file, changed.set):  # the state file is replaced on each change
         try:
+            # The request file first: a SIGHUP without it (a closed terminal) only reloads.
+            write_json_atomic(restart_request_file(ws), {"requested_at": utc_now()})
             watchdog.send_signal(signal.SIGHUP)  # psutil checks it is still that process
         except psutil.NoSuchProcess:
             raise TrainguardError(f"the watchdog (pid {watchdog.pid}) has just exited") from None

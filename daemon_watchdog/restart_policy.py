@@ -70,6 +70,29 @@ class RestartPolicy:
         self._best_step: int | None = None
         self._without_progress = 0  # restarts in a row that did not pass _best_step
 
+    def retune(
+        self,
+        *,
+        max_restarts: int,
+        window: float,
+        backoff_base: float,
+        backoff_max: float,
+        reset_after: float,
+        max_without_progress: int,
+    ) -> None:
+        """New limits (a reloaded config), keeping what happened: the restarts still count."""
+        fresh = RestartPolicy(
+            max_restarts=max_restarts, window=window, backoff_base=backoff_base,
+            backoff_max=backoff_max, reset_after=reset_after,
+            max_without_progress=max_without_progress, clock=self._clock,
+        )  # fmt: skip
+        self._max_restarts = fresh._max_restarts
+        self._window = fresh._window
+        self._backoff_base = fresh._backoff_base
+        self._backoff_max = fresh._backoff_max
+        self._reset_after = fresh._reset_after
+        self._max_without_progress = fresh._max_without_progress
+
     @property
     def restart_times(self) -> tuple[float, ...]:
         """Clock times of the restarts that still count against `max_restarts`."""

@@ -18,16 +18,18 @@ import shutil
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from daemon_watchdog import events as ev
 from daemon_watchdog.checkpoint_jobs import CheckpointJobs
 from daemon_watchdog.checkpoint_refusal import CheckpointRefusal
+from daemon_watchdog.config_reload import plan_reload
 from daemon_watchdog.daemon_process import (
     DaemonHandle,
     SpawnError,
@@ -51,6 +53,8 @@ from daemon_watchdog.restart_policy import RestartPolicy
 from daemon_watchdog.states import TERMINAL, State, check_transition
 from trainguard.checkpoints import CheckpointInfo
 from trainguard.child_process import become_subreaper, new_token, reap_children, watch_exit
+from trainguard.config import Config
+from trainguard.errors import TrainguardError
 from trainguard.orphan_sweep import LATE_FORK_ROUNDS, kill_orphans, orphans_of
 from trainguard.orphan_sweep import reparented as reparented_to_us
 from trainguard.process_tree import stop_process_tree
@@ -62,6 +66,7 @@ from trainguard.watchdog_status import (
     ProgressMark,
     WatchdogStatus,
     read_watchdog_status,
+    restart_request_file,
     utc_now,
 )
 from trainguard.workspace import Workspace
@@ -87,24 +92,23 @@ class _Crash:
 
 class Supervisor:
     def __init__(
-        self, ws: Workspace, *, exit_when_done: bool = False, reporter: Reporter | None = None
+        self,
+        ws: Workspace,
+        *,
+        exit_when_done: bool = False,
+        reporter: Reporter | None = None,
+        reload_config: Callable[[], Config] | None = None,
     ) -> None:
         self.ws = ws
+        self.reload_config = reload_config  # SIGHUP reads the config again with it
+        self.reload_note: str | None = None  # what the last SIGHUP applied
         self.reporter = reporter or Reporter(ws)
         self.last_status: WatchdogStatus | None = None  # what /metrics reads (swapped whole)
         self.next_ping: float | None = None  # monotonic time of the next systemd WATCHDOG=1
         self.cfg = ws.config
         self.exit_when_done = exit_when_done
         self.events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
-        w = self.cfg.watchdog
-        self.policy = RestartPolicy(
-            max_restarts=w.max_restarts,
-            window=w.restart_window,
-            backoff_base=w.backoff_base,
-            backoff_max=w.backoff_max,
-            reset_after=w.backoff_reset_after,
-            max_without_progress=w.max_restarts_without_progress,
-        )
+        self.policy = RestartPolicy(**_policy_limits(self.cfg))
         self._scanner: Scanner | None = None  # loaded once the daemon has started
         self.state: State | None = None
         self.daemon: DaemonHandle | None = None
@@ -394,7 +398,48 @@ class Supervisor:
             log.info("received %s: stopping the daemon", signal.Signals(signum).name)
             self._operator_stop()
         elif signum == signal.SIGHUP:
-            self._operator_restart()
+            # A closed terminal sends SIGHUP too: it reloads the config, and restarts only when
+            # `daemon-watchdog restart` left its request file first.
+            self._reload()
+            if self._take_restart_request():
+                self._operator_restart()
+            else:
+                self._publish()
+
+    def _reload(self) -> None:
+        if self.reload_config is None:
+            return
+        try:
+            new = self.reload_config()
+        except TrainguardError as exc:
+            self.reload_note = f"{utc_now()}: config NOT reloaded, the running one stays: {exc}"
+            log.error("SIGHUP: %s", self.reload_note)
+            return
+        plan = plan_reload(self.cfg, new)
+        self.cfg = plan.config
+        self.ws = Workspace(plan.config)
+        self.jobs.ws = self.ws
+        self.policy.retune(**_policy_limits(plan.config))
+        now = time.monotonic()
+        w = plan.config.watchdog
+        self.next_check = min(self.next_check, now + w.check_interval)
+        self.next_prune = min(self.next_prune, now + w.prune_interval)
+        self.reload_note = f"{utc_now()}: {plan.summary()}"
+        (log.warning if plan.kept else log.info)("SIGHUP: %s", plan.summary())
+        self.reporter.status(plan.summary()[:200])
+
+    def _take_restart_request(self) -> bool:
+        """Whether `daemon-watchdog restart` asked for a restart (its file, consumed here)."""
+        try:
+            os.unlink(restart_request_file(self.ws))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.error(
+                "cannot remove the restart request %s: %s", restart_request_file(self.ws), exc
+            )
+            return False
+        return True
 
     def _operator_stop(self) -> None:
         self.restart_at = None
@@ -783,6 +828,7 @@ class Supervisor:
             last_crash=self.last_crash,
             fatal_reason=self.fatal_reason,
             restart_requests=self.restart_requests,
+            reload_note=self.reload_note,
         )
         self.published_mono = time.monotonic()
         self.last_status = status
@@ -817,6 +863,18 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, handle_signal)
         signal.signal(signal.SIGCHLD, handle_sigchld)
+
+
+def _policy_limits(cfg: Config) -> dict[str, Any]:
+    w = cfg.watchdog
+    return {
+        "max_restarts": w.max_restarts,
+        "window": w.restart_window,
+        "backoff_base": w.backoff_base,
+        "backoff_max": w.backoff_max,
+        "reset_after": w.backoff_reset_after,
+        "max_without_progress": w.max_restarts_without_progress,
+    }
 
 
 def _release_free_heap() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from trainguard.atomicio import read_json, write_json_atomic
 from trainguard.procs import ProcessIdentity
 from trainguard.timestamps import utc_now_iso
+from trainguard.workspace import Workspace
 
 
 def utc_now() -> str:
@@ -110,6 +111,7 @@ class WatchdogStatus:
     # a warning when it has never seen the progress file.
     liveness: str | None = None
     liveness_note: str | None = None
+    reload_note: str | None = None  # what the last SIGHUP (config reload) applied, when
     updated_at: str | None = None
     problems: tuple[str, ...] = ()  # fields that could not be read (not written back)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know
@@ -140,6 +142,7 @@ class WatchdogStatus:
             "restart_requests": self.restart_requests,
             "liveness": self.liveness,
             "liveness_note": self.liveness_note,
+            "reload_note": self.reload_note,
             "updated_at": self.updated_at,
         }
 
@@ -193,6 +196,7 @@ class WatchdogStatus:
             restart_requests=max(0, _int(data.get("restart_requests")) or 0),
             liveness=_str(data.get("liveness")),
             liveness_note=_str(data.get("liveness_note")),
+            reload_note=_str(data.get("reload_note")),
             updated_at=_str(data.get("updated_at")),
             problems=tuple(problems),
             extra={k: v for k, v in data.items() if k not in known},
@@ -204,6 +208,11 @@ class WatchdogStatus:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, stamped.to_json())
         return stamped
+
+
+def restart_request_file(ws: Workspace) -> Path:
+    """Written by `daemon-watchdog restart` before its SIGHUP: a hangup without it only reloads."""
+    return ws.state_file.with_name("restart_request.json")
 
 
 def read_watchdog_status(path: Path) -> WatchdogStatus | None:

@@ -782,3 +782,26 @@ def test_the_pid_file_is_removed_when_the_daemon_ends(short: Run) -> None:
     short.start()
     short.wait_for(lambda s: s.get("state") == "STOPPED", "training finished")
     assert not (short.base / ".daemon.pid").exists()
+
+
+def test_sighup_reloads_the_config_and_never_restarts_training(run: Run) -> None:
+    watchdog = run.start()
+    run.wait_for(_running_past(5), "training past step 5")
+    before = run.status()
+    text = _set_key(run.config.read_text(), "watchdog", "progress_timeout", 9)
+    run.config.write_text(_set_key(text, "watchdog", "state_file", "status/elsewhere.json"))
+    watchdog.send_signal(signal.SIGHUP)  # what a closed terminal sends
+    status = run.wait_for(lambda s: s.get("reload_note"), "the reload recorded")
+    note = status["reload_note"]
+    assert "applied watchdog.progress_timeout: 4.0 -> 9.0" in note
+    assert "NOT applied" in note and "watchdog.state_file" in note
+    after = run.wait_for(_running_past(before["last_progress"]["step"] + 5), "training goes on")
+    assert after["daemon_pid"] == before["daemon_pid"]
+    assert after["restart_count"] == 0 and after["restart_requests"] == 0
+    assert not (run.base / "status" / "elsewhere.json").exists()
+
+    run.config.write_text(run.config.read_text() + "\n[watchdog.nonsense]\n")
+    watchdog.send_signal(signal.SIGHUP)
+    bad = run.wait_for(lambda s: "NOT reloaded" in (s.get("reload_note") or ""), "refused")
+    assert "the running one stays" in bad["reload_note"]
+    assert watchdog.poll() is None and bad["daemon_pid"] == before["daemon_pid"]
