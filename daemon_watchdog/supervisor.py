@@ -10,6 +10,7 @@ thread: the loop computes them anyway, and APScheduler (with the asyncio it impo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -47,6 +48,7 @@ from daemon_watchdog.diagnosis import (
     record_crash,
 )
 from daemon_watchdog.incidents import capture_stacks, write_incident
+from daemon_watchdog.log_liveness import LogLiveness, compile_step_regex
 from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.reporting import Reporter
 from daemon_watchdog.restart_policy import RestartPolicy
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("daemon_watchdog")
 
+LOG_TICK = 1.0  # seconds between looks at the log of a daemon that has shown no life yet
 MAX_RESTARTS_KEPT = 50  # in the state file; the crash history keeps everything
 PROGRESS_PUBLISH_INTERVAL = 1.0  # seconds; state changes are published at once
 
@@ -114,6 +117,12 @@ class Supervisor:
         self.daemon: DaemonHandle | None = None
         self.last_progress: Progress | None = None
         self.last_progress_mono = 0.0
+        # Liveness from the log (`log_liveness`): when this daemon last wrote output, and
+        # whether it (or any daemon of this run) has written the progress file.
+        self.log_watch: LogLiveness | None = None
+        self.last_output_mono: float | None = None
+        self.progress_file_seen = False
+        self.run_progress_file_seen = False
         self.last_progress_at: str | None = None
         self.restart_at: float | None = None  # monotonic time the backoff ends
         self.stopping_for: str | None = None  # "hang" | "operator" | "restart" while STOPPING
@@ -135,6 +144,7 @@ class Supervisor:
         self.subreaper = False  # whether orphans of our daemons are re-parented to us
         self.unswept_token: str | None = None  # a dead daemon's token not yet swept for
         self.next_check = self.next_prune = 0.0  # monotonic deadlines of the periodic work
+        self.log_tick_at = 0.0
         self.diagnosed = False  # a crash was diagnosed while handling this event
         self.jobs = CheckpointJobs(ws, self.events.put)
         # What to resume from is chosen on a worker thread: `choosing` says a choice is awaited
@@ -203,6 +213,9 @@ class Supervisor:
         hang = self._hang_deadline()
         if hang is not None:
             deadlines.append(hang)
+        tick = self._log_tick()
+        if tick is not None:
+            deadlines.append(tick)
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _handle(self, event: ev.Event | None) -> None:
@@ -230,6 +243,7 @@ class Supervisor:
             self.next_check = now + self.cfg.watchdog.check_interval
             self._reap()  # a lost SIGCHLD costs at most one check_interval
             self._on_progress()  # and so does a lost inotify event (a recreated folder)
+            self._look_at_log()
             self._publish()
         if self.unswept_token is not None and self.choosing is None:
             # After the restart this event may have made: while the checkpoint is being chosen,
@@ -248,6 +262,7 @@ class Supervisor:
         if isinstance(found, DaemonHandle):
             self.daemon = found
             watch_exit(found.pid, lambda: self.events.put(ev.AdoptedExited(found.pid)))
+            self._watch_log(found, from_now=True)
             self._transition(State.STARTING, "adopted the running daemon")
             self.last_progress_mono = time.monotonic()  # its grace starts now
             return
@@ -364,6 +379,7 @@ class Supervisor:
         self.policy.started()
         self.last_progress = None
         self.last_progress_mono = time.monotonic()
+        self._watch_log(self.daemon, from_now=False)
         where = f"from {path.name}" if path is not None else "from the start"
         self._transition(State.STARTING, f"daemon pid {self.daemon.pid} started {where}")
 
@@ -507,14 +523,80 @@ class Supervisor:
             return
         if self.last_progress is None and _stamp(self.ws.progress_file) == self.stale_progress:
             return  # the file the previous run left: this daemon has not written yet
+        self.progress_file_seen = self.run_progress_file_seen = True
+        self._accept_progress(progress, "progress")
+
+    def _accept_progress(self, progress: Progress, source: str) -> None:
         self.last_progress = progress
         self.last_progress_mono = time.monotonic()
         self.refusal.progressed()
         self.last_progress_at = utc_now()
         if self.state == State.STARTING:
-            self._transition(State.RUNNING, f"progress: step {progress.step} ({progress.phase})")
+            self._transition(State.RUNNING, f"{source}: step {progress.step} ({progress.phase})")
         elif self.last_progress_mono - self.published_mono >= PROGRESS_PUBLISH_INTERVAL:
             self._publish()  # a fast trainer steps many times a second: one fsync'd write a second
+
+    # --- liveness from the log --------------------------------------------------------------
+
+    def _watch_log(self, daemon: DaemonHandle, *, from_now: bool) -> None:
+        """Follow this daemon's output: from its start, or (adopted) from what is there now."""
+        offset = daemon.log_offset
+        if from_now:
+            with contextlib.suppress(OSError):
+                offset = self.ws.daemon_log.stat().st_size
+        regex = compile_step_regex(self.cfg.watchdog.progress_regex)
+        self.log_watch = LogLiveness(self.ws.daemon_log, offset, regex)
+        self.last_output_mono = None
+        self.progress_file_seen = False
+
+    def _log_counts(self) -> bool:
+        """Whether new log output shows the trainer alive (see [watchdog] liveness)."""
+        mode = self.cfg.watchdog.liveness
+        return mode == "log" or (mode in ("auto", "off") and not self.progress_file_seen)
+
+    def _look_at_log(self) -> None:
+        """New output since the last look: alive, and maybe a step (`progress_regex`)."""
+        if self.daemon is None or self.log_watch is None:
+            return
+        counts = self._log_counts()
+        if not counts and self.log_watch.step_regex is None:
+            return
+        seen = self.log_watch.look()
+        if not seen.grew:
+            return
+        if counts:
+            now = time.monotonic()
+            # When it was written, not when we looked: the hang clock runs from the output.
+            ago = max(0.0, time.time() - (seen.written_at or time.time()))
+            self.last_output_mono = max(self.last_output_mono or 0.0, now - ago)
+        last = self.last_progress
+        if seen.step is not None and (last is None or seen.step > last.step):
+            self._accept_progress(Progress(seen.step, "log"), "log")
+        elif counts and self.state == State.STARTING:
+            self._transition(State.RUNNING, "output in the daemon log (no progress file yet)")
+
+    def _no_progress_file_advice(self) -> str:
+        return (
+            f"the trainer never wrote a progress file ({self.cfg.daemon.progress_file}): write "
+            'one (README: Progress protocol), or set [watchdog] liveness = "log" (new log '
+            'output = alive, with progress_regex to read the step) or "off"'
+        )
+
+    def _liveness(self) -> tuple[str, str | None]:
+        """What `status` says about how the trainer is known alive, and a warning if due."""
+        mode = self.cfg.watchdog.liveness
+        if mode == "off":
+            return "off: hangs are not detected", None
+        if self._log_counts():
+            note = None
+            if mode == "auto" and self.daemon is not None:
+                note = (
+                    f"no progress file ({self.cfg.daemon.progress_file}) from this trainer: "
+                    "alive = new output in its log; write progress (README: Progress "
+                    "protocol) to have hangs seen by step, or set [watchdog] liveness"
+                )
+            return "log output", note
+        return "progress file", None
 
     def _on_daemon_exit(self, code: int | None) -> None:
         daemon = self.daemon
@@ -610,8 +692,12 @@ class Supervisor:
         self.last_crash = entry
         if decision.action == "give_up":
             self.fatal_reason = f"{decision.reason}; last crash: {diagnosis.reason}"
-            log.error("FATAL: %s. %s", self.fatal_reason, diagnosis.suggestion)
-            self.reporter.fatal(diagnosis.category, self.fatal_reason, diagnosis.suggestion)
+            advice = diagnosis.suggestion
+            if crash.hang and not self.run_progress_file_seen:
+                advice = f"{self._no_progress_file_advice()} {advice}"
+                self.fatal_reason += f" ({self._no_progress_file_advice()})"
+            log.error("FATAL: %s. %s", self.fatal_reason, advice)
+            self.reporter.fatal(diagnosis.category, self.fatal_reason, advice)
             self._finish(State.FATAL, self.fatal_reason)
             return
         delay = decision.delay
@@ -655,22 +741,51 @@ class Supervisor:
         now = time.monotonic()
         if self.restart_at is not None and now >= self.restart_at and self.state == State.BACKOFF:
             self._restart_now()
+        tick = self._log_tick()
+        if tick is not None and now >= tick:
+            self.log_tick_at = now + LOG_TICK
+            self._look_at_log()
         hang = self._hang_deadline()
         if hang is not None and now >= hang:
-            self._on_hang()
+            self._look_at_log()  # output since the last look moves the deadline
+            hang = self._hang_deadline()
+            if hang is not None and time.monotonic() >= hang:
+                self._on_hang()
 
     def _hang_deadline(self) -> float | None:
         if self.daemon is None or self.state not in (State.STARTING, State.RUNNING):
             return None
         w = self.cfg.watchdog
-        if self.last_progress is None:
-            return self.last_progress_mono + w.startup_grace
-        timeout = w.phase_timeouts.get(self.last_progress.phase, w.progress_timeout)
-        return None if timeout == 0 else self.last_progress_mono + timeout
+        if w.liveness == "off":
+            return None
+        alive = self.last_progress_mono
+        output = self.last_output_mono if self._log_counts() else None
+        if self.last_progress is None and output is None:
+            return alive + w.startup_grace
+        if output is not None:
+            alive = max(alive, output)
+        phase = self.last_progress.phase if self.last_progress is not None else ""
+        timeout = w.phase_timeouts.get(phase, w.progress_timeout)
+        return None if timeout == 0 else alive + timeout
+
+    def _log_tick(self) -> float | None:
+        """Once a second, while a started daemon has shown no sign of life that the log would
+        show (one stat): it turns RUNNING when its first output appears."""
+        if (
+            self.daemon is None
+            or self.state != State.STARTING
+            or self.last_output_mono is not None
+            or not (self._log_counts() or self.cfg.watchdog.progress_regex)
+        ):
+            return None
+        return self.log_tick_at
 
     def _on_hang(self) -> None:
         assert self.daemon is not None
-        if self.last_progress is None:
+        if self.last_output_mono is not None and self._log_counts():
+            idle = time.monotonic() - self.last_output_mono
+            what = f"no new output in the daemon log for {idle:.0f} s"
+        elif self.last_progress is None:
             what = (
                 f"no first progress within startup_grace ({self.cfg.watchdog.startup_grace:.0f} s)"
             )
@@ -811,6 +926,7 @@ class Supervisor:
             return  # before the first state: nothing true to say yet
         d = self.daemon
         p = self.last_progress
+        liveness, note = self._liveness()
         status = WatchdogStatus(
             state=self.state.value,
             watchdog_pid=os.getpid(),
@@ -829,6 +945,8 @@ class Supervisor:
             fatal_reason=self.fatal_reason,
             restart_requests=self.restart_requests,
             reload_note=self.reload_note,
+            liveness=liveness,
+            liveness_note=note,
         )
         self.published_mono = time.monotonic()
         self.last_status = status

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from annotated_types import Ge, Gt, Le, MinLen
 
@@ -133,6 +133,18 @@ def _valid_regexes(value: list[str]) -> list[str]:
     return value
 
 
+def _step_regex(value: str) -> str:
+    if not value:
+        return value
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {value!r}: {exc}") from None
+    if compiled.groups == 0:
+        raise ValueError(f"'{value}' has no group for the step, as in 'step (\\d+)'")
+    return value
+
+
 def _phase_seconds(value: dict[str, float]) -> dict[str, float]:
     for phase, seconds in value.items():
         if seconds < 0:
@@ -162,6 +174,12 @@ class WatchdogSection(_Section):
     state_file: str = "status/watchdog.json"
     # Per-phase hang timeouts in seconds (e.g. eval = 1800); 0 means that phase never hangs.
     phase_timeouts: Annotated[dict[str, float], _Rule(_phase_seconds)] = field(default_factory=dict)
+    # How the trainer shows it is alive: "progress" (the progress file), "log" (new output in
+    # the daemon log), "off" (no hang detection); "auto": the progress file once one appears,
+    # new log output until then.
+    liveness: Literal["auto", "progress", "log", "off"] = "auto"
+    # Reads the step from log lines (its group `step`, else its first group), e.g. 'step (\d+)'.
+    progress_regex: Annotated[str, _Rule(_step_regex)] = ""
 
 
 def _plain_file_names(value: list[str]) -> list[str]:

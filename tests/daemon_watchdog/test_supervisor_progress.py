@@ -11,6 +11,7 @@ import queue
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,26 @@ def test_a_watchdog_dying_just_after_the_spawn_leaves_a_record_its_successor_ado
         assert first.proc is not None and first.proc.poll() is None
     finally:
         successor.jobs.close()
+
+
+def test_liveness_off_never_sets_a_hang_deadline(supervisor: Supervisor) -> None:
+    cfg = supervisor.cfg
+    off = replace(cfg, watchdog=replace(cfg.watchdog, liveness="off"))
+    sup = Supervisor(Workspace(off))
+    sup.next_check = sup.next_prune = math.inf
+    sup._transition(State.STARTING, "test")
+    sup._spawn(None)
+    try:
+        assert sup.daemon is not None and sup._hang_deadline() is None
+        write_progress(sup.ws.progress_file, 3)
+        sup._handle(ev.ProgressChanged())
+        assert sup.state == State.RUNNING and sup._hang_deadline() is None
+        assert (
+            sup.last_status is not None
+            and sup.last_status.liveness == "off: hangs are not detected"
+        )
+    finally:
+        assert sup.daemon is not None and sup.daemon.proc is not None
+        sup.daemon.proc.kill()
+        sup.daemon.proc.wait()
+        sup.jobs.close()
