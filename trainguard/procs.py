@@ -18,29 +18,38 @@ from typing import Any
 
 import psutil
 
+from trainguard.start_ticks import current_boot_id, read_start_ticks
+
 OWNER_ENV = "TRAINGUARD_OWNER"
 """Set in the daemon's environment by its supervisor and inherited by every descendant. No "__"
 in the name: `TRAINGUARD_<SECTION>__<KEY>` variables are config overrides."""
 
 CREATE_TIME_TOLERANCE = 0.005
 """Half of Linux's 0.01 s start-time resolution (1/USER_HZ): absorbs float noise from JSON and
-finer-grained platforms, while start times one tick apart still never match."""
+finer-grained platforms, while start times one tick apart still never match. Used only where
+the kernel's tick count is not known on both sides (see `ProcessIdentity`)."""
+
+_BOOT_ID_MAX = 64
 
 
 @dataclass(frozen=True)
 class ProcessIdentity:
     """What we record about a process we started, so that we can recognise it later.
 
-    `create_time` is psutil's (seconds since the epoch) and `uid` the real uid. On Linux the
-    start time is derived from the kernel's boot time, which moves when the wall clock is
-    stepped: an identity recorded before such a step stops matching, so the process is then
-    treated as gone, never as someone else's (the owner-token sweep still finds it).
+    `uid` is the real uid. The start is recorded twice: `start_ticks` (clock ticks since boot,
+    /proc/PID/stat field 22) with `boot_id` say it in the kernel's terms, which a step of the
+    wall clock (NTP) does not move, and decide whenever both the record and the live process
+    have them; `create_time` (psutil's, seconds since the epoch) is derived from a boot time
+    that does move with the clock, and is the fallback where /proc is missing (macOS) or the
+    record comes from a watchdog that predates the tick count. Those two are None then.
     """
 
     pid: int
     create_time: float
     cmdline: tuple[str, ...]
     uid: int
+    start_ticks: int | None = None
+    boot_id: str | None = None
 
     def __post_init__(self) -> None:
         # pid 0 and negative pids address whole process groups in kill(2): never an identity.
@@ -53,13 +62,16 @@ class ProcessIdentity:
             "create_time": self.create_time,
             "cmdline": list(self.cmdline),
             "uid": self.uid,
+            "start_ticks": self.start_ticks,
+            "boot_id": self.boot_id,
         }
 
     @classmethod
     def from_json(cls, data: object) -> ProcessIdentity:
         """Rebuild an identity from `to_json` output; ValueError on any other shape.
 
-        Unknown keys are ignored so that a newer writer does not lock out an older reader.
+        Unknown keys are ignored so that a newer writer does not lock out an older reader, and
+        `start_ticks` / `boot_id` may be missing or null (an older writer, or no /proc).
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"process identity must be an object, got {type(data).__name__}")
@@ -87,11 +99,36 @@ class ProcessIdentity:
             )
         if not _is_int(uid) or uid < 0:
             raise ValueError(f"process identity: uid must be an integer >= 0, got {uid!r}")
-        return cls(pid=pid, create_time=float(create_time), cmdline=tuple(cmdline), uid=uid)
+        start_ticks, boot_id = data.get("start_ticks"), data.get("boot_id")
+        if start_ticks is not None and (not _is_int(start_ticks) or start_ticks < 0):
+            raise ValueError(
+                f"process identity: start_ticks must be an integer >= 0, got {start_ticks!r}"
+            )
+        if boot_id is not None and not _is_boot_id(boot_id):
+            raise ValueError(f"process identity: boot_id must be a boot id, got {boot_id!r}")
+        return cls(
+            pid=pid,
+            create_time=float(create_time),
+            cmdline=tuple(cmdline),
+            uid=uid,
+            start_ticks=start_ticks,
+            boot_id=boot_id,
+        )
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_boot_id(value: object) -> bool:
+    # The kernel's is a UUID; any short printable word without spaces is accepted, so that a
+    # kernel that spells it otherwise does not make every state file unreadable.
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= _BOOT_ID_MAX
+        and value.isprintable()
+        and not any(ch.isspace() for ch in value)
+    )
 
 
 def identify(pid: int) -> ProcessIdentity | None:
@@ -108,6 +145,8 @@ def identify(pid: int) -> ProcessIdentity | None:
                 create_time=proc.create_time(),
                 cmdline=tuple(proc.cmdline()),
                 uid=proc.uids().real,
+                start_ticks=read_start_ticks(pid),
+                boot_id=current_boot_id(),
             )
         # The pid may have been recycled between the reads above; psutil's own check
         # (pid + boot-relative start time) rules that out.
@@ -125,7 +164,7 @@ def matches(identity: ProcessIdentity, proc: psutil.Process) -> bool:
             same = (
                 proc.is_running()
                 and proc.status() != psutil.STATUS_ZOMBIE
-                and abs(proc.create_time() - identity.create_time) <= CREATE_TIME_TOLERANCE
+                and started_as_recorded(identity, proc)
                 and tuple(proc.cmdline()) == identity.cmdline
                 and proc.uids().real == identity.uid
             )
@@ -133,6 +172,23 @@ def matches(identity: ProcessIdentity, proc: psutil.Process) -> bool:
         return same and proc.is_running()
     except psutil.Error:
         return False
+
+
+def started_as_recorded(identity: ProcessIdentity, proc: psutil.Process) -> bool:
+    """Whether `proc` started when `identity` says, judged so that a clock step changes nothing.
+
+    Recorded in another boot: never (the pid names someone else now). Tick counts known on
+    both sides: they alone decide, exactly. Otherwise psutil's create_time, within a tick.
+    Raises psutil.Error like the psutil calls it makes; it does not check pid or liveness.
+    """
+    boot_id = current_boot_id()
+    if identity.boot_id is not None and boot_id is not None and identity.boot_id != boot_id:
+        return False
+    if identity.start_ticks is not None and identity.boot_id is not None:
+        ticks = read_start_ticks(proc.pid)
+        if ticks is not None and boot_id is not None:
+            return ticks == identity.start_ticks
+    return abs(proc.create_time() - identity.create_time) <= CREATE_TIME_TOLERANCE
 
 
 def locate(identity: ProcessIdentity) -> psutil.Process | None:
@@ -160,7 +216,7 @@ def locate_marked(identity: ProcessIdentity, token: str | None) -> psutil.Proces
         with candidate.oneshot():
             same = (
                 candidate.status() != psutil.STATUS_ZOMBIE
-                and abs(candidate.create_time() - identity.create_time) <= CREATE_TIME_TOLERANCE
+                and started_as_recorded(identity, candidate)
                 and candidate.uids().real == identity.uid
             )
     except psutil.Error:

@@ -12,6 +12,8 @@ from typing import Any
 from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, ScenarioFailed, expect
 from edge_cases.state_file import step_of
+from trainguard.procs import ProcessIdentity, matches
+from trainguard.start_ticks import read_start_ticks
 
 REQUIRED_KEYS = (
     "state",
@@ -86,9 +88,15 @@ def status_file_updates(sb: Sandbox) -> str:
     live = next((p for p in sb.daemons() if p.pid == pid_file), None)
     expect(live is not None, f"no live daemon with pid {pid_file}")
     assert live is not None
+    try:
+        identity = ProcessIdentity.from_json(recorded)
+    except ValueError as exc:
+        raise ScenarioFailed(f"the recorded daemon identity is malformed: {exc}") from None
     expect(
-        recorded.get("cmdline") == live.cmdline()
-        and abs(float(recorded.get("create_time", 0)) - live.create_time()) < 0.01,
+        # The kernel's start tick count is recorded wherever it offers one: a clock step
+        # between recording and adopting must not make the daemon a stranger.
+        matches(identity, live)
+        and (identity.start_ticks is not None or read_start_ticks(live.pid) is None),
         f"the recorded daemon identity does not match the live daemon: {recorded}",
     )
     shown = sb.tool("daemon_watchdog", "status", "--json")

@@ -1,14 +1,17 @@
 """health-check against a real watchdog supervising a real daemon: a healthy run is OK, and
-`--fix` never touches it, even when the daemon's cmdline changed after it was recorded."""
+`--fix` never touches it, even when the daemon's cmdline changed after it was recorded or the
+wall clock was stepped since."""
 
 from __future__ import annotations
 
 import json
 import signal
 
+import psutil
 import pytest
 
 from health_check.cli import main
+from tests.daemon_watchdog.test_clock_step_e2e import STEP_S, kill_leftovers, shift_recorded_starts
 from tests.daemon_watchdog.test_supervisor_e2e import Run, _running_past, run
 from tests.polling import wait_until
 
@@ -80,3 +83,33 @@ def test_a_restarted_watchdog_adopts_a_daemon_whose_cmdline_changed(run: Run) ->
     wait_until(lambda: len(run.daemon_tree()) == 2, message="one daemon and one worker")
     # Recorded anew at adoption: the identity names what the process runs now.
     assert "daemon_watchdog.example.daemon" in adopted["daemon"]["cmdline"]
+
+
+def test_fix_leaves_a_supervised_daemon_alone_across_a_clock_step(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cron's `health-check --fix` after NTP stepped the clock: the daemon and the watchdog
+    are still the processes the state file records, not orphans and not gone."""
+    watchdog = run.start()
+    status = run.wait_for(_running_past(10), "training past step 10")
+    daemon = psutil.Process(status["daemon_pid"])
+    tree = run.daemon_tree()
+    watchdog.send_signal(signal.SIGSTOP)  # frozen, so that it does not rewrite the state file
+    try:
+        wait_until(
+            lambda: psutil.Process(watchdog.pid).status() == psutil.STATUS_STOPPED,
+            message="the watchdog frozen",
+        )
+        shift_recorded_starts(run, STEP_S)
+
+        checks = health(run, capsys, "--only", "orphans,daemon", "--fix")
+
+        assert checks["daemon"]["status"] == "OK", checks["daemon"]
+        assert checks["orphans"]["status"] == "OK", checks["orphans"]
+        assert checks["orphans"]["fix"] is None and checks["daemon"]["fix"] is None
+        assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree)
+        assert (run.base / ".daemon.pid").read_text().split() == [str(daemon.pid)]
+    finally:
+        watchdog.send_signal(signal.SIGCONT)
+        run.stop_all()
+        kill_leftovers(tree)

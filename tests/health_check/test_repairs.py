@@ -132,8 +132,9 @@ def test_reused_pid_is_reported_and_never_signalled(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     stranger, me = idle
-    # The watchdog recorded a daemon with this pid that started long before the stranger.
-    recorded = {**me.to_json(), "create_time": me.create_time - 1000}
+    # The watchdog recorded a daemon with this pid that started long before the stranger
+    # (at boot, as the kernel counts it).
+    recorded = {**me.to_json(), "create_time": me.create_time - 1000, "start_ticks": 0}
     example.record(daemon=recorded, owner_token="t0ken", watchdog=None)
     (example.base / ".daemon.pid").write_text(f"{stranger.pid}\n")
 

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -31,13 +31,16 @@ from trainguard.procs import (
     identify,
     is_ours,
     locate,
+    locate_marked,
     matches,
     still_running,
 )
+from trainguard.start_ticks import current_boot_id
 
 CHILDREN = Path(__file__).resolve().parent.parent / "children"
 TOKEN = "test-owner-token"
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 
 class Children:
@@ -114,9 +117,10 @@ def start_ready(
     *,
     token: str | None = None,
     new_session: bool = False,
+    args: Sequence[object] = (),
 ) -> tuple[int, Path]:
     ready = Path(f"{name}.ready")
-    popen = children.start(script, ready, token=token, new_session=new_session)
+    popen = children.start(script, ready, *args, token=token, new_session=new_session)
     assert ready_pid(ready) == popen.pid
     return popen.pid, ready
 
@@ -221,10 +225,129 @@ def test_a_later_process_with_the_same_command_does_not_match(children: Children
     assert not matches(dataclasses.replace(early, pid=late.pid), psutil.Process(late.pid))
 
 
+OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
+
+
+StepClock = Callable[[float], None]
+
+
+@pytest.fixture
+def step_clock(monkeypatch: pytest.MonkeyPatch) -> StepClock:
+    """Make psutil's create_time read as it does after the wall clock was stepped (NTP).
+
+    On Linux psutil adds the boot time from /proc/stat, which moves with such a step, to the
+    kernel's tick count, which does not; only that addition is shifted here, never the clock.
+    """
+    create_time = psutil.Process.create_time
+
+    def step(seconds: float) -> None:
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: create_time(self) + seconds)
+
+    return step
+
+
+def recorded(pid: int) -> ProcessIdentity:
+    """`pid`'s identity as a watchdog stored it in its state file and a later one reads it."""
+    identity = identify(pid)
+    assert identity is not None
+    return ProcessIdentity.from_json(json.loads(json.dumps(identity.to_json())))
+
+
+@needs_proc
+def test_identify_records_the_kernels_start_ticks_and_boot_id(children: Children) -> None:
+    pid, _ = start_ready(children, "sleeper.py", "child")
+    identity = recorded(pid)
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    assert identity.start_ticks == int(stat.rsplit(")", 1)[1].split()[19])
+    assert identity.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+@needs_proc
+def test_a_clock_step_after_recording_leaves_a_live_process_ours(
+    children: Children, step_clock: StepClock
+) -> None:
+    pid, _ = start_ready(children, "sleeper.py", "child", token=TOKEN)
+    identity = recorded(pid)
+    step_clock(7.0)
+    assert abs(psutil.Process(pid).create_time() - identity.create_time - 7.0) < 0.01
+
+    assert matches(identity, psutil.Process(pid))
+    assert still_running(identity)
+    assert (found := locate(identity)) is not None and found.pid == pid
+    assert (marked := locate_marked(identity, TOKEN)) is not None and marked.pid == pid
+    again = identify(pid)  # recorded anew after the step: the kernel's part is unchanged
+    assert again is not None and again.start_ticks == identity.start_ticks
+
+
+@needs_proc
+def test_a_clock_step_does_not_make_a_later_process_match(
+    children: Children, step_clock: StepClock
+) -> None:
+    # The step lends the newcomer a create_time near the recorded one; the ticks still differ.
+    first, _ = start_ready(children, "sleeper.py", "first")
+    second, _ = start_ready(children, "sleeper.py", "second")
+    early, late = recorded(first), recorded(second)
+    assert early.start_ticks is not None and late.start_ticks is not None
+    if early.start_ticks == late.start_ticks:
+        pytest.skip("both children started within one clock tick")
+    step_clock(early.create_time - late.create_time)
+    assert abs(psutil.Process(second).create_time() - early.create_time) < 0.01
+    forged = dataclasses.replace(early, pid=second, cmdline=late.cmdline)
+    assert not matches(forged, psutil.Process(second))
+
+
+@needs_proc
+def test_an_identity_recorded_in_another_boot_is_never_ours(children: Children) -> None:
+    pid, _ = start_ready(children, "sleeper.py", "child", token=TOKEN)
+    identity = recorded(pid)
+    assert current_boot_id() not in (None, OTHER_BOOT)
+    # Same pid, start ticks, create_time, cmdline and uid, and our token: still another boot's.
+    other = dataclasses.replace(identity, boot_id=OTHER_BOOT)
+    assert not matches(other, psutil.Process(pid))
+    assert locate(other) is None
+    assert locate_marked(other, TOKEN) is None
+    assert stop_process_tree(other, timeout=1).already_gone == (pid,)
+    assert alive(pid)
+
+
+def test_an_identity_from_an_older_watchdog_still_matches_by_create_time(
+    children: Children,
+) -> None:
+    pid, _ = start_ready(children, "sleeper.py", "child")
+    old = {k: v for k, v in identify_json(pid).items() if k not in ("start_ticks", "boot_id")}
+    identity = ProcessIdentity.from_json(old)
+    assert identity.start_ticks is None and identity.boot_id is None
+    assert matches(identity, psutil.Process(pid))
+
+
+def identify_json(pid: int) -> dict[str, object]:
+    identity = identify(pid)
+    assert identity is not None
+    return identity.to_json()
+
+
+def _ticks(identity: ProcessIdentity, delta: int) -> ProcessIdentity:
+    assert identity.start_ticks is not None
+    return dataclasses.replace(identity, start_ticks=identity.start_ticks + delta)
+
+
+def _legacy(identity: ProcessIdentity, create_time_delta: float) -> ProcessIdentity:
+    """As an older watchdog recorded it (no tick count): create_time decides."""
+    return dataclasses.replace(
+        identity,
+        create_time=identity.create_time + create_time_delta,
+        start_ticks=None,
+        boot_id=None,
+    )
+
+
 TAMPERINGS = {
-    "start+1s": lambda i: dataclasses.replace(i, create_time=i.create_time + 1.0),
-    "start+1tick": lambda i: dataclasses.replace(i, create_time=i.create_time + 0.01),
-    "start-1tick": lambda i: dataclasses.replace(i, create_time=i.create_time - 0.01),
+    "ticks+1": lambda i: _ticks(i, 1),
+    "ticks-1": lambda i: _ticks(i, -1),
+    "other-boot": lambda i: dataclasses.replace(i, boot_id="0" * 8 + "-0000-4000-8000-" + "0" * 12),
+    "legacy-start+1s": lambda i: _legacy(i, 1.0),
+    "legacy-start+1tick": lambda i: _legacy(i, 0.01),
+    "legacy-start-1tick": lambda i: _legacy(i, -0.01),
     "cmdline": lambda i: dataclasses.replace(i, cmdline=(*i.cmdline[:-1], "other.ready")),
     "uid": lambda i: dataclasses.replace(i, uid=i.uid + 1),
 }
@@ -293,6 +416,15 @@ GOOD = {"pid": 1234, "create_time": 1.7e9, "cmdline": ["python3", "train.py"], "
         {**GOOD, "cmdline": ["python3", 7]},
         {**GOOD, "uid": None},
         {**GOOD, "uid": -1},
+        {**GOOD, "start_ticks": "901381"},
+        {**GOOD, "start_ticks": -1},
+        {**GOOD, "start_ticks": True},
+        {**GOOD, "start_ticks": 901381.0},
+        {**GOOD, "boot_id": 7},
+        {**GOOD, "boot_id": ""},
+        {**GOOD, "boot_id": "two words"},
+        {**GOOD, "boot_id": "x" * 65},
+        {**GOOD, "boot_id": ["00000000-0000-4000-8000-000000000000"]},
     ],
 )
 def test_from_json_rejects_garbage(data: object) -> None:
@@ -303,6 +435,23 @@ def test_from_json_rejects_garbage(data: object) -> None:
 def test_from_json_accepts_integral_times_and_ignores_unknown_keys() -> None:
     identity = ProcessIdentity.from_json({**GOOD, "create_time": 1_700_000_000, "note": "x"})
     assert identity == ProcessIdentity(1234, 1.7e9, ("python3", "train.py"), 1000)
+
+
+@pytest.mark.parametrize(
+    "kernel", [{}, {"start_ticks": None, "boot_id": None}], ids=["older-writer", "no-proc"]
+)
+def test_from_json_accepts_an_identity_without_the_kernels_start(
+    kernel: dict[str, None],
+) -> None:
+    identity = ProcessIdentity.from_json({**GOOD, **kernel})
+    assert (identity.start_ticks, identity.boot_id) == (None, None)
+
+
+def test_from_json_reads_the_kernels_start() -> None:
+    data = {**GOOD, "start_ticks": 901381, "boot_id": OTHER_BOOT}
+    identity = ProcessIdentity.from_json(data)
+    assert (identity.start_ticks, identity.boot_id) == (901381, OTHER_BOOT)
+    assert identity.to_json() == data
 
 
 # --- ownership --------------------------------------------------------------------------------
@@ -430,7 +579,7 @@ def test_stop_process_tree_leaves_a_mismatched_identity_alone(children: Children
     pid, _ = start_ready(children, "sleeper.py", "child", new_session=True)
     identity = identify(pid)
     assert identity is not None
-    forged = dataclasses.replace(identity, create_time=identity.create_time + 1.0)
+    forged = _ticks(identity, 1)
     report = stop_process_tree(forged, timeout=1)
     assert report.already_gone == (pid,)
     assert report.exited == report.killed == ()
