@@ -647,7 +647,10 @@ class Supervisor:
             else diagnose_crash(self.ws, self.scanner, code, how, since=daemon.log_offset)
         )
         self.diagnosed = True
-        occurrence = f"daemon-watchdog:{daemon.pid}:{daemon.identity.create_time}"
+        # pid and kernel start time (ticks since boot): one crash, one record, even if the clock
+        # was stepped or another watchdog recorded the same daemon's crash.
+        started = daemon.identity.start_ticks or daemon.identity.create_time
+        occurrence = f"daemon-watchdog:{daemon.pid}:{started}"
         record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code)
         refused = None
         if not hang and daemon.resumed_from is not None and self.last_progress is None:
