@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,10 @@ class Sandbox:
     def create(self, **job: Any) -> None:
         """`daemon-watchdog init`, then fast watchdog settings and the job's knobs."""
         self.create_at(self.base, **job)
-        self.configure("watchdog", **FAST_WATCHDOG)
+        # Scenarios run side by side, maybe beside real training: each sandbox's health-check
+        # considers only the train.py processes under its own folder.
+        mine = re.escape(f"{self.root}/") + r".*train\.py"
+        self.configure("watchdog", **FAST_WATCHDOG, orphan_patterns=[mine])
         self.configure("daemon", **FAST_DAEMON)
 
     def create_at(self, where: Path, **job: Any) -> None:

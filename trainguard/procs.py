@@ -226,14 +226,17 @@ def locate_marked(identity: ProcessIdentity, token: str | None) -> psutil.Proces
 
 def has_owner_mark(proc: psutil.Process, token: str) -> bool:
     """Whether `proc` inherited our owner token; an empty token proves nothing and never matches."""
-    if not token:
-        return False
+    return bool(token) and owner_token(proc) == token
+
+
+def owner_token(proc: psutil.Process) -> str | None:
+    """The owner token in `proc`'s environment (any watchdog's); None if none or unreadable."""
     try:
-        marked = proc.environ().get(OWNER_ENV) == token
+        token = proc.environ().get(OWNER_ENV)
         # environ() reads by pid: make sure it was not a recycled pid's environment.
-        return marked and proc.is_running()
+        return token if token and proc.is_running() else None
     except psutil.Error:
-        return False
+        return None
 
 
 def is_ours(proc: psutil.Process, token: str, *, uid: int | None = None) -> bool:

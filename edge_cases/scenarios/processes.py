@@ -15,6 +15,8 @@ from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 from trainguard.procs import OWNER_ENV
 
+NAGIOS_WARNING = 1
+
 
 def orphan_worker_cleanup(sb: Sandbox) -> str:
     sb.create()
@@ -48,12 +50,13 @@ def _bystander_script(sb: Sandbox) -> Path:
     return script
 
 
-def _fix_then_stop(sb: Sandbox, checks: str) -> None:
+def _fix_then_stop(sb: Sandbox, checks: str, *, code: int = 0) -> None:
     """What an operator's cron and hands do next: `health-check --fix`, then a stop."""
     fixed = sb.tool("health_check", "--only", checks, "--fix", "--quiet")
     expect(
-        fixed.returncode == 0,
-        f"health-check --fix exit {fixed.returncode}: {fixed.stdout.strip()}; {sb.describe()}",
+        fixed.returncode == code,
+        f"health-check --fix exit {fixed.returncode}, not {code}: {fixed.stdout.strip()}; "
+        f"{sb.describe()}",
     )
     stop = sb.tool("daemon_watchdog", "stop")
     expect(stop.returncode == 0, f"daemon-watchdog stop exit {stop.returncode}: {stop.stderr}")
@@ -70,10 +73,19 @@ def unrelated_process_untouched(sb: Sandbox) -> str:
     sb.wait_running(past_step=5)
     sb.signal_daemon(signal.SIGKILL)
     sb.wait_running(restarts=1)
-    _fix_then_stop(sb, "orphans,daemon")
+    code, report = sb.tool_json("health_check", "--only", "orphans")
+    summary = str(report.get("checks", [{}])[0].get("summary"))
+    expect(code == NAGIOS_WARNING, f"health-check orphans exit {code}, not 1: {summary}")
+    for name, proc in (("plain train.py", plain), ("train.py with a foreign token", foreign)):
+        expect(f"pid {proc.pid} (" in summary, f"the unrelated {name} is not reported: {summary}")
+    # The suspects make it a WARNING still after the repair: they are reported, never stopped.
+    _fix_then_stop(sb, "orphans,daemon", code=NAGIOS_WARNING)
     for name, proc in (("plain train.py", plain), ("train.py with a foreign token", foreign)):
         expect(proc.poll() is None, f"the unrelated {name} was killed (exit {proc.returncode})")
-    return "an unrelated train.py and another run's worker survived crash, --fix and stop"
+    return (
+        "an unrelated train.py and another run's worker were reported by health-check "
+        "orphans and survived crash, --fix and stop"
+    )
 
 
 def stale_pid_reuse(sb: Sandbox) -> str:
@@ -123,7 +135,8 @@ SCENARIOS = (
         name="unrelated_process_untouched",
         summary="look-alike processes of ours that the watchdog cannot prove its own survive",
         fault="an unrelated train.py and one with another run's owner token, daemon SIGKILLed",
-        expected="both survive the crash recovery, health-check --fix and daemon-watchdog stop",
+        expected="health-check orphans reports both (WARNING); both survive the crash recovery, "
+        "health-check --fix and daemon-watchdog stop",
         deadline=45,
         run=unrelated_process_untouched,
     ),

@@ -8,7 +8,7 @@ where the newer one is missing from pynvml or the driver.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from health_check.checks.gpu_model import Finding, GpuReading, VendorScan
@@ -35,6 +35,18 @@ class _Lost(Exception):
 
 def read_nvidia(nvml: Any | None) -> VendorScan:
     """Every NVIDIA GPU NVML sees; `nvml` is the pynvml module (None: import it now)."""
+    return _session(nvml, _read_device)
+
+
+def read_nvidia_processes(nvml: Any | None) -> VendorScan:
+    """Only the processes on each NVIDIA GPU and the memory each holds: a few calls per GPU."""
+    return _session(nvml, _read_device_processes)
+
+
+_DeviceReader = Callable[[Any, int, GpuReading], None]
+
+
+def _session(nvml: Any | None, read: _DeviceReader) -> VendorScan:
     if nvml is None:
         try:
             import pynvml
@@ -50,7 +62,7 @@ def read_nvidia(nvml: Any | None) -> VendorScan:
         scan.findings.append(_init_failure(exc))
         return scan
     try:
-        return _scan(nvml)
+        return _scan(nvml, read)
     finally:
         nvml.nvmlShutdown()  # NVML counts inits: every successful one needs its shutdown
 
@@ -61,7 +73,7 @@ def _init_failure(exc: Exception) -> Finding:
     return Finding(Status.CRITICAL, f"NVML cannot start: {exc}")
 
 
-def _scan(nvml: Any) -> VendorScan:
+def _scan(nvml: Any, read: _DeviceReader) -> VendorScan:
     scan = VendorScan("nvidia", present=True)
     try:
         count = int(nvml.nvmlDeviceGetCount())
@@ -71,7 +83,7 @@ def _scan(nvml: Any) -> VendorScan:
     for index in range(count):
         reading = GpuReading(index, "nvidia")
         try:
-            _read_device(nvml, index, reading)
+            read(nvml, index, reading)
         except _Lost as exc:
             reading.add(Status.CRITICAL, f"GPU lost: {exc} (reset or reboot; check Xid 79)")
         scan.gpus.append(reading)
@@ -104,6 +116,14 @@ def _read_device(nvml: Any, index: int, reading: GpuReading) -> None:
             reading.add(Status.WARNING, f"clocks slowed: {', '.join(slowed)}")
     idle = reasons is not None and bool(int(reasons) & nvml.nvmlClocksThrottleReasonGpuIdle)
     _read_pcie(nvml, handle, reading, idle=idle)
+    _read_processes(nvml, handle, reading)
+
+
+def _read_device_processes(nvml: Any, index: int, reading: GpuReading) -> None:
+    handle = _call(nvml, reading, "handle", ["nvmlDeviceGetHandleByIndex"], index)
+    if handle is None:
+        reading.add(Status.CRITICAL, "NVML gives no handle for it")
+        return
     _read_processes(nvml, handle, reading)
 
 

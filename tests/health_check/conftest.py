@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from daemon_watchdog.workspace_init import init_workspace
+from edge_cases.toml_keys import set_toml_key
 from health_check.cli import main
 from tests.polling import wait_until
 from trainguard.atomicio import write_json_atomic
@@ -77,7 +79,15 @@ def idle(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], ProcessIdent
 def example(tmp_path: Path) -> Example:
     base = tmp_path / "ws"
     config = init_workspace(base, job={"total_steps": 40, "save_steps": 10, "step_seconds": 0.01})
+    scope_orphan_patterns(Path(config), tmp_path)
     return Example(base, Path(config))
+
+
+def scope_orphan_patterns(config: Path, folder: Path) -> None:
+    """Make the config's orphan_patterns match only a `train.py` under `folder`: a test must not
+    see the machine's own training, nor another test run's."""
+    mine = re.escape(f"{folder}/") + r".*train\.py"
+    config.write_text(set_toml_key(config.read_text(), "watchdog", "orphan_patterns", [mine]))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from health_check.cli import main
 from tests.daemon_watchdog.test_clock_step_e2e import STEP_S, kill_leftovers, shift_recorded_starts
 from tests.daemon_watchdog.test_supervisor_e2e import Run, _running_past, run
+from tests.health_check.conftest import scope_orphan_patterns
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -49,6 +50,7 @@ def test_fix_leaves_a_healthy_run_alone_though_its_daemon_execd(
     run: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
     use_wrapper(run)
+    scope_orphan_patterns(run.config, run.base.parent)
     run.start()
     status = run.wait_for(_running_past(15), "training past step 15")
     daemon = status["daemon_pid"]
