@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from crash_detector.oom_counters import OomSnapshot
 from daemon_watchdog import events as ev
 from daemon_watchdog.checkpoint_jobs import CheckpointJobs
 from daemon_watchdog.checkpoint_refusal import CheckpointRefusal
@@ -99,6 +100,7 @@ class Supervisor:
         self._scanner: Scanner | None = None  # loaded once the daemon has started
         self.state: State | None = None
         self.daemon: DaemonHandle | None = None
+        self.oom_before: OomSnapshot | None = None  # the daemon's OOM-kill counters at its start
         self.last_progress: Progress | None = None
         self.last_progress_mono = 0.0
         self.last_progress_at: str | None = None
@@ -229,6 +231,7 @@ class Supervisor:
         adopted = adopt(self.ws, previous)
         if adopted is not None:
             self.daemon = adopted
+            self.oom_before = OomSnapshot.read_for(adopted.pid)
             self._restore(previous or {})
             watch_adopted(adopted.pid, lambda: self.events.put(ev.AdoptedExited(adopted.pid)))
             self._transition(State.STARTING, "adopted the running daemon")
@@ -314,6 +317,7 @@ class Supervisor:
             # progress file, what it holds is history, not this daemon's first progress.
             self.stale_progress = _stamp(self.ws.progress_file)
             self.daemon = spawn(self.ws, checkpoint=path, token=new_token(), started_at=utc_now())
+            self.oom_before = OomSnapshot.read_for(self.daemon.pid)
         except SpawnError as exc:
             self._cannot_start(str(exc))
             return
@@ -467,7 +471,14 @@ class Supervisor:
         diagnosis = (
             diagnose_hang(how)
             if hang
-            else diagnose_crash(self.ws, self.scanner, code, how, since=daemon.log_offset)
+            else diagnose_crash(
+                self.ws,
+                self.scanner,
+                code,
+                how,
+                since=daemon.log_offset,
+                oom_before=self.oom_before,
+            )
         )
         self.diagnosed = True
         occurrence = f"daemon-watchdog:{daemon.pid}:{daemon.identity.create_time}"
@@ -479,6 +490,7 @@ class Supervisor:
                 category=diagnosis.category,
                 evidence=diagnosis.evidence,
                 last_lines=diagnosis.last_lines,
+                killed=diagnosis.killed,
             )
             if why is not None:
                 why = f"the trainer could not resume from it ({why}): {diagnosis.reason}"
