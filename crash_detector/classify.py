@@ -21,18 +21,22 @@ from crash_detector.scanner import Match, Scanner
 BLOCK_GAP = 200  # lines: a restart and hours of training in between make two crashes
 SURVIVAL_LINES = 20  # lines after a block, one of them progress, that make it survived
 
+# SIGKILL alone is no evidence of an OOM kill (an operator's kill -9, a scheduler, a userspace
+# OOM daemon send it too): it stays `unknown` unless a line says more ("Killed", an OOM-kill line).
 _SIGNAL_CATEGORY = {
-    signal.SIGKILL: "host_oom",
+    signal.SIGKILL: "unknown",
     signal.SIGSEGV: "segfault",
     signal.SIGBUS: "segfault",
     signal.SIGABRT: "segfault",
     signal.SIGILL: "segfault",
     signal.SIGFPE: "segfault",
 }
+SIGKILL_RULE = "exit_status.sigkill"
 _SIGNAL_SUGGESTION = {
-    "host_oom": "Killed by SIGKILL with no error of its own: usually the kernel OOM killer. "
-    "Check `dmesg -T | grep -i -e oom -e killed`; lower batch size, dataloader workers or "
-    "prefetching, or give the job more RAM.",
+    "unknown": "Killed by SIGKILL, with no error of its own and no OOM evidence in the log: the "
+    "kernel OOM killer (look for its pid in `dmesg -T | grep -i -e oom -e killed` or "
+    "`journalctl -k | grep -i oom`), a cgroup or container memory limit, a userspace OOM daemon "
+    "(systemd-oomd, earlyoom), a scheduler, or someone's kill -9.",
     "segfault": "A native crash (signal) without a Python error: run with PYTHONFAULTHANDLER=1 "
     "to get a stack, and check that CUDA, driver, NCCL and extension builds match.",
 }

@@ -13,7 +13,15 @@ from typing import Any
 
 from crash_detector import report
 from crash_detector.detect import Detection, detect, log_files
-from crash_detector.history import Recurring, append_new, read_history, recurring, to_record
+from crash_detector.history import (
+    RecordedCrash,
+    Recurring,
+    append_new,
+    read_history,
+    recurring,
+    to_record,
+    watchdog_crashes,
+)
 from crash_detector.rules import load_rules
 from crash_detector.scanner import ENGINES, Scanner
 from trainguard.argparsing import base_parser, run_cli
@@ -23,6 +31,7 @@ from trainguard.workspace import Workspace
 
 PROG = "crash-detector"
 MAX_WINDOW_HOURS = 24 * 366 * 10  # ten years: `now - window` must stay a valid date
+RECORDED_SHOWN = 10  # the watchdog's newest crashes shown next to what the logs say
 
 
 def _positive(text: str) -> int:
@@ -83,24 +92,27 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     detection = detect(files, scanner, last_n_lines=args.last_n_lines, exit_code=args.exit_code)
     history: dict[str, Any] | None = None
     found_recurring: list[Recurring] = []
+    recorded: list[RecordedCrash] | None = None  # what the watchdog recorded: with a config only
     if has_config:
-        history, found_recurring = _update_history(workspace.crash_history, detection, args)
+        history, found_recurring, recorded = _update_history(
+            workspace.crash_history, detection, args
+        )
     if args.json:
-        print(report.to_json(detection, found_recurring, history))
+        print(report.to_json(detection, found_recurring, history, recorded))
     elif args.quiet:
         print(f"{PROG}: {report.one_line(detection, found_recurring)}")
     else:
         from rich.console import Console
 
         console = Console(highlight=False, soft_wrap=True, emoji=False)
-        report.render_text(detection, found_recurring, console)
+        report.render_text(detection, found_recurring, console, recorded or ())
     return 1 if detection.result.primary is not None else 0
 
 
 def _update_history(
     path: Path, detection: Detection, args: argparse.Namespace
-) -> tuple[dict[str, Any], list[Recurring]]:
-    """Append the crashes and read recurring ones back.
+) -> tuple[dict[str, Any], list[Recurring], list[RecordedCrash]]:
+    """Append the crashes, and read back recurring ones and those the watchdog recorded.
 
     Survived errors are recorded too (marked so): an OOM that training outlived, or that a
     restart recovered from, is still worth counting when it keeps coming back.
@@ -117,13 +129,14 @@ def _update_history(
     try:
         history["added"] = 0 if args.no_history else len(append_new(path, records))
         window = timedelta(hours=args.recurring_window)
-        found = recurring(read_history(path), window=window, min_count=args.recurring_min)
+        records = read_history(path)
     except OSError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         print(f"{PROG}: warning: crash history {path}: {reason}", file=sys.stderr)
         history["error"] = reason
-        return history, []
-    return history, found
+        return history, [], []
+    found = recurring(records, window=window, min_count=args.recurring_min)
+    return history, found, watchdog_crashes(records, limit=RECORDED_SHOWN)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,6 +134,38 @@ def _parse(lines: Iterable[bytes]) -> list[dict[str, Any]]:
     return records
 
 
+WATCHDOG_SOURCE = "daemon-watchdog"  # the `source` of the records the watchdog appends
+
+
+@dataclass(frozen=True)
+class RecordedCrash:
+    """A crash as the watchdog diagnosed it when it happened (exit status, kernel log, log)."""
+
+    at: str
+    category: str
+    reason: str
+    exit_code: int | None
+    text: str  # the evidence that decided it
+    retryable: bool
+
+
+def watchdog_crashes(records: Sequence[dict[str, Any]], *, limit: int) -> list[RecordedCrash]:
+    """The newest `limit` crashes the watchdog recorded, oldest first."""
+    found = [
+        RecordedCrash(
+            at=str(record.get("at", "")),
+            category=str(record.get("category", "unknown")),
+            reason=str(record.get("reason", "")),
+            exit_code=code if isinstance(code := record.get("exit_code"), int) else None,
+            text=str(record.get("text", "")),
+            retryable=record.get("retryable") is not False,
+        )
+        for record in records
+        if record.get("source") == WATCHDOG_SOURCE
+    ]
+    return found[-limit:] if limit > 0 else []
+
+
 @dataclass(frozen=True)
 class Recurring:
     fingerprint: str

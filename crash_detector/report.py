@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from crash_detector.classify import Crash, Finding
 from crash_detector.detect import Detection
-from crash_detector.history import Recurring
+from crash_detector.history import RecordedCrash, Recurring
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -38,7 +38,10 @@ def crash_json(crash: Crash) -> dict[str, Any]:
 
 
 def to_json(
-    detection: Detection, recurring: Sequence[Recurring], history: dict[str, Any] | None
+    detection: Detection,
+    recurring: Sequence[Recurring],
+    history: dict[str, Any] | None,
+    recorded: Sequence[RecordedCrash] | None = None,
 ) -> str:
     result = detection.result
     return json.dumps(
@@ -57,6 +60,7 @@ def to_json(
                 for s in detection.files
             ],
             "history": history,
+            "recorded": None if recorded is None else [r.__dict__ for r in recorded],
         },
         indent=2,
     )
@@ -86,7 +90,12 @@ def one_line(detection: Detection, recurring: Sequence[Recurring]) -> str:
     return line
 
 
-def render_text(detection: Detection, recurring: Sequence[Recurring], console: Console) -> None:
+def render_text(
+    detection: Detection,
+    recurring: Sequence[Recurring],
+    console: Console,
+    recorded: Sequence[RecordedCrash] = (),
+) -> None:
     from rich.markup import escape  # rich costs ~50 ms to import: only for human output
 
     result = detection.result
@@ -113,3 +122,16 @@ def render_text(detection: Detection, recurring: Sequence[Recurring], console: C
             f"{escape(item.first_at)}: {escape(item.text[:200])}"
         )
     console.print(escape(one_line(detection, recurring)))
+    if recorded:
+        console.print(
+            "[cyan]recorded by the watchdog[/] when the daemon died (exit status, kernel log, OOM "
+            "counters and log), newest last:"
+        )
+    for entry in recorded:
+        code = "-" if entry.exit_code is None else str(entry.exit_code)
+        console.print(
+            f"  {escape(entry.at)}  [bold]{escape(entry.category)}[/]  exit {code}  "
+            f"{escape(entry.reason[:300])}"
+        )
+        if entry.text and entry.text != entry.reason:
+            console.print(f"    {escape(entry.text[:300])}", style="dim")

@@ -32,9 +32,18 @@ class CheckpointRefusal:
     reset = progressed
 
     def judge(
-        self, checkpoint: str, *, category: str, evidence: str, last_lines: str
+        self,
+        checkpoint: str,
+        *,
+        category: str,
+        evidence: str,
+        last_lines: str,
+        killed: bool = False,
     ) -> str | None:
         """Why `checkpoint` should be quarantined after a crash before any progress, or None.
+
+        A SIGKILL the trainer did not cause itself (`killed`: no error in its output) says
+        nothing against the checkpoint, however often it comes.
 
         It is refused when the crash (its traceback) names it, or is the second in a row on it;
         a corrupt-file error that does not name it may be about another file (the base model).
@@ -42,7 +51,7 @@ class CheckpointRefusal:
         trainer, not its checkpoints, is at fault, and refusing on would quarantine every
         checkpoint and end in a start from scratch.
         """
-        if category in NOT_THE_CHECKPOINT or self._refused:
+        if category in NOT_THE_CHECKPOINT or killed or self._refused:
             return None
         deaths = self._deaths.get(checkpoint, 0) + 1
         self._deaths[checkpoint] = deaths

@@ -84,6 +84,7 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]]) -> int:
     crash = status.restarts[0]
     orphans_alive = [w.pid for w in workers if _alive(w)]
     print(f"3. detected at once: {crash.reason} (category {crash.category})")
+    print(f"   evidence: {crash.evidence}")
     print(f"   suggestion: {crash.suggestion}")
     verdict = "yes" if not orphans_alive else "NO"
     print(f"4. orphaned worker(s) {[w.pid for w in workers]} stopped: {verdict}")

@@ -12,8 +12,10 @@ import subprocess
 from contextlib import suppress
 from dataclasses import dataclass
 
-from crash_detector.classify import Crash, Finding, classify_text
-from crash_detector.history import append_new, to_record
+from crash_detector.classify import SIGKILL_RULE, Crash, Finding, classify_text
+from crash_detector.history import WATCHDOG_SOURCE, append_new, to_record
+from crash_detector.oom_counters import OomSnapshot
+from crash_detector.oom_evidence import look_for_oom_kill
 from crash_detector.rules import load_rules
 from crash_detector.scanner import NotCached, Scanner
 from crash_detector.tail import last_lines
@@ -27,6 +29,7 @@ LAST_LINES_KEPT = 40  # where the crash is looked for: does it name the checkpoi
 CRASH_LINES_WITHOUT_TRACEBACK = 3
 DB_BUILD_TIMEOUT = 120.0  # seconds for a child to compile the rules (~0.5 s usually)
 
+OOM_KILLER_RULE = "host_oom.kernel_oom_killer"  # whose suggestion fits an OOM kill the kernel saw
 HANG_SUGGESTION = (
     "The trainer stopped reporting progress. The incident file under status/incidents/ shows "
     "where each process was stuck (a collective, data loading, I/O); raise "
@@ -42,6 +45,7 @@ class Diagnosis:
     suggestion: str
     evidence: str  # the log line that decided it, if any
     last_lines: str = ""  # the crash at the end of this daemon's output: its traceback
+    killed: bool = False  # SIGKILLed with no error of its own: nothing the trainer did
 
 
 def load_scanner() -> Scanner:
@@ -80,10 +84,20 @@ def diagnose_hang(reason: str) -> Diagnosis:
 
 
 def diagnose_crash(
-    ws: Workspace, scanner: Scanner, exit_code: int | None, how: str, *, since: int = 0
+    ws: Workspace,
+    scanner: Scanner,
+    exit_code: int | None,
+    how: str,
+    *,
+    since: int = 0,
+    oom_before: OomSnapshot | None = None,
 ) -> Diagnosis:
     """Classify the end of the daemon's log from offset `since` (where this daemon's output
-    began: an earlier run's error above it is not this crash), with its exit status."""
+    began: an earlier run's error above it is not this crash), with its exit status.
+
+    A SIGKILL the log says nothing about is host_oom only if the kernel log or the OOM-kill
+    counters, read against `oom_before` (taken when the daemon started), show an OOM kill.
+    """
     lines = _log_tail(ws, since)
     result = classify_text(b"\n".join(lines), exit_code=exit_code, scanner=scanner)
     last = _crash_block(lines[-LAST_LINES_KEPT:]).decode("utf-8", "replace")
@@ -92,6 +106,8 @@ def diagnose_crash(
         return Diagnosis(
             "unknown", True, f"daemon {how}", "Read the end of the daemon log.", "", last
         )
+    if primary.rule == SIGKILL_RULE:
+        return _diagnose_sigkill(scanner, primary, how, last, oom_before)
     return Diagnosis(
         primary.category,
         primary.retryable,
@@ -99,6 +115,32 @@ def diagnose_crash(
         primary.suggestion,
         primary.text,
         last,
+    )
+
+
+def _diagnose_sigkill(
+    scanner: Scanner, sigkill: Finding, how: str, last: str, before: OomSnapshot | None
+) -> Diagnosis:
+    """A SIGKILL and nothing in the log: host_oom with the kernel's word for it, else unknown."""
+    evidence = look_for_oom_kill(before) if before is not None else None
+    if evidence is not None and evidence.found is not None:
+        suggestion = next(
+            (r.suggestion for r in scanner.rules if r.id == OOM_KILLER_RULE), sigkill.suggestion
+        )
+        return Diagnosis(
+            "host_oom", True, f"daemon {how}: host_oom", suggestion, evidence.found, last
+        )
+    checked = (
+        evidence.checked if evidence is not None else "not looked for (no counters from its start)"
+    )
+    return Diagnosis(
+        "unknown",
+        True,
+        f"daemon {how}: unknown, no OOM evidence",
+        sigkill.suggestion,
+        f"{sigkill.text}; no OOM evidence: {checked}",
+        last,
+        killed=True,
     )
 
 
@@ -125,10 +167,10 @@ def record_crash(
 ) -> None:
     """Append to the crash history; `occurrence` (daemon pid + start) makes it one record."""
     finding = Finding(
-        diagnosis.category, "daemon-watchdog", 0, "critical", diagnosis.retryable,
+        diagnosis.category, WATCHDOG_SOURCE, 0, "critical", diagnosis.retryable,
         diagnosis.suggestion, diagnosis.evidence or diagnosis.reason, str(ws.daemon_log),
     )  # fmt: skip
-    record = to_record(Crash(finding, (finding,)), source="daemon-watchdog", exit_code=exit_code)
+    record = to_record(Crash(finding, (finding,)), source=WATCHDOG_SOURCE, exit_code=exit_code)
     record["occurrence"] = occurrence
     record["reason"] = diagnosis.reason
     try:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from crash_detector.oom_counters import OomSnapshot
 from daemon_watchdog import events as ev
 from daemon_watchdog.checkpoint_jobs import CheckpointJobs
 from daemon_watchdog.checkpoint_refusal import CheckpointRefusal
@@ -115,6 +116,7 @@ class Supervisor:
         self._scanner: Scanner | None = None  # loaded once the daemon has started
         self.state: State | None = None
         self.daemon: DaemonHandle | None = None
+        self.oom_before: OomSnapshot | None = None  # the daemon's OOM-kill counters at its start
         self.last_progress: Progress | None = None
         self.last_progress_mono = 0.0
         # Liveness from the log (`log_liveness`): when this daemon last wrote output, and
@@ -261,6 +263,7 @@ class Supervisor:
         self._restore(previous)
         if isinstance(found, DaemonHandle):
             self.daemon = found
+            self.oom_before = OomSnapshot.read_for(found.pid)
             watch_exit(found.pid, lambda: self.events.put(ev.AdoptedExited(found.pid)))
             self._watch_log(found, from_now=True)
             self._transition(State.STARTING, "adopted the running daemon")
@@ -371,6 +374,7 @@ class Supervisor:
             # progress file, what it holds is history, not this daemon's first progress.
             self.stale_progress = _stamp(self.ws.progress_file)
             self.daemon = spawn(self.ws, checkpoint=path, token=token, started_at=utc_now())
+            self.oom_before = OomSnapshot.read_for(self.daemon.pid)
         except SpawnError as exc:
             self.pending_token = None
             self._cannot_start(str(exc))
@@ -644,7 +648,14 @@ class Supervisor:
         diagnosis = (
             diagnose_hang(how)
             if hang
-            else diagnose_crash(self.ws, self.scanner, code, how, since=daemon.log_offset)
+            else diagnose_crash(
+                self.ws,
+                self.scanner,
+                code,
+                how,
+                since=daemon.log_offset,
+                oom_before=self.oom_before,
+            )
         )
         self.diagnosed = True
         # pid and kernel start time (ticks since boot): one crash, one record, even if the clock
@@ -659,6 +670,7 @@ class Supervisor:
                 category=diagnosis.category,
                 evidence=diagnosis.evidence,
                 last_lines=diagnosis.last_lines,
+                killed=diagnosis.killed,
             )
             if why is not None:
                 why = f"the trainer could not resume from it ({why}): {diagnosis.reason}"

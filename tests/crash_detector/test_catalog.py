@@ -210,7 +210,7 @@ def test_a_launcher_summary_after_an_oom_keeps_the_oom_as_root_cause() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "category"), [(-9, "host_oom"), (-11, "segfault"), (137, "host_oom")]
+    ("code", "category"), [(-9, "unknown"), (-11, "segfault"), (137, "unknown")]
 )
 def test_a_silent_log_is_classified_by_its_exit_status(code: int, category: str) -> None:
     assert _primary_category("step 10 loss 0.2\nstep 11 loss 0.2", exit_code=code) == category

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from crash_detector.classify import Crash, Finding
 from crash_detector.cli import main
+from crash_detector.history import append_new, to_record
 
 SCRIPT = shutil.which("crash-detector", path=str(Path(sys.executable).parent))
 OOM = (
@@ -67,7 +69,20 @@ def test_last_n_lines_reads_only_the_tail(tmp_path: Path) -> None:
 
 def test_exit_code_is_evidence_for_a_silent_log(tmp_path: Path) -> None:
     (tmp_path / "d.log").write_text(CLEAN)
-    code, out = _json(str(tmp_path / "d.log"), "--exit-code", "-9")
+    code, out = _json(str(tmp_path / "d.log"), "--exit-code", "-11")
+    assert code == 1 and out["primary"]["category"] == "segfault"
+
+
+def test_a_sigkill_on_a_silent_log_is_a_crash_but_not_host_oom(tmp_path: Path) -> None:
+    """Exit status -9 or 137 alone is no evidence of an OOM kill: kill -9 sends it too."""
+    (tmp_path / "d.log").write_text(CLEAN)
+    for status in ("-9", "137"):
+        code, out = _json(str(tmp_path / "d.log"), "--exit-code", status)
+        assert code == 1 and out["primary"]["category"] == "unknown"
+        assert out["primary"]["rule"] == "exit_status.sigkill"
+        assert "no OOM evidence" in out["primary"]["suggestion"]
+    (tmp_path / "d.log").write_text(CLEAN + "Killed\n")  # what a shell prints for its child
+    code, out = _json(str(tmp_path / "d.log"), "--exit-code", "137")
     assert code == 1 and out["primary"]["category"] == "host_oom"
 
 
@@ -153,8 +168,48 @@ def test_recurring_pattern_is_reported(tmp_path: Path) -> None:
 def test_no_history_without_a_config(tmp_path: Path) -> None:
     (tmp_path / "d.log").write_text(OOM)
     code, out = _json(str(tmp_path / "d.log"), cwd=tmp_path)
-    assert code == 1 and out["history"] is None
+    assert code == 1 and out["history"] is None and out["recorded"] is None
     assert not (tmp_path / ".crash_history.jsonl").exists()
+
+
+def _watchdog_record(n: int, category: str, exit_code: int) -> dict[str, object]:
+    """A record as the watchdog appends it: its diagnosis at the crash, with the reason."""
+    finding = Finding(category, "daemon-watchdog", 0, "critical", True, "s", f"evidence {n}")
+    record = to_record(Crash(finding, (finding,)), source="daemon-watchdog", exit_code=exit_code)
+    return {**record, "occurrence": f"daemon-watchdog:{n}", "reason": f"crash {n}"}
+
+
+def test_config_mode_shows_what_the_watchdog_recorded_next_to_what_the_logs_say(
+    tmp_path: Path, cli: Callable[..., Ran]
+) -> None:
+    (tmp_path / "trainguard.toml").write_text("")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "daemon.log").write_text(CLEAN + OOM)
+    records = [_watchdog_record(n, "unknown", -9) for n in range(11)]
+    records.append(_watchdog_record(11, "host_oom", 137))
+    append_new(tmp_path / ".crash_history.jsonl", records)
+    config = str(tmp_path / "trainguard.toml")
+
+    out = json.loads(cli("-c", config, "--json").stdout)
+    assert out["primary"]["category"] == "cuda_oom"  # what the log says, as before
+    recorded = out["recorded"]
+    assert [r["reason"] for r in recorded] == [f"crash {n}" for n in range(2, 12)]  # newest 10
+    assert recorded[-1] == {
+        "at": records[-1]["at"],
+        "category": "host_oom",
+        "reason": "crash 11",
+        "exit_code": 137,
+        "text": "evidence 11",
+        "retryable": True,
+    }
+    # crash-detector's own record of the log's crash, appended by the run above, is not the
+    # watchdog's
+    assert len(json.loads(cli("-c", config, "--json").stdout)["recorded"]) == 10
+
+    text = cli("-c", config).stdout
+    assert "recorded by the watchdog" in text
+    assert "host_oom  exit 137  crash 11" in text and "evidence 11" in text
+    assert "crash 1\n" not in text and "crash 2\n" in text
 
 
 def test_custom_rules_add_and_override_by_id(tmp_path: Path) -> None:
@@ -321,8 +376,8 @@ def test_an_exit_status_blames_the_end_of_the_log_not_an_old_crash(
     log.write_text(OOM + "".join(f"loading shard {i}\n" for i in range(5000)))
     result = cli(str(log), "--exit-code", "-9", "--json")
     out = json.loads(result.stdout)
-    assert result.returncode == 1 and out["primary"]["category"] == "host_oom"
-    assert [c["category"] for c in out["crashes"]] == ["cuda_oom", "host_oom"]
+    assert result.returncode == 1 and out["primary"]["rule"] == "exit_status.sigkill"
+    assert [c["category"] for c in out["crashes"]] == ["cuda_oom", "unknown"]
 
 
 def test_a_survived_error_is_listed_but_exits_0(tmp_path: Path, cli: Callable[..., Ran]) -> None:

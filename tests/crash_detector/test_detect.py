@@ -117,7 +117,7 @@ def test_the_exit_status_is_placed_after_every_file_read(tmp_path: Path) -> None
     new.write_text(FILLER * 10)
     os.utime(old, (1_000, 1_000))
     detection = detect([old, new], SCANNER, exit_code=-9)
-    assert [c.cause.category for c in detection.result.crashes] == ["cuda_oom", "host_oom"]
+    assert [c.cause.category for c in detection.result.crashes] == ["cuda_oom", "unknown"]
     assert detection.result.primary is not None
     assert detection.result.primary.rule == "exit_status.sigkill"
     assert detect([old], SCANNER, exit_code=-9).result.primary.category == "cuda_oom"  # type: ignore[union-attr]

@@ -37,6 +37,17 @@ def test_a_silent_crash_refuses_it_only_the_second_time_in_a_row() -> None:
     assert judge(refusal, last="RuntimeError: boom") == "died 2 times in a row on it"
 
 
+def test_a_bare_sigkill_never_blames_the_checkpoint() -> None:
+    """An operator's kill -9 (or an OOM kill nothing proved) before the first progress, twice:
+    not the checkpoint's doing, as when such a kill was filed under host_oom."""
+    refusal = CheckpointRefusal()
+    for _ in range(3):
+        assert (
+            refusal.judge(CKPT, category="unknown", evidence="", last_lines="", killed=True) is None
+        )
+    assert judge(refusal, last="RuntimeError: boom") is None  # the count did not grow meanwhile
+
+
 def test_progress_between_crashes_starts_the_count_again() -> None:
     refusal = CheckpointRefusal()
     assert judge(refusal) is None

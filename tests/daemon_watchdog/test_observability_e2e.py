@@ -90,7 +90,7 @@ def test_a_crash_alerts_once_and_a_repeat_within_the_cooldown_does_not(run: Run)
         os.kill(run.status()["daemon_pid"], signal.SIGKILL)
         run.wait_for(_restarted(1), "the first restart")
         wait_until(lambda: receiver.posts, timeout=30, message="the crash alert")
-        assert receiver.posts[0]["title"].endswith(": host_oom")
+        assert receiver.posts[0]["title"].endswith(": unknown")
         assert "suggestion:" in receiver.posts[0]["message"]
 
         run.wait_for(_running_past(5), "training again")
@@ -98,7 +98,7 @@ def test_a_crash_alerts_once_and_a_repeat_within_the_cooldown_does_not(run: Run)
         run.wait_for(_restarted(2), "the second restart")
         log = run.base / "logs" / "watchdog.log"
         wait_until(
-            lambda: "alert crash:host_oom not sent: an identical one" in log.read_text(),
+            lambda: "alert crash:unknown not sent: an identical one" in log.read_text(),
             message="the repeat to be suppressed",
         )
         assert len(receiver.posts) == 1
@@ -134,7 +134,7 @@ def test_metrics_parse_and_the_restart_counter_moves(run: Run) -> None:
     os.kill(run.status()["daemon_pid"], signal.SIGKILL)
     run.wait_for(_restarted(1), "one restart")
     after = scrape(port)
-    assert after["trainguard_watchdog_restarts_total"]["category=host_oom"] == 1
+    assert after["trainguard_watchdog_restarts_total"]["category=unknown"] == 1
     assert after["trainguard_progress_step"][""] >= 1
     assert after["trainguard_checkpoints"][""] >= 1
 
