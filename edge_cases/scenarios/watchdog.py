@@ -14,8 +14,7 @@ EX_TEMPFAIL = 75
 def watchdog_killed_then_adopts(sb: Sandbox) -> str:
     sb.create()
     first = sb.start_watchdog()
-    sb.wait_running(past_step=10)
-    daemon_pid = sb.status()["daemon_pid"]
+    daemon_pid = sb.wait_running(past_step=10).daemon_pid
     first.kill()  # SIGKILL: no chance to stop its daemon
     first.wait()
     step = sb.trainer_step()
@@ -24,15 +23,15 @@ def watchdog_killed_then_adopts(sb: Sandbox) -> str:
     )
     second = sb.start_watchdog()
     status = sb.wait_status(
-        lambda s: s.get("watchdog_pid") == second.pid and s.get("state") == "RUNNING",
+        lambda s: s.watchdog_pid == second.pid and s.state == "RUNNING",
         "the new watchdog RUNNING",
     )
-    expect(status.get("daemon_pid") == daemon_pid, "the new watchdog did not adopt the daemon")
+    expect(status.daemon_pid == daemon_pid, "the new watchdog did not adopt the daemon")
     daemons = [p.pid for p in sb.daemons()]
     expect(daemons == [daemon_pid], f"daemons running: {daemons}, expected only {daemon_pid}")
     adopted = sb.signal_daemon(signal.SIGKILL)  # an adopted daemon is not our child: pidfd
     after = sb.wait_running(restarts=1)
-    expect(after.get("daemon_pid") != daemon_pid, "the adopted daemon's death was not seen")
+    expect(after.daemon_pid != daemon_pid, "the adopted daemon's death was not seen")
     expect(not alive(adopted), "the adopted daemon is still alive")
     return f"daemon pid {daemon_pid} kept training, adopted, its later SIGKILL recovered"
 
@@ -41,7 +40,7 @@ def second_watchdog_refused(sb: Sandbox) -> str:
     sb.create()
     first = sb.start_watchdog()
     status = sb.wait_running(past_step=3)
-    daemon_pid = status["daemon_pid"]
+    daemon_pid = status.daemon_pid
     second = sb.start_watchdog()
     sb.deadline.wait_for(
         lambda: second.poll() is not None, "the second watchdog exiting", within=20
@@ -50,9 +49,9 @@ def second_watchdog_refused(sb: Sandbox) -> str:
     output = "".join(p.read_text() for p in sb.root.glob("watchdog-*.out"))
     expect("already supervises" in output, "the refusal does not say why")
     expect(first.poll() is None, "the first watchdog died")
-    now = sb.wait_running(past_step=status["last_progress"]["step"] + 5)
-    expect(now.get("daemon_pid") == daemon_pid, "the daemon was replaced")
-    expect(now.get("watchdog_pid") == first.pid, "the state file names another watchdog")
+    now = sb.wait_running(past_step=status.step + 5)
+    expect(now.daemon_pid == daemon_pid, "the daemon was replaced")
+    expect(now.watchdog_pid == first.pid, "the state file names another watchdog")
     daemons = [p.pid for p in sb.daemons()]
     expect(daemons == [daemon_pid], f"daemons running: {daemons}")
     return "second `run` exited 75 (already supervises); first watchdog and daemon untouched"
