@@ -68,6 +68,8 @@ from typing import IO, Any
 
 import psutil
 
+from trainguard.watchdog_status import read_watchdog_status
+
 REPO = Path(__file__).resolve().parent.parent
 DAEMON_MODULE = "daemon_watchdog.example.daemon"
 # A daemon that writes nothing and starts no worker: what supervisord's restart costs when
@@ -353,20 +355,12 @@ class Trainguard(Target):
         self.proc = self.tracker.popen(argv, self.dir / "daemon-watchdog.out")
 
     def daemon_pid(self) -> int | None:
-        try:
-            state = json.loads((self.ws / "status" / "watchdog.json").read_text())
-        except (OSError, ValueError):
-            return None
-        pid = state.get("daemon_pid")
-        return pid if isinstance(pid, int) else None
+        status = read_watchdog_status(self.ws / "status" / "watchdog.json")
+        return status.daemon_pid if status is not None else None
 
     def state(self) -> str | None:
-        try:
-            state = json.loads((self.ws / "status" / "watchdog.json").read_text())
-        except (OSError, ValueError):
-            return None
-        value = state.get("state")
-        return value if isinstance(value, str) else None
+        status = read_watchdog_status(self.ws / "status" / "watchdog.json")
+        return status.state if status is not None else None
 
     def log_breakdown(self, kills: Sequence[Restart]) -> dict[str, list[float]]:
         lines = _timed_lines(self.ws / "logs" / "watchdog.log")

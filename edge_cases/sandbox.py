@@ -36,11 +36,11 @@ from edge_cases.reaper import (
     with_descendants,
 )
 from edge_cases.scenario import Cancelled, ScenarioFailed, expect
-from edge_cases.state_file import Status, step_of
 from edge_cases.tmpfs import mount_tmpfs, unmount
 from edge_cases.toml_keys import set_toml_key
 from trainguard.config import EXAMPLE_COMMAND
 from trainguard.procs import find_marked
+from trainguard.watchdog_status import WatchdogStatus, read_watchdog_status
 
 TOOL_TIMEOUT = 30.0
 
@@ -215,55 +215,56 @@ class Sandbox:
 
     # --- what the watchdog says -------------------------------------------------------------
 
-    def status(self) -> Status:
-        """status/watchdog.json as it is now; {} when absent or unreadable."""
-        try:
-            data = json.loads(self.path("status/watchdog.json").read_bytes())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        token = data.get("owner_token")
-        if isinstance(token, str) and token:
-            self._tokens.add(token)  # every daemon's token, so cleanup finds all its processes
-        return data
+    def status(self) -> WatchdogStatus | None:
+        """status/watchdog.json as it is now; None when absent or unreadable."""
+        status = read_watchdog_status(self.path("status/watchdog.json"))
+        if status is not None and status.owner_token is not None:
+            # Every daemon's token, so that cleanup finds all its processes.
+            self._tokens.add(status.owner_token)
+        return status
+
+    def status_now(self) -> WatchdogStatus:
+        """The state file now, where a watchdog has published one: its absence is a failure."""
+        status = self.status()
+        expect(status is not None, "status/watchdog.json is missing or unreadable")
+        assert status is not None
+        return status
 
     def wait_status(
-        self, predicate: Callable[[Status], bool], what: str, *, within: float | None = None
-    ) -> Status:
-        def probe() -> Status | None:
+        self,
+        predicate: Callable[[WatchdogStatus], bool],
+        what: str,
+        *,
+        within: float | None = None,
+    ) -> WatchdogStatus:
+        def probe() -> WatchdogStatus | None:
             status = self.status()
-            return status if status and predicate(status) else None
+            return status if status is not None and predicate(status) else None
 
         return self.deadline.wait_for(probe, what, within=within, context=self.describe)
 
-    def wait_running(self, past_step: int = 1, *, restarts: int = 0) -> Status:
+    def wait_running(self, past_step: int = 1, *, restarts: int = 0) -> WatchdogStatus:
         what = f"RUNNING past step {past_step}" + (
             f" after {restarts} restart(s)" if restarts else ""
         )
         return self.wait_status(
-            lambda s: (
-                s.get("state") == "RUNNING"
-                and s.get("restart_count", 0) >= restarts
-                and step_of(s) >= past_step
-            ),
+            lambda s: s.state == "RUNNING" and s.restart_count >= restarts and s.step >= past_step,
             what,
         )
 
-    def wait_state(self, state: str, *, within: float | None = None) -> Status:
-        return self.wait_status(lambda s: s.get("state") == state, f"state {state}", within=within)
+    def wait_state(self, state: str, *, within: float | None = None) -> WatchdogStatus:
+        return self.wait_status(lambda s: s.state == state, f"state {state}", within=within)
 
     def describe(self) -> str:
         s = self.status()
-        if not s:
+        if s is None:
             return "no state file yet"
-        crash = (s.get("last_crash") or {}).get("reason")
+        crash = s.last_crash.reason if s.last_crash is not None else None
         seen = (
-            f"last seen: state {s.get('state')}, step {step_of(s)}, "
-            f"restarts {s.get('restart_count')}, last crash {crash!r}"
+            f"last seen: state {s.state}, step {s.step}, "
+            f"restarts {s.restart_count}, last crash {crash!r}"
         )
-        daemon = s.get("daemon")
-        if isinstance(daemon, dict) and daemon.get("cmdline") == []:
+        if s.daemon is not None and not s.daemon.cmdline:
             seen += "; the daemon's identity was recorded with an empty cmdline (taken mid-exec)"
         return seen
 
@@ -293,8 +294,9 @@ class Sandbox:
 
     def daemon_tree(self) -> list[psutil.Process]:
         """The live daemon and its workers: processes carrying the current owner token."""
-        token = self.status().get("owner_token")
-        return find_marked(token) if isinstance(token, str) else []
+        status = self.status()
+        token = status.owner_token if status is not None else None
+        return find_marked(token) if token is not None else []
 
     def workers(self) -> list[psutil.Process]:
         return [p for p in self.daemon_tree() if "train.py" in " ".join(cmdline(p))]
@@ -309,7 +311,8 @@ class Sandbox:
 
     def signal_daemon(self, sig: int) -> psutil.Process:
         """Signal the daemon the state file names, once proven to be this workspace's daemon."""
-        pid = self.status().get("daemon_pid")
+        status = self.status()
+        pid = status.daemon_pid if status is not None else None
         proc = next((p for p in self.daemons() if p.pid == pid), None)
         expect(proc is not None, f"daemon pid {pid} of the state file is not this sandbox's daemon")
         assert proc is not None

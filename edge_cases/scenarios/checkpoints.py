@@ -40,7 +40,7 @@ def checkpoint_corrupt_resume_previous(sb: Sandbox) -> str:
     weights.write_bytes(garbage)
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_running(restarts=1)
-    resumed = resumed_step(status["restarts"][-1])
+    resumed = resumed_step(status.restarts[-1])
     expect(resumed == previous, f"resumed from checkpoint-{resumed}, not checkpoint-{previous}")
     moved = list(sb.path("checkpoints/quarantine").glob(f"checkpoint-{newest}*"))
     expect(len(moved) == 1, f"checkpoint-{newest} not quarantined (found {moved})")
@@ -73,7 +73,7 @@ def staged_checkpoint_ignored(sb: Sandbox) -> str:
     digest = _digest(staged)
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_running(restarts=1)
-    resumed = resumed_step(status["restarts"][-1])
+    resumed = resumed_step(status.restarts[-1])
     expect(resumed == newest, f"resumed from checkpoint-{resumed}, not checkpoint-{newest}")
     expect(staged.is_dir(), "the staged folder was moved or deleted: it is the trainer's own")
     expect(_digest(staged) == digest, "the staged folder's content was changed")
@@ -100,15 +100,15 @@ def partial_inplace_checkpoint_skipped(sb: Sandbox) -> str:
     shutil.copy(sb.path(f"checkpoints/checkpoint-{newest}/model.safetensors"), partial)
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_running(restarts=1)
-    resumed = resumed_step(status["restarts"][0])
+    resumed = resumed_step(status.restarts[0])
     expect(resumed == newest, f"resumed from checkpoint-{resumed}, not checkpoint-{newest}")
     expect(
         len(_moved_to_quarantine(sb, partial.name)) == 1,
         f"the partial {partial.name} was not quarantined",
     )
-    sb.wait_running(past_step=newest + 15, restarts=1)
+    now = sb.wait_running(past_step=newest + 15, restarts=1)
     expect(
-        sb.status().get("restart_count") == 1,
+        now.restart_count == 1,
         "the partial checkpoint cost extra restarts: it was resumed from",
     )
     return f"partial {partial.name} (weights only) quarantined; resumed from checkpoint-{newest}"
@@ -124,13 +124,14 @@ def checkpoint_refused_by_trainer(sb: Sandbox) -> str:
     weights.write_bytes(save_tensors({"fc1.weight": np.zeros((3, 3), dtype=np.float32)}))
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_status(
-        lambda s: s.get("state") == "RUNNING" and s.get("restart_count", 0) >= 2,
+        lambda s: s.state == "RUNNING" and s.restart_count >= 2,
         "RUNNING after the refused checkpoint",
     )
-    quarantined = [r for r in status["restarts"] if r.get("quarantined")]
-    expect(bool(quarantined), f"no restart quarantined checkpoint-{newest}: {status['restarts']}")
+    quarantined = [r for r in status.restarts if r.quarantined]
+    shown = [r.to_json() for r in status.restarts]
+    expect(bool(quarantined), f"no restart quarantined checkpoint-{newest}: {shown}")
     expect(
-        resumed_step(status["restarts"][-1]) == previous,
+        resumed_step(status.restarts[-1]) == previous,
         f"did not resume from checkpoint-{previous} after the refusal",
     )
     expect(
@@ -167,7 +168,7 @@ def lightning_ckpt_files(sb: Sandbox) -> str:
     newest.write_bytes(blob[: len(blob) // 2])
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_running(restarts=1)
-    resume = status["restarts"][0].get("resume_from")
+    resume = status.restarts[0].resume_from
     expect(resume == "last.ckpt", f"resumed from {resume!r}, not last.ckpt")
     expect(len(_moved_to_quarantine(sb, newest.name)) == 1, f"{newest.name} was not quarantined")
     step = int(newest.name.rsplit("=", 1)[1].removesuffix(".ckpt"))
@@ -182,7 +183,7 @@ def plain_loop_pt_files(sb: Sandbox) -> str:
     newest.write_bytes(blob[:-40])  # cut short at the end: no zip directory
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_running(restarts=1)
-    resume = status["restarts"][0].get("resume_from")
+    resume = status.restarts[0].resume_from
     expect(resume == previous.name, f"resumed from {resume!r}, not {previous.name}")
     expect(len(_moved_to_quarantine(sb, newest.name)) == 1, f"{newest.name} was not quarantined")
     _code, report = sb.tool_json("health_check", "--only", "checkpoints")

@@ -48,9 +48,9 @@ def job_config_corruption(sb: Sandbox) -> str:
     job.write_bytes(text[: len(text) // 2])  # a save cut short by a full disk or a crash
     sb.start_watchdog()
     status = sb.wait_state("FATAL")
-    crash = status.get("last_crash") or {}
-    expect(crash.get("category") == "config_error", f"classified {crash.get('category')!r}")
-    expect(status.get("restart_count") == 0, f"restarted {status.get('restart_count')} times")
+    category = status.last_crash.category if status.last_crash is not None else None
+    expect(category == "config_error", f"classified {category!r}")
+    expect(status.restart_count == 0, f"restarted {status.restart_count} times")
     code, report = sb.tool_json("health_check", "--only", "config")
     summary = report.get("checks", [{}])[0].get("summary")
     expect(code == NAGIOS_CRITICAL, f"health-check on the broken config.json: {code}, {summary!r}")
@@ -76,12 +76,9 @@ def missing_base_model(sb: Sandbox) -> str:
     expect("base_model" in summary, f"health-check's summary does not say why: {summary!r}")
     sb.start_watchdog()
     status = sb.wait_state("FATAL")
-    crash = status.get("last_crash") or {}
-    expect(crash.get("category") == "file_not_found", f"classified {crash.get('category')!r}")
-    expect(
-        status.get("restart_count", 0) <= 2,
-        f"{status.get('restart_count')} restarts with max_restarts = 2",
-    )
+    category = status.last_crash.category if status.last_crash is not None else None
+    expect(category == "file_not_found", f"classified {category!r}")
+    expect(status.restart_count <= 2, f"{status.restart_count} restarts with max_restarts = 2")
     categories = {r.get("category") for r in sb.history()}
     expect(categories == {"file_not_found"}, f"crash history categories: {categories}")
     shutil.move(aside, model)
@@ -89,7 +86,7 @@ def missing_base_model(sb: Sandbox) -> str:
     expect(restart.returncode == 0, f"daemon-watchdog restart exit {restart.returncode}")
     sb.wait_running(past_step=5)
     return (
-        f"health-check CRITICAL; FATAL after {status.get('restart_count')} restarts "
+        f"health-check CRITICAL; FATAL after {status.restart_count} restarts "
         "(file_not_found); restored model runs"
     )
 

@@ -21,14 +21,14 @@ def daemon_sigkill(sb: Sandbox) -> str:
     sb.wait_running(past_step=25)
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_running(restarts=1)
-    crash = status["restarts"][0]
-    expect(crash.get("exit_code") == -signal.SIGKILL, f"exit_code {crash.get('exit_code')}")
+    crash = status.restarts[0]
+    expect(crash.exit_code == -signal.SIGKILL, f"exit_code {crash.exit_code}")
     resumed = resumed_step(crash)
     # The same job uninterrupted, for the bit-for-bit comparison below.
     plain = sb.run([sys.executable, str(reference / "train.py"), "--base-dir", str(reference)])
     expect(plain.returncode == 0, f"the uninterrupted reference run failed: {plain.stdout[-300:]}")
     finished = sb.wait_state("STOPPED")
-    expect(finished.get("restart_count") == 1, f"{finished.get('restart_count')} restarts")
+    expect(finished.restart_count == 1, f"{finished.restart_count} restarts")
     expect(len(sb.history()) == 1, f"{len(sb.history())} crash history records for one crash")
     final = f"checkpoints/checkpoint-{total}/model.safetensors"
     expect(
@@ -36,7 +36,7 @@ def daemon_sigkill(sb: Sandbox) -> str:
         "the resumed run's final weights differ from an uninterrupted run's",
     )
     return (
-        f"seen as {crash.get('category')} (exit -9), resumed from checkpoint-{resumed}, "
+        f"seen as {crash.category} (exit -9), resumed from checkpoint-{resumed}, "
         "finished; final weights bit-identical to an uninterrupted run"
     )
 
@@ -46,15 +46,13 @@ def daemon_segfault(sb: Sandbox) -> str:
     sb.daemon_args("--fault", "segfault@25")
     sb.start_watchdog()
     status = sb.wait_running(restarts=1)
-    crash = status["restarts"][0]
-    expect(crash.get("category") == "segfault", f"classified {crash.get('category')!r}")
-    expect(crash.get("exit_code") == -signal.SIGSEGV, f"exit_code {crash.get('exit_code')}")
+    crash = status.restarts[0]
+    expect(crash.category == "segfault", f"classified {crash.category!r}")
+    expect(crash.exit_code == -signal.SIGSEGV, f"exit_code {crash.exit_code}")
     categories = [r.get("category") for r in sb.history()]
     expect(categories == ["segfault"], f"crash history categories: {categories}")
     sb.wait_running(past_step=30, restarts=1)
-    return (
-        f"real SIGSEGV classified segfault; resumed from {crash.get('resume_from')}, past step 30"
-    )
+    return f"real SIGSEGV classified segfault; resumed from {crash.resume_from}, past step 30"
 
 
 def crash_loop_goes_fatal(sb: Sandbox) -> str:
@@ -63,8 +61,8 @@ def crash_loop_goes_fatal(sb: Sandbox) -> str:
     sb.daemon_args("--fault", "exit:3@2", "--fault-every-run")
     watchdog = sb.start_watchdog()
     status = sb.wait_state("FATAL")
-    expect(status.get("restart_count") == 2, f"{status.get('restart_count')} restarts, not 2")
-    reason = str(status.get("fatal_reason"))
+    expect(status.restart_count == 2, f"{status.restart_count} restarts, not 2")
+    reason = str(status.fatal_reason)
     expect("restarts within" in reason, f"fatal_reason: {reason!r}")
     sb.deadline.wait_for(lambda: not sb.daemons(), "no daemon left running", within=10)
     expect(watchdog.poll() is None, "the watchdog must stay up in FATAL to report")
@@ -84,13 +82,13 @@ def non_retryable_goes_fatal(sb: Sandbox) -> str:
     script.write_text(text.replace(future, broken, 1))
     sb.start_watchdog()
     status = sb.wait_state("FATAL")
-    crash = status.get("last_crash") or {}
-    expect(crash.get("category") == "import_error", f"classified {crash.get('category')!r}")
-    expect("non-retryable" in str(status.get("fatal_reason")), f"{status.get('fatal_reason')!r}")
+    category = status.last_crash.category if status.last_crash is not None else None
+    expect(category == "import_error", f"classified {category!r}")
+    expect("non-retryable" in str(status.fatal_reason), f"{status.fatal_reason!r}")
     sb.deadline.sleep(1.5)  # long past the backoff: a restart would have happened by now
-    again = sb.status()
-    expect(again.get("restart_count") == 0, f"restarted {again.get('restart_count')} times")
-    expect(again.get("state") == "FATAL", f"state {again.get('state')} after FATAL")
+    again = sb.status_now()
+    expect(again.restart_count == 0, f"restarted {again.restart_count} times")
+    expect(again.state == "FATAL", f"state {again.state} after FATAL")
     expect(not sb.daemons(), "a daemon runs after a non-retryable crash")
     expect(len(sb.history()) == 1, f"{len(sb.history())} crash history records")
     return "ModuleNotFoundError classified import_error: FATAL at once, no restart"
@@ -102,9 +100,9 @@ def training_finished_not_restarted(sb: Sandbox) -> str:
     watchdog = sb.start_watchdog("--exit-when-done")
     sb.deadline.wait_for(lambda: watchdog.poll() is not None, "the watchdog exiting when done")
     expect(watchdog.returncode == 0, f"`run --exit-when-done` exited {watchdog.returncode}")
-    status = sb.status()
-    expect(status.get("state") == "STOPPED", f"state {status.get('state')}")
-    expect(status.get("restart_count") == 0, f"{status.get('restart_count')} restarts")
+    status = sb.status_now()
+    expect(status.state == "STOPPED", f"state {status.state}")
+    expect(status.restart_count == 0, f"{status.restart_count} restarts")
     expect(not sb.history(), "a finished run left a crash record")
     expect(
         sb.path(f"checkpoints/checkpoint-{total}/model.safetensors").is_file(),

@@ -47,13 +47,13 @@ def disk_full(sb: Sandbox) -> str:
     ballast = checkpoints / "ballast.bin"
     fill(ballast)
     status = sb.wait_status(
-        lambda s: any(r.get("category") == "disk_full" for r in s.get("restarts") or []),
+        lambda s: any(r.category == "disk_full" for r in s.restarts),
         "a crash classified disk_full",
     )
     code, report = sb.tool_json("health_check", "--only", "disk_space")
     summary = str(report.get("checks", [{}])[0].get("summary"))
     expect(code == NAGIOS_CRITICAL, f"health-check disk_space exit {code}: {summary}")
-    first = next(r for r in status["restarts"] if r.get("category") == "disk_full")
+    first = next(r for r in status.restarts if r.category == "disk_full")
     resumed = resumed_step(first)
     # Only the pruning the watchdog did before restarting can make room: the ballast stays.
     sb.deadline.wait_for(
@@ -80,7 +80,7 @@ def low_disk_threshold(sb: Sandbox) -> str:
     sb.deadline.wait_for(lambda: len(sb.checkpoint_steps()) >= 5, "5 checkpoints")
     sb.signal_daemon(signal.SIGKILL)
     status = sb.wait_running(restarts=1)
-    resumed = resumed_step(status["restarts"][-1])
+    resumed = resumed_step(status.restarts[-1])
     older = [step for step in sb.checkpoint_steps() if step <= resumed]
     expect(
         len(older) <= KEEP_LAST,

@@ -22,9 +22,9 @@ def daemon_hang_sigstop(sb: Sandbox) -> str:
     sb.wait_running(past_step=10)
     frozen = sb.suspend_tree()
     status = sb.wait_running(restarts=1)
-    crash = status["restarts"][0]
-    expect(crash.get("category") == "timeout", f"classified {crash.get('category')!r}")
-    expect(str(crash.get("reason")).startswith("hang"), f"reason {crash.get('reason')!r}")
+    crash = status.restarts[0]
+    expect(crash.category == "timeout", f"classified {crash.category!r}")
+    expect(crash.reason.startswith("hang"), f"reason {crash.reason!r}")
     survivors = [p.pid for p in frozen if alive(p)]
     expect(not survivors, f"stopped processes {survivors} were not killed")
     expect(list(sb.path("status/incidents").glob("*hang*.json")), "no hang incident file")
@@ -38,8 +38,8 @@ def daemon_hang_no_progress(sb: Sandbox) -> str:
     sb.start_watchdog()
     started = time.monotonic()
     status = sb.wait_running(restarts=1)
-    crash = status["restarts"][0]
-    expect(crash.get("category") == "timeout", f"classified {crash.get('category')!r}")
+    crash = status.restarts[0]
+    expect(crash.category == "timeout", f"classified {crash.category!r}")
     incidents = list(sb.path("status/incidents").glob("*hang*.json"))
     expect(len(incidents) == 1, f"{len(incidents)} hang incident files")
     stacks = str(json.loads(incidents[0].read_text()).get("stacks"))
@@ -76,7 +76,8 @@ def sigterm_ignored_escalates_to_sigkill(sb: Sandbox) -> str:
     expect(not survivors, f"processes {survivors} survived `stop`")
     expect("ignored SIGTERM" in sb.watchdog_log(), "the escalation to SIGKILL is not logged")
     sb.deadline.wait_for(lambda: watchdog.poll() is not None, "the watchdog exiting", within=10)
-    expect(sb.status().get("state") == "STOPPED", f"state {sb.status().get('state')}")
+    final = sb.status_now().state
+    expect(final == "STOPPED", f"state {final}")
     return (
         f"SIGTERM ignored by daemon and worker: SIGKILL after stop_timeout; stop took {took:.1f} s"
     )

@@ -115,7 +115,7 @@ def stale_pid_reuse(sb: Sandbox) -> str:
     sb.path(".daemon.pid").write_text(f"{bystander.pid}\n")
     sb.start_watchdog()
     status = sb.wait_running(past_step=5)
-    expect(status.get("daemon_pid") != bystander.pid, "the watchdog adopted the reused pid")
+    expect(status.daemon_pid != bystander.pid, "the watchdog adopted the reused pid")
     _fix_then_stop(sb, "daemon,orphans")
     expect(bystander.poll() is None, f"the process holding the reused pid {bystander.pid} died")
     return f"reused pid {bystander.pid} neither adopted nor signalled; a new daemon was started"

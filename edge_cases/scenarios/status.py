@@ -7,14 +7,14 @@ import os
 import re
 import signal
 import time
-from typing import Any
 
 from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, ScenarioFailed, expect
-from edge_cases.state_file import step_of
-from trainguard.procs import ProcessIdentity, matches
+from trainguard.procs import matches
 from trainguard.start_ticks import read_start_ticks
+from trainguard.watchdog_status import WatchdogStatus
 
+# The contract's keys, looked for in the JSON as written (`_missing_keys`), not in the typed record.
 REQUIRED_KEYS = (
     "state",
     "watchdog_pid",
@@ -32,10 +32,25 @@ STATUS_RUNNING = 0
 STATUS_DONE = 2  # FATAL or STOPPED
 
 
-def _check_times(status: dict[str, Any]) -> None:
-    stamps = [status.get("updated_at"), status.get("daemon_started_at")]
-    stamps += [(status.get("last_progress") or {}).get("at")]
-    stamps += [r.get("at") for r in status.get("restarts") or []]
+def _missing_keys(data: object) -> list[str]:
+    """The contract's keys absent from the state file as written, its restart entries' too.
+
+    Checked on the JSON itself: the typed record fills in what a file lacks, so it cannot tell.
+    """
+    if not isinstance(data, dict):
+        return ["(the file is not a JSON object)"]
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    entries = data.get("restarts")
+    for n, entry in enumerate(entries if isinstance(entries, list) else []):
+        have = entry if isinstance(entry, dict) else {}
+        missing += [f"restarts[{n}].{key}" for key in RESTART_KEYS if key not in have]
+    return missing
+
+
+def _check_times(status: WatchdogStatus) -> None:
+    stamps = [status.updated_at, status.daemon_started_at]
+    stamps += [status.last_progress.at if status.last_progress is not None else None]
+    stamps += [r.at for r in status.restarts]
     for stamp in stamps:
         expect(
             isinstance(stamp, str) and ISO_UTC.fullmatch(stamp),
@@ -47,7 +62,8 @@ def status_file_updates(sb: Sandbox) -> str:
     sb.create()
     watchdog = sb.start_watchdog()
     state_file = sb.path("status/watchdog.json")
-    seen: list[dict[str, Any]] = []
+    seen: list[WatchdogStatus] = []
+    written: list[object] = []  # the newest read as JSON, for the contract's keys
     torn: list[bytes] = []
 
     def record() -> bool:
@@ -56,10 +72,16 @@ def status_file_updates(sb: Sandbox) -> str:
         except FileNotFoundError:
             return False
         try:
-            seen.append(json.loads(raw))
+            data = json.loads(raw)
         except ValueError:
             torn.append(raw[:80])  # an atomic replace never shows half a file
-        return bool(seen) and step_of(seen[-1]) >= 60
+            return False
+        status = WatchdogStatus.from_json(data)
+        expect(status is not None, f"the state file holds no state record: {raw[:80]!r}")
+        assert status is not None
+        seen.append(status)
+        written[:] = [data]
+        return status.step >= 60
 
     sb.deadline.wait_for(record, "the state file reaching step 60", context=sb.describe)
     if torn:
@@ -67,49 +89,48 @@ def status_file_updates(sb: Sandbox) -> str:
             f"{len(torn)} of {len(seen) + len(torn)} reads saw a partial file: {torn[0]!r}"
         )
     last = seen[-1]
-    missing = [key for key in REQUIRED_KEYS if key not in last]
+    missing = _missing_keys(written[0])
     expect(not missing, f"state file lacks {missing}")
-    states = [s.get("state") for s in seen]
-    expect("RUNNING" in states, f"states seen: {sorted(set(map(str, states)))}")
-    steps = [step_of(s) for s in seen]
+    expect(not last.problems, f"state file fields of the wrong type: {list(last.problems)}")
+    states = [s.state for s in seen]
+    expect("RUNNING" in states, f"states seen: {sorted(set(states))}")
+    steps = [s.step for s in seen]
     expect(steps == sorted(steps), "last_progress.step went backwards without a restart")
-    versions = sorted({str(s.get("updated_at")) for s in seen})
+    versions = sorted({str(s.updated_at) for s in seen})
     expect(
         len(versions) >= 3, f"only {len(versions)} versions of the state file in 3 s of training"
     )
     _check_times(last)
-    expect(last.get("watchdog_pid") == watchdog.pid, "watchdog_pid is not the watchdog's pid")
+    expect(last.watchdog_pid == watchdog.pid, "watchdog_pid is not the watchdog's pid")
     pid_file = int(sb.path(".daemon.pid").read_text().split()[0])
-    expect(
-        last.get("daemon_pid") == pid_file, f"daemon_pid {last.get('daemon_pid')} != .daemon.pid"
-    )
+    expect(last.daemon_pid == pid_file, f"daemon_pid {last.daemon_pid} != .daemon.pid")
     # Adoption and every later signal rest on this record matching the live daemon exactly.
-    recorded = last.get("daemon") or {}
+    recorded = last.daemon
     live = next((p for p in sb.daemons() if p.pid == pid_file), None)
     expect(live is not None, f"no live daemon with pid {pid_file}")
     assert live is not None
-    try:
-        identity = ProcessIdentity.from_json(recorded)
-    except ValueError as exc:
-        raise ScenarioFailed(f"the recorded daemon identity is malformed: {exc}") from None
+    expect(recorded is not None, "the state file records no daemon identity")
+    assert recorded is not None
     expect(
         # The kernel's start tick count is recorded wherever it offers one: a clock step
         # between recording and adopting must not make the daemon a stranger.
-        matches(identity, live)
-        and (identity.start_ticks is not None or read_start_ticks(live.pid) is None),
+        matches(recorded, live)
+        and (recorded.start_ticks is not None or read_start_ticks(live.pid) is None),
         f"the recorded daemon identity does not match the live daemon: {recorded}",
     )
     shown = sb.tool("daemon_watchdog", "status", "--json")
     expect(shown.returncode == STATUS_RUNNING, f"`status` exit {shown.returncode} while RUNNING")
-    expect(json.loads(shown.stdout).get("state") == "RUNNING", "`status --json` is not RUNNING")
+    reported = WatchdogStatus.from_json(json.loads(shown.stdout))
+    expect(reported is not None and reported.state == "RUNNING", "`status --json` is not RUNNING")
 
     sb.signal_daemon(signal.SIGKILL)
     after = sb.wait_running(restarts=1)
-    restart = after["restarts"][0]
-    expect(after.get("restart_count") == 1, f"restart_count {after.get('restart_count')}")
-    expect(all(k in restart for k in RESTART_KEYS), f"restart entry lacks keys: {restart}")
-    expect(restart.get("exit_code") == -signal.SIGKILL, f"exit_code {restart.get('exit_code')}")
-    expect(after.get("daemon_started_at") != last.get("daemon_started_at"), "start time unchanged")
+    missing = _missing_keys(json.loads(state_file.read_bytes()))
+    expect(not missing, f"after the restart the state file lacks {missing}")
+    restart = after.restarts[0]
+    expect(after.restart_count == 1, f"restart_count {after.restart_count}")
+    expect(restart.exit_code == -signal.SIGKILL, f"exit_code {restart.exit_code}")
+    expect(after.daemon_started_at != last.daemon_started_at, "start time unchanged")
     _check_times(after)
     history = sb.history()
     expect(len(history) == 1, f"{len(history)} crash history records for one crash")
@@ -117,7 +138,7 @@ def status_file_updates(sb: Sandbox) -> str:
     stop = sb.tool("daemon_watchdog", "stop")
     expect(stop.returncode == 0, f"`stop` exit {stop.returncode}: {stop.stderr.strip()}")
     final = sb.wait_state("STOPPED", within=15)
-    expect(final.get("daemon_pid") is None, "a STOPPED state still names a daemon")
+    expect(final.daemon_pid is None, "a STOPPED state still names a daemon")
     shown = sb.tool("daemon_watchdog", "status")
     expect(shown.returncode == STATUS_DONE, f"`status` exit {shown.returncode} when STOPPED")
     return (
@@ -159,17 +180,17 @@ def progress_file_garbage(sb: Sandbox) -> str:
         f"health-check progress on garbage: exit {code}, {report}",
     )
 
-    def restarted() -> dict[str, Any] | None:
+    def restarted() -> WatchdogStatus | None:
         status = sb.status()
-        if status.get("restart_count", 0) >= 1:
+        if status is not None and status.restart_count >= 1:
             return status
         scribble()
         return None
 
     sb.deadline.wait_for(restarted, "a hang seen through the garbage", context=sb.describe)
     status = sb.wait_running(past_step=3, restarts=1)
-    crash = status["restarts"][0]
-    expect(crash.get("category") == "timeout", f"classified {crash.get('category')!r}")
+    crash = status.restarts[0]
+    expect(crash.category == "timeout", f"classified {crash.category!r}")
     expect(watchdog.poll() is None, f"the watchdog died (exit {watchdog.returncode})")
     expect("unreadable progress" in sb.watchdog_log(), "the garbage was not logged as unreadable")
     return f"{writes} garbage writes never counted as progress; hang seen, restarted, RUNNING"
@@ -194,8 +215,8 @@ def log_with_binary_and_huge_lines(sb: Sandbox) -> str:
         fh.write(junk)
     expect(sb.trainer_step() < fault_step, "too slow: the fault fired before the junk landed")
     status = sb.wait_state("FATAL")
-    crash = status.get("last_crash") or {}
-    expect(crash.get("category") == "cuda_oom", f"classified {crash.get('category')!r}")
+    category = status.last_crash.category if status.last_crash is not None else None
+    expect(category == "cuda_oom", f"classified {category!r}")
     expect(watchdog.poll() is None, f"the watchdog died (exit {watchdog.returncode})")
     started = time.monotonic()
     detected = sb.tool("crash_detector", "--json", timeout=20)

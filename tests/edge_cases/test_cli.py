@@ -35,6 +35,7 @@ REQUIRED = {
     "non_retryable_goes_fatal",
     "watchdog_killed_then_adopts",
     "second_watchdog_refused",
+    "watchdog_killed_between_spawn_and_record",
     "stale_pid_reuse",
     "progress_file_garbage",
     "log_with_binary_and_huge_lines",
