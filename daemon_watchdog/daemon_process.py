@@ -22,7 +22,7 @@ from trainguard.atomicio import write_text_atomic
 from trainguard.child_process import Child, SpawnError, spawn_child
 from trainguard.config import expand_argv
 from trainguard.orphan_sweep import describe
-from trainguard.procs import has_owner_mark, identify, locate_marked
+from trainguard.procs import find_marked, has_owner_mark, identify, locate_marked
 from trainguard.watchdog_status import WatchdogStatus, utc_now
 from trainguard.workspace import Workspace
 
@@ -118,7 +118,7 @@ def find_daemon(ws: Workspace, status: WatchdogStatus | None) -> DaemonHandle | 
             )  # fmt: skip
     pid = _pid_from_file(ws)
     if pid is None:
-        return None
+        return _leader_by_token(ws, status) if status is not None and token else None
     proc = _live(pid)
     if proc is None:
         log.info("daemon pid %d from the last run is gone", pid)
@@ -145,6 +145,38 @@ def find_daemon(ws: Workspace, status: WatchdogStatus | None) -> DaemonHandle | 
         _remove_pid_file(ws, pid)  # a stale file from before a reboot names us: not a trainer
         return None
     return Unprovable(pid, describe(proc))
+
+
+def _leader_by_token(ws: Workspace, status: WatchdogStatus) -> DaemonHandle | None:
+    """No pid file, and the record holds a token but no identity: a watchdog died after
+    starting the daemon, before naming it anywhere. The daemon is the one process carrying that
+    token (with our uid) that leads its own session: what `spawn` started. Adopted, and named
+    in the pid file again; its workers lead no session (they are swept if it is not found)."""
+    token = status.owner_token
+    assert token is not None
+    leaders = [p for p in find_marked(token) if _leads_session(p.pid)]
+    if len(leaders) != 1:
+        return None
+    identity = identify(leaders[0].pid)
+    if identity is None:
+        return None
+    try:
+        write_text_atomic(ws.pid_file, f"{identity.pid}\n")
+    except OSError as exc:
+        log.warning("cannot write the pid file %s: %s", ws.pid_file, exc.strerror or exc)
+    log.info("adopted running daemon pid %d by its owner token (its watchdog died before "
+             "recording it)", identity.pid)  # fmt: skip
+    return DaemonHandle(
+        identity, token, status.daemon_started_at or utc_now(), time.monotonic(), None,
+        status.daemon_log_offset or 0,
+    )  # fmt: skip
+
+
+def _leads_session(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
 
 
 def unprovable_pid(ws: Workspace) -> Unprovable | None:

@@ -129,8 +129,9 @@ def test_restart_totals_keep_counting_past_the_kept_list_and_survive_a_new_watch
     assert replacement.restart_totals == {"cuda_oom": 1, "unknown": 1}
 
 
+@pytest.mark.parametrize("pid_file", ["written", "not yet written"])
 def test_a_watchdog_dying_just_after_the_spawn_leaves_a_record_its_successor_adopts_by(
-    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch, pid_file: str
 ) -> None:
     """The state file as a watchdog SIGKILLed right after the fork (before it could record the
     daemon's identity) leaves it: the next watchdog must recognise that daemon, not start a
@@ -150,6 +151,8 @@ def test_a_watchdog_dying_just_after_the_spawn_leaves_a_record_its_successor_ado
     assert sup.daemon is not None and left
     first = sup.daemon
     sup.ws.state_file.write_bytes(left[0])
+    if pid_file == "not yet written":
+        sup.ws.pid_file.unlink()
 
     successor = Supervisor(sup.ws)
     successor.next_check = successor.next_prune = math.inf
@@ -159,6 +162,7 @@ def test_a_watchdog_dying_just_after_the_spawn_leaves_a_record_its_successor_ado
         assert successor.daemon.proc is None  # adopted, not spawned
         assert successor.choosing is None  # and no start is on its way
         assert first.proc is not None and first.proc.poll() is None
+        assert sup.ws.pid_file.read_text() == f"{first.pid}\n"
     finally:
         successor.jobs.close()
 
