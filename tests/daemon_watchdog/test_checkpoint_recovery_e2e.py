@@ -227,7 +227,7 @@ def test_a_stop_while_a_restart_chooses_its_checkpoint_starts_no_daemon(picky: R
     watchdog = picky.start()
     picky.wait_for(_running_from("checkpoint-140"), "running from checkpoint-140")
     optimizer = _big_newest_checkpoint(picky.base / "checkpoints", 160)
-    watchdog.send_signal(signal.SIGHUP)  # what `daemon-watchdog restart` sends
+    _ask_restart(picky, watchdog)
     wait_until(_reading(watchdog, optimizer), timeout=30, interval=0.005, message="the check")
     watchdog.send_signal(signal.SIGTERM)
     assert watchdog.wait(timeout=30) == 0
@@ -247,7 +247,7 @@ def test_a_restart_asked_for_while_a_crash_is_handled_is_not_overruled_by_the_po
     daemon = picky.status()["daemon_pid"]
     os.kill(daemon, signal.SIGKILL)  # with max_restarts = 0, FATAL: unless the operator says
     wait_until(_reading(watchdog, optimizer), timeout=30, interval=0.005, message="the check")
-    watchdog.send_signal(signal.SIGHUP)  # `daemon-watchdog restart`
+    _ask_restart(picky, watchdog)
     status = picky.wait_for(
         lambda s: _running_from("checkpoint-140")(s) and s.get("daemon_pid") != daemon,
         "running again from checkpoint-140",
@@ -270,3 +270,10 @@ def test_a_refused_checkpoint_that_cannot_be_moved_is_not_reported_as_moved(
     assert (folder / "checkpoint-140").is_dir()
     log = (picky.base / "logs" / "watchdog.log").read_text()
     assert "cannot quarantine invalid checkpoint checkpoint-140" in log
+
+
+def _ask_restart(run: Run, watchdog: subprocess.Popen[bytes]) -> None:
+    """What `daemon-watchdog restart` does, without waiting for the outcome: its request file,
+    then SIGHUP (a SIGHUP alone only reloads the config)."""
+    (run.base / "status" / "restart_request.json").write_text('{"requested_at": "now"}')
+    watchdog.send_signal(signal.SIGHUP)
