@@ -83,6 +83,34 @@ def sigterm_ignored_escalates_to_sigkill(sb: Sandbox) -> str:
     )
 
 
+PRINTED_STEPS = 120
+
+
+def trainer_that_only_prints(sb: Sandbox) -> str:
+    sb.create()
+    sb.configure(
+        "daemon",
+        command=["{python}", "-m", "edge_cases.children.printing_trainer", str(PRINTED_STEPS),
+                 "0.05"],
+    )  # fmt: skip
+    # Far shorter than its run: a watchdog that waits for a progress file calls it hung.
+    sb.configure("watchdog", startup_grace=2, progress_timeout=2, progress_regex=r"step (\d+) \|")
+    sb.start_watchdog()
+    running = sb.wait_running(past_step=10)
+    expect(running.liveness == "log output", f"liveness {running.liveness!r}")
+    expect(
+        "no progress file" in (running.liveness_note or ""),
+        f"status does not say the trainer writes no progress file: {running.liveness_note!r}",
+    )
+    done = sb.wait_state("STOPPED", within=60)
+    expect(done.restart_count == 0, f"{done.restart_count} restarts of a healthy trainer")
+    expect(done.last_crash is None, f"a crash was recorded: {done.last_crash}")
+    return (
+        f"{PRINTED_STEPS} printed steps, no progress file: RUNNING by its output, steps read "
+        f"by progress_regex (step {running.step} seen), finished with no restart"
+    )
+
+
 SCENARIOS = (
     Scenario(
         name="daemon_hang_sigstop",
@@ -106,6 +134,17 @@ SCENARIOS = (
             "TRAINGUARD_WATCHDOG__PHASE_TIMEOUTS__EVAL": "3600",
         },
         sabotage_deadline=12,
+    ),
+    Scenario(
+        name="trainer_that_only_prints",
+        summary="a trainer that only prints `step N` is alive by its log, never killed as hung",
+        fault="a daemon without the progress protocol, startup_grace and progress_timeout 2 s",
+        expected="RUNNING by its output, steps read by progress_regex, status says no progress "
+        "file; finishes STOPPED with no restart",
+        deadline=60,
+        run=trainer_that_only_prints,
+        sabotage={"TRAINGUARD_WATCHDOG__LIVENESS": '"progress"'},
+        sabotage_deadline=20,
     ),
     Scenario(
         name="sigterm_ignored_escalates_to_sigkill",

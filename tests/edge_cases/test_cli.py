@@ -30,6 +30,7 @@ REQUIRED = {
     "daemon_segfault",
     "daemon_hang_sigstop",
     "daemon_hang_no_progress",
+    "trainer_that_only_prints",
     "sigterm_ignored_escalates_to_sigkill",
     "crash_loop_goes_fatal",
     "non_retryable_goes_fatal",
