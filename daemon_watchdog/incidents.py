@@ -7,6 +7,7 @@ So before the kill, `capture_stacks` records where each process was blocked, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -14,20 +15,28 @@ import shutil
 import signal
 import subprocess
 import sysconfig
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import psutil
 
 from trainguard.atomicio import write_json_atomic
+from trainguard.procs import stopped_pids
+
+MAX_CAPTURE_SECONDS = 2.0
+"""The most a stack capture may take, whatever `[watchdog] hang_dump_timeout` says: a hung
+trainer is restarted within progress_timeout plus a few seconds. py-spy usually needs well
+under a second and faulthandler a few milliseconds; what answers in neither time rarely will."""
 
 LOG_TAIL_BYTES = 256 * 1024
 """The most of one process's faulthandler output we keep: 100 threads of 100 frames fit."""
 
+_Method = Literal["py-spy", "faulthandler", "none"]
 _FAULTHANDLER_MARK = "(most recent call first)"
 _KIND = re.compile(r"[A-Za-z0-9_-]+")
 _INCIDENT_NAME = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)-([A-Za-z0-9_-]+?)(?:\.(\d+))?\.json")
@@ -37,14 +46,20 @@ _INCIDENT_NAME = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)-([A-Za-z0-9_-]+?)(?:\.(\d+))
 class StackCapture:
     """Stacks of a process tree: `text` holds one `=== pid N (cmdline) ===` section per process
     (with method "none", whatever the attempt produced); `details` says what was tried and what
-    failed."""
+    failed; `stopped` lists the processes found stopped (SIGSTOP, a tracer), which have none."""
 
-    method: Literal["py-spy", "faulthandler", "none"]
+    method: _Method
     text: str
     details: tuple[str, ...] = ()
+    stopped: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "text": self.text, "details": list(self.details)}
+        return {
+            "method": self.method,
+            "text": self.text,
+            "details": list(self.details),
+            "stopped": list(self.stopped),
+        }
 
 
 def find_py_spy() -> str | None:
@@ -60,11 +75,16 @@ def capture_stacks(
     log_path: Path | None,
     use_py_spy: bool | None = None,
 ) -> StackCapture:
-    """Record the Python stacks of `pids` (the caller has proven they are ours), within `timeout`.
+    """Record the Python stacks of `pids` (the caller has proven they are ours), within `timeout`
+    but never longer than MAX_CAPTURE_SECONDS: the restart waits for it.
 
-    py-spy reads the stacks from outside and leaves the processes running. Without it (or when it
-    dumped nothing, e.g. ptrace is forbidden) each process gets SIGABRT, one at a time and
-    children before parents: a Python
+    A stopped process (SIGSTOP, SIGTSTP, or held by a tracer) can neither run faulthandler nor
+    answer py-spy until it is continued, so it is not asked: it is listed in `stopped`, left
+    stopped and unsignalled (stopping the tree continues it), and costs no time.
+
+    py-spy reads the stacks from outside, of all processes at once, and leaves them running.
+    Without it (or when it dumped nothing, e.g. ptrace is forbidden) each process gets SIGABRT,
+    one at a time and children before parents: a Python
     with faulthandler enabled (`faulthandler.enable()` or PYTHONFAULTHANDLER=1) prints every
     thread's stack to its stderr and dies. THIS FALLBACK KILLS THE PROCESSES; the supervisor is
     about to anyway. Their stderr must be appended to `log_path`, where the stacks are read back
@@ -72,56 +92,94 @@ def capture_stacks(
 
     `use_py_spy`: None tries py-spy, then the fallback; True only py-spy; False only the fallback.
     """
-    deadline = time.monotonic() + timeout
-    details: list[str] = []
+    deadline = time.monotonic() + max(0.0, min(timeout, MAX_CAPTURE_SECONDS))
+    stopped = tuple(stopped_pids(pids))
+    details = [f"pid {pid} is stopped (SIGSTOP or a tracer): no stacks" for pid in stopped]
+    frozen = "".join(f"{_header(pid)}\n(stopped: no stacks)\n" for pid in stopped)
+    running = [pid for pid in pids if pid not in stopped]
+    method: _Method = "none"
+    text = ""
+    if running or not stopped:
+        method, text = _capture(running, deadline, log_path, use_py_spy, details)
+    return StackCapture(method, text + frozen, tuple(details), stopped)
+
+
+def _capture(
+    pids: Sequence[int],
+    deadline: float,
+    log_path: Path | None,
+    use_py_spy: bool | None,
+    details: list[str],
+) -> tuple[_Method, str]:
     py_spy = None if use_py_spy is False else find_py_spy()
     if py_spy is not None:
         text, dumped = _dump_with_py_spy(py_spy, pids, deadline, details)
         if dumped or use_py_spy:
-            return StackCapture("py-spy" if dumped else "none", text, tuple(details))
+            return ("py-spy" if dumped else "none"), text
         details.append("py-spy dumped no stack: falling back to SIGABRT + faulthandler")
     elif use_py_spy:
-        return StackCapture("none", "", ("py-spy not found on PATH or beside the interpreter",))
+        details.append("py-spy not found on PATH or beside the interpreter")
+        return "none", ""
     elif use_py_spy is None:
         details.append("py-spy not found: falling back to SIGABRT + faulthandler")
     if log_path is None:
         details.append("no log file to read faulthandler output from: SIGABRT not sent")
-        return StackCapture("none", "", tuple(details))
+        return "none", ""
     text, dumped = _abort_with_faulthandler(pids, deadline, log_path, details)
     if not dumped:
         details.append(
             f"no faulthandler traceback appeared in {log_path} "
             "(is faulthandler enabled, e.g. PYTHONFAULTHANDLER=1?)"
         )
-    return StackCapture("faulthandler" if dumped else "none", text, tuple(details))
+    return ("faulthandler" if dumped else "none"), text
 
 
 def _dump_with_py_spy(
     py_spy: str, pids: Sequence[int], deadline: float, details: list[str]
 ) -> tuple[str, bool]:
+    # All at once, each with the whole budget: one after the other, a tree of eight workers
+    # would leave each a quarter of a second, too little for py-spy to read a large trainer.
+    # Output goes to files, not pipes, so that no dump blocks on a pipe nobody reads yet.
     sections: list[str] = []
     dumped = False
-    for index, pid in enumerate(pids):
-        # An equal share of what is left, so one stuck dump cannot starve the other processes.
-        budget = (deadline - time.monotonic()) / (len(pids) - index)
-        argv = [py_spy, "dump", "--pid", str(pid)]
-        try:
-            done = subprocess.run(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=max(budget, 0.1)
-            )
-        except subprocess.TimeoutExpired:
-            details.append(f"py-spy dump --pid {pid}: no answer within {budget:.1f}s")
-            continue
-        except OSError as exc:
-            details.append(f"py-spy dump --pid {pid}: {exc}")
-            continue
-        output = done.stdout.decode("utf-8", "replace")
-        sections.append(f"{_header(pid)}\n{output}")
-        if done.returncode == 0:
-            dumped = True
-        else:
-            details.append(f"py-spy dump --pid {pid}: exit {done.returncode}")
+    budget = deadline - time.monotonic()
+    with contextlib.ExitStack() as cleanup:
+        dumps: list[tuple[int, subprocess.Popen[bytes], IO[bytes]]] = []
+        for pid in pids:
+            try:
+                sink = cleanup.enter_context(tempfile.TemporaryFile())
+                proc = subprocess.Popen(
+                    [py_spy, "dump", "--pid", str(pid)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                )
+            except OSError as exc:
+                details.append(f"py-spy dump --pid {pid}: {exc}")
+                continue
+            cleanup.callback(_end, proc)  # even if we are interrupted
+            dumps.append((pid, proc, sink))
+        for pid, proc, out in dumps:
+            try:
+                code = proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                details.append(f"py-spy dump --pid {pid}: no answer within {budget:.1f}s")
+                continue
+            out.seek(0)
+            output = out.read().decode("utf-8", "replace")
+            sections.append(f"{_header(pid)}\n{output}")
+            if code == 0:
+                dumped = True
+            else:
+                details.append(f"py-spy dump --pid {pid}: exit {code}")
     return "".join(sections), dumped
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    # Our own child, not yet reaped: its pid cannot name another process.
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
 
 
 def _abort_with_faulthandler(

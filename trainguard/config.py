@@ -166,7 +166,9 @@ class WatchdogSection(_Section):
     # FATAL after this many restarts in a row that never got past the checkpoint step of the
     # previous one: restarting is not making progress.
     max_restarts_without_progress: Annotated[int, Ge(1)] = 3
-    hang_dump_timeout: Annotated[float, Gt(0)] = 10  # seconds for py-spy / faulthandler dumps
+    # Seconds for py-spy / faulthandler dumps; more than 2 is accepted but capped at 2, so that
+    # a hang is restarted within progress_timeout plus a few seconds.
+    hang_dump_timeout: Annotated[float, Gt(0)] = 2
     prune_interval: Annotated[float, Gt(0)] = 600  # seconds between checkpoint pruning runs
     orphan_patterns: Annotated[list[str], _Rule(_valid_regexes)] = field(
         default_factory=lambda: ["train.py"]

@@ -1,5 +1,8 @@
 """Stopping our processes: a polite signal, a grace period, SIGKILL, and a report of who died how.
 
+The polite signal is followed by SIGCONT, so that a stopped (SIGSTOPped, frozen) process handles
+it at once instead of sitting out the grace period until SIGKILL.
+
 Every target is verified right before it is signalled. On Linux >= 5.3 it is also pinned with a
 pidfd first, so the signal reaches that very process even if its pid is recycled meanwhile, and
 the wait polls the pidfds: no sleep loop, and no reaping, so whoever owns a child (a Popen) still
@@ -27,6 +30,12 @@ KILL_TIMEOUT = 10.0
 """How long SIGKILLed processes get to vanish: a GPU process can take seconds to free its device."""
 
 _Outcome = Literal["sent", "gone", "denied"]
+
+_NO_CONTINUE = frozenset(
+    {signal.SIGKILL, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT}
+)
+"""Signals not to follow with SIGCONT: SIGKILL ends a stopped process anyway, and SIGCONT would
+discard a stop signal still pending."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,18 @@ def _signal_group(leader: _Target, targets: Sequence[_Target], sig: int) -> set[
     return members
 
 
+def _continue(leader: _Target | None, signalled: Sequence[_Target]) -> None:
+    """SIGCONT what was just signalled: a stopped (frozen) process keeps every signal but
+    SIGKILL pending until continued, so it would sit out the grace period and be SIGKILLed
+    without ever running its handler. Harmless to a running process. Through the group where
+    the signal went that way, which also reaches members forked after the snapshot; and to
+    each pinned target, which the group may have missed."""
+    if leader is not None:
+        _signal_group(leader, signalled, signal.SIGCONT)
+    for target in signalled:
+        _send(target, signal.SIGCONT)
+
+
 def _stop(
     procs: Iterable[psutil.Process],
     *,
@@ -193,6 +214,8 @@ def _stop(
                 gone.append(target.proc.pid)
             else:
                 denied.append(target.proc.pid)
+        if sig not in _NO_CONTINUE:
+            _continue(leader if by_group else None, signalled)
         exited, alive = _wait(signalled, timeout)
         killed: list[_Target] = []
         if alive and kill_after:

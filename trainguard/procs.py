@@ -12,7 +12,7 @@ import math
 import os
 import re
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -257,6 +257,28 @@ def descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+_STOPPED = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP})
+
+
+def stopped_pids(pids: Iterable[int]) -> list[int]:
+    """Those of `pids` frozen by a stop signal (SIGSTOP, SIGTSTP, ...) or a tracer, in order.
+
+    Such a process runs no signal handler and answers no stack dump until it is continued, so
+    waiting for one only burns the time before the restart. Gone or unreadable pids are left
+    out; each pid costs a read or two of /proc/PID/stat.
+    """
+    found: list[int] = []
+    for pid in pids:
+        if pid <= 0:
+            continue
+        try:
+            if psutil.Process(pid).status() in _STOPPED:
+                found.append(pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def find_marked(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import pytest
 import daemon_watchdog.incidents
 from daemon_watchdog.example.seed import write_example_job
 from daemon_watchdog.incidents import (
+    MAX_CAPTURE_SECONDS,
     capture_stacks,
     find_py_spy,
     list_incidents,
@@ -184,6 +187,135 @@ def test_a_process_that_ignores_sigabrt_costs_at_most_the_timeout(tmp_path: Path
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_capture_takes_at_most_two_seconds_whatever_timeout_it_is_given(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    code = (
+        "import signal, sys, time, pathlib; signal.signal(signal.SIGABRT, signal.SIG_IGN);"
+        "pathlib.Path(sys.argv[1]).touch(); signal.pause()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ready)])
+    try:
+        wait_until(ready.exists, message="the child")
+        log = tmp_path / "child.log"
+        log.touch()
+        capture = capture_stacks([proc.pid], timeout=60, log_path=log, use_py_spy=False)
+        # The only process gets the whole budget, and says how long it waited.
+        (waited,) = [line for line in capture.details if "still running" in line]
+        seconds = float(waited.split("still running ")[1].split("s after")[0])
+        assert 0 < seconds <= MAX_CAPTURE_SECONDS == 2.0
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Pair:
+    frozen: subprocess.Popen[bytes]
+    running: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    """Two Pythons with faulthandler and a SIGTERM handler that exits 0, output in child.log;
+    the first SIGSTOPped (a frozen trainer), the second running."""
+    log = tmp_path / "child.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name in ("frozen", "running"):
+            with open(log, "ab") as fh:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(CHILDREN / "exits_on_sigterm.py"),
+                            str(tmp_path / name),
+                        ],
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            wait_until((tmp_path / name).exists, message=f"the {name} child")
+        frozen, running = procs
+        frozen.send_signal(signal.SIGSTOP)
+        wait_until(lambda: _stopped(frozen), message="the child to stop")
+        yield Pair(frozen, running, log)
+    finally:
+        for proc in procs:  # our own children, unreaped until wait(): their pids are theirs
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+def _stopped(proc: subprocess.Popen[bytes]) -> bool:
+    return bool(psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED)
+
+
+def _section(text: str, pid: int) -> str:
+    """The body of pid's `=== pid N (...) ===` section."""
+    _, rest = text.split(f"=== pid {pid} (", 1)
+    _, body = rest.split("\n", 1)
+    return body.split("=== pid ", 1)[0]
+
+
+def _handles_sigterm_first(proc: subprocess.Popen[bytes]) -> bool:
+    """Continue `proc` with SIGTERM pending: it exits 0 unless a SIGABRT (a lower number, so
+    delivered first) was left pending too, which faulthandler turns into death by SIGABRT."""
+    os.kill(proc.pid, signal.SIGTERM)  # our unreaped child: the pid is still its own
+    os.kill(proc.pid, signal.SIGCONT)
+    return proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    "use_py_spy",
+    [False, pytest.param(True, marks=needs_py_spy), None],
+    ids=["faulthandler", "py-spy", "auto"],
+)
+def test_a_stopped_process_is_recorded_not_waited_for_and_left_alone(
+    pair: Pair, use_py_spy: bool | None
+) -> None:
+    pid = pair.frozen.pid
+    capture = capture_stacks([pid], timeout=10, log_path=pair.log, use_py_spy=use_py_spy)
+    assert capture.stopped == (pid,)
+    assert capture.to_json()["stopped"] == [pid]
+    assert capture.method == "none"
+    assert f"pid {pid} is stopped (SIGSTOP or a tracer): no stacks" in capture.details
+    assert "(stopped: no stacks)" in _section(capture.text, pid)
+    assert not any("SIGABRT" in line or "py-spy dump" in line for line in capture.details)
+    assert _stopped(pair.frozen)  # neither continued nor killed: stopping the tree does that
+    assert _handles_sigterm_first(pair.frozen)  # and no SIGABRT was left pending
+
+
+def test_a_running_process_beside_a_stopped_one_still_gets_its_faulthandler_stacks(
+    pair: Pair,
+) -> None:
+    pids = [pair.frozen.pid, pair.running.pid]
+    capture = capture_stacks(pids, timeout=10, log_path=pair.log, use_py_spy=False)
+    assert capture.method == "faulthandler", capture.details
+    assert capture.stopped == (pair.frozen.pid,)
+    running = _section(capture.text, pair.running.pid)
+    assert "(most recent call first)" in running and "in main" in running
+    assert "(stopped: no stacks)" in _section(capture.text, pair.frozen.pid)
+    assert pair.running.wait(timeout=10) == -signal.SIGABRT
+    assert _stopped(pair.frozen)
+    assert _handles_sigterm_first(pair.frozen)
+
+
+@needs_py_spy
+def test_a_running_process_beside_a_stopped_one_still_gets_its_py_spy_stacks(
+    pair: Pair,
+) -> None:
+    pids = [pair.frozen.pid, pair.running.pid]
+    capture = capture_stacks(pids, timeout=10, log_path=pair.log, use_py_spy=True)
+    assert capture.method == "py-spy", capture.details
+    assert capture.stopped == (pair.frozen.pid,)
+    assert "main (" in _section(capture.text, pair.running.pid)
+    assert "(stopped: no stacks)" in _section(capture.text, pair.frozen.pid)
+    assert pair.running.poll() is None  # py-spy leaves it running
+    assert _stopped(pair.frozen)
 
 
 @needs_py_spy

@@ -33,6 +33,16 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
     assert config.crash_detector.history_file == ".crash_history.jsonl"
 
 
+def test_hang_dump_timeout_defaults_to_two_seconds_and_an_old_larger_value_stays_valid(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "trainguard.toml").write_text("")
+    assert load_config(tmp_path / "trainguard.toml", env={}).watchdog.hang_dump_timeout == 2
+    # 10 was the default: configs that spell it out still load (the capture caps it at 2 s).
+    (tmp_path / "trainguard.toml").write_text("[watchdog]\nhang_dump_timeout = 10\n")
+    assert load_config(tmp_path / "trainguard.toml", env={}).watchdog.hang_dump_timeout == 10
+
+
 def test_relative_base_dir_hangs_off_the_config_files_folder(tmp_path: Path) -> None:
     sub = tmp_path / "etc"
     sub.mkdir()

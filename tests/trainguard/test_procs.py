@@ -34,6 +34,7 @@ from trainguard.procs import (
     locate_marked,
     matches,
     still_running,
+    stopped_pids,
 )
 from trainguard.start_ticks import current_boot_id
 
@@ -81,6 +82,7 @@ class Children:
                 proc.kill()  # psutil refuses a recycled pid
         for popen in self.popens:
             if popen.poll() is None:
+                popen.send_signal(signal.SIGCONT)  # some tests freeze their children
                 popen.kill()
         for popen in self.popens:
             popen.wait(timeout=10)
@@ -123,6 +125,15 @@ def start_ready(
     popen = children.start(script, ready, *args, token=token, new_session=new_session)
     assert ready_pid(ready) == popen.pid
     return popen.pid, ready
+
+
+def freeze(popen: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP our own child and wait until the kernel shows it stopped."""
+    popen.send_signal(signal.SIGSTOP)
+    wait_until(
+        lambda: psutil.Process(popen.pid).status() == psutil.STATUS_STOPPED,
+        message=f"pid {popen.pid} to stop",
+    )
 
 
 def is_zombie_or_gone(pid: int) -> bool:
@@ -660,6 +671,59 @@ def test_stop_process_tree_kills_a_marked_worker_born_during_the_grace_period(
     assert late != daemon.pid
     assert report.returncodes[late] == -signal.SIGKILL
     assert is_zombie_or_gone(late)
+
+
+def test_stopped_pids_lists_the_stopped_child_only(children: Children) -> None:
+    frozen = children.start("exits_on_sigterm.py", "frozen.ready")
+    running = children.start("exits_on_sigterm.py", "running.ready")
+    gone = children.start("exits_on_sigterm.py", "gone.ready")
+    for name in ("frozen", "running", "gone"):
+        ready_pid(Path(f"{name}.ready"))
+    gone.kill()
+    gone.wait(timeout=10)
+    freeze(frozen)
+    assert stopped_pids([running.pid, frozen.pid, gone.pid]) == [frozen.pid]
+    frozen.send_signal(signal.SIGCONT)
+    wait_until(lambda: stopped_pids([frozen.pid]) == [], message="the child to continue")
+
+
+def test_kill_tree_continues_a_stopped_process_so_that_its_sigterm_handler_runs(
+    children: Children, kill_path: str
+) -> None:
+    popen = children.start("exits_on_sigterm.py", "frozen.ready")
+    ready_pid(Path("frozen.ready"))
+    freeze(popen)
+    # A long grace period: without SIGCONT the process would sit it out and be SIGKILLed.
+    report = kill_tree([psutil.Process(popen.pid)], sig=signal.SIGTERM, timeout=30)
+    assert report.exited == (popen.pid,)
+    assert report.killed == report.survivors == ()
+    assert report.returncodes[popen.pid] == 0  # its handler's exit, not a signal
+
+
+@pytest.mark.parametrize("new_session", [True, False], ids=["group-leader", "our-group"])
+def test_stop_process_tree_continues_a_stopped_daemon_so_that_its_sigterm_handler_runs(
+    children: Children, kill_path: str, new_session: bool
+) -> None:
+    popen = children.start("exits_on_sigterm.py", "frozen.ready", new_session=new_session)
+    ready_pid(Path("frozen.ready"))
+    freeze(popen)
+    identity = identify(popen.pid)
+    assert identity is not None
+    report = stop_process_tree(identity, sig=signal.SIGTERM, timeout=30)
+    assert report.exited == (popen.pid,)
+    assert report.killed == report.survivors == ()
+    assert report.returncodes[popen.pid] == 0
+
+
+def test_a_stop_signal_is_not_undone_by_sigcont(children: Children, kill_path: str) -> None:
+    # SIGCONT discards a pending SIGTSTP: sent after it, the process would never stop.
+    popen = children.start("exits_on_sigterm.py", "child.ready")
+    ready_pid(Path("child.ready"))
+    report = kill_tree(
+        [psutil.Process(popen.pid)], sig=signal.SIGTSTP, timeout=0.2, kill_after=False
+    )
+    assert report.survivors == (popen.pid,)
+    wait_until(lambda: stopped_pids([popen.pid]) == [popen.pid], message="the child to stop")
 
 
 def test_signal_tree_signals_the_daemon_and_its_worker(children: Children) -> None:
