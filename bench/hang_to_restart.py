@@ -40,10 +40,10 @@ def measure(
         sb.configure("watchdog", hang_dump_timeout=hang_dump_timeout)
         sb.configure("daemon", stop_timeout=stop_timeout)
         sb.start_watchdog()
-        frozen_pid = sb.wait_running(past_step=10).get("daemon_pid")
+        frozen_pid = sb.wait_running(past_step=10).daemon_pid
         frozen = sb.suspend_tree()
         started = time.monotonic()
-        sb.wait_status(lambda s: s.get("daemon_pid") not in (None, frozen_pid), "a new daemon pid")
+        sb.wait_status(lambda s: s.daemon_pid not in (None, frozen_pid), "a new daemon pid")
         took = time.monotonic() - started
         incidents = sorted(sb.path("status/incidents").glob("*hang*.json"))
         incident = json.loads(incidents[-1].read_text()) if incidents else {}

@@ -61,7 +61,14 @@ from trainguard.errors import TrainguardError
 from trainguard.orphan_sweep import LATE_FORK_ROUNDS, kill_orphans, orphans_of
 from trainguard.orphan_sweep import reparented as reparented_to_us
 from trainguard.process_tree import stop_process_tree
-from trainguard.procs import OWNER_ENV, decode_wait_status, descendants, find_marked, identify
+from trainguard.procs import (
+    OWNER_ENV,
+    decode_wait_status,
+    descendants,
+    find_marked,
+    identify,
+    stopped_pids,
+)
 from trainguard.progress import Progress, ProgressError, is_progress, read_progress
 from trainguard.timestamps import parse_iso_utc
 from trainguard.watchdog_status import (
@@ -808,9 +815,15 @@ class Supervisor:
             p = self.last_progress
             idle = time.monotonic() - self.last_progress_mono
             what = f"no progress for {idle:.0f} s at step {p.step} ({p.phase})"
+        tree = [self.daemon.pid, *(p.pid for p in descendants(self.daemon.pid))]
+        frozen = stopped_pids(tree)
+        if frozen:
+            # SIGSTOP (a debugger, `kill -STOP`, a job-control ^Z): it cannot answer a stack
+            # dump, and the SIGTERM that follows reaches it with a SIGCONT.
+            whole = "the daemon's whole tree is" if len(frozen) == len(tree) else "processes"
+            what += f"; {whole} stopped (SIGSTOP): {frozen}"
         self.hang_reason = f"hang: {what}"
         self._transition(State.HUNG, self.hang_reason)
-        tree = [self.daemon.pid, *(p.pid for p in descendants(self.daemon.pid))]
         pythons = [pid for pid in tree if _is_python(pid)]
         self._ping()
         capture = capture_stacks(
@@ -822,7 +835,8 @@ class Supervisor:
                 incidents,
                 kind="hang",
                 payload={"reason": self.hang_reason, "pids": tree, "method": capture.method,
-                         "details": capture.details, "stacks": capture.text},
+                         "details": capture.details, "stacks": capture.text,
+                         "stopped": sorted({*frozen, *capture.stopped})},
             ))  # fmt: skip
         except OSError as exc:  # the hung tree is killed and restarted all the same
             log.error("%s; stacks (%s):\n%s", self.hang_reason, capture.method, capture.text)

@@ -16,8 +16,9 @@ STOP_TIMEOUT = 2
 def daemon_hang_sigstop(sb: Sandbox) -> str:
     sb.create()
     sb.hang_timeout(PROGRESS_TIMEOUT)
-    sb.configure("watchdog", hang_dump_timeout=1)
-    sb.configure("daemon", stop_timeout=1)
+    # The default stop_timeout (30 s) and hang_dump_timeout: a frozen tree must not wait
+    # out either (stack capture skips stopped processes, SIGCONT follows the SIGTERM).
+    sb.configure("daemon", stop_timeout=30)
     sb.start_watchdog()
     sb.wait_running(past_step=10)
     frozen = sb.suspend_tree()
@@ -25,10 +26,17 @@ def daemon_hang_sigstop(sb: Sandbox) -> str:
     crash = status.restarts[0]
     expect(crash.category == "timeout", f"classified {crash.category!r}")
     expect(crash.reason.startswith("hang"), f"reason {crash.reason!r}")
+    expect(
+        "stopped (SIGSTOP)" in crash.reason, f"the reason does not say stopped: {crash.reason!r}"
+    )
     survivors = [p.pid for p in frozen if alive(p)]
     expect(not survivors, f"stopped processes {survivors} were not killed")
-    expect(list(sb.path("status/incidents").glob("*hang*.json")), "no hang incident file")
-    return f"SIGSTOPped tree of {len(frozen)} seen as a hang, killed, restarted"
+    incidents = list(sb.path("status/incidents").glob("*hang*.json"))
+    expect(len(incidents) == 1, f"{len(incidents)} hang incident files")
+    stopped = json.loads(incidents[0].read_text()).get("stopped")
+    expect(stopped == sorted(p.pid for p in frozen), f"the incident's stopped pids: {stopped}")
+    expect("ignored SIGTERM" not in sb.watchdog_log(), "the frozen tree waited out stop_timeout")
+    return f"SIGSTOPped tree of {len(frozen)} seen as stopped, ended by SIGTERM+SIGCONT, restarted"
 
 
 def daemon_hang_no_progress(sb: Sandbox) -> str:
@@ -116,8 +124,9 @@ SCENARIOS = (
         name="daemon_hang_sigstop",
         summary="a frozen (SIGSTOPped) daemon tree is a hang: killed and restarted",
         fault="SIGSTOP to the daemon and its worker",
-        expected="after progress_timeout: category timeout, reason 'hang...', incident file, "
-        "frozen processes killed, restart RUNNING",
+        expected="after progress_timeout: category timeout, reason 'hang ... stopped (SIGSTOP)', "
+        "incident lists the stopped pids, the tree ends on SIGTERM (no stop_timeout wait), "
+        "restart RUNNING",
         deadline=45,
         run=daemon_hang_sigstop,
     ),

@@ -233,10 +233,20 @@ def test_hang_without_progress_is_dumped_killed_and_restarted(run: Run) -> None:
 def test_sigstopped_daemon_is_detected_as_hung_and_restarted(run: Run) -> None:
     run.start()
     run.wait_for(_running_past(25), "training past step 25")
-    for proc in run.daemon_tree():
+    tree = run.daemon_tree()
+    for proc in tree:
         proc.suspend()
     status = run.wait_for(_restarted(1), "restart after SIGSTOP", timeout=60)
     assert status["restarts"][0]["category"] == "timeout"
+    frozen = sorted(p.pid for p in tree)
+    assert (
+        f"the daemon's whole tree is stopped (SIGSTOP): {frozen}" in status["restarts"][0]["reason"]
+    )
+    incident = json.loads(next((run.base / "status" / "incidents").glob("*hang*.json")).read_text())
+    assert incident["stopped"] == frozen
+    # SIGCONT followed the SIGTERM: the example daemon and its worker ended on the SIGTERM,
+    # not on the SIGKILL that follows stop_timeout.
+    assert "ignored SIGTERM" not in (run.base / "logs" / "watchdog.log").read_text()
 
 
 def test_unrelated_train_py_is_never_touched(run: Run, tmp_path: Path) -> None:
