@@ -414,12 +414,25 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., int]]:
         return started[-1].pid
 
     yield start
+    grandchildren = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).kill()
+            proc = psutil.Process(pid)
+            proc.kill()
+            grandchildren.append(proc)
     for popen in started:
         popen.kill()
         popen.wait()
+    # A SIGKILLed grandchild may still be running for a moment, re-parented to us: wait until
+    # it is dead (a zombie the session's reaper collects, or gone), not just signalled.
+    wait_until(lambda: not any(_running(p) for p in grandchildren), message="children dead")
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def ready_text(path: Path) -> str | None:
