@@ -46,23 +46,12 @@ class RestartPolicy:
         max_without_progress: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        for name, value, least in (
-            ("max_restarts", max_restarts, 0),
-            ("window", window, 0),
-            ("backoff_base", backoff_base, 0),
-            ("backoff_max", backoff_max, 0),
-            ("reset_after", reset_after, 0),
-            ("max_without_progress", max_without_progress, 1),
-        ):
-            if value < least:
-                raise ValueError(f"{name}: must be >= {least}, got {value}")
-        self._max_restarts = max_restarts
-        self._window = window
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
-        self._reset_after = reset_after
-        self._max_without_progress = max_without_progress
         self._clock = clock
+        self.retune(
+            max_restarts=max_restarts, window=window, backoff_base=backoff_base,
+            backoff_max=backoff_max, reset_after=reset_after,
+            max_without_progress=max_without_progress,
+        )  # fmt: skip
         self._restarts: deque[float] = deque()  # decision times, oldest first
         self._consecutive = 0
         self._started_at: float | None = None
@@ -80,18 +69,24 @@ class RestartPolicy:
         reset_after: float,
         max_without_progress: int,
     ) -> None:
-        """New limits (a reloaded config), keeping what happened: the restarts still count."""
-        fresh = RestartPolicy(
-            max_restarts=max_restarts, window=window, backoff_base=backoff_base,
-            backoff_max=backoff_max, reset_after=reset_after,
-            max_without_progress=max_without_progress, clock=self._clock,
-        )  # fmt: skip
-        self._max_restarts = fresh._max_restarts
-        self._window = fresh._window
-        self._backoff_base = fresh._backoff_base
-        self._backoff_max = fresh._backoff_max
-        self._reset_after = fresh._reset_after
-        self._max_without_progress = fresh._max_without_progress
+        """Set the limits: at construction, and for a reloaded config (what happened so far,
+        the restarts and the streak, still counts). ValueError for a limit out of range."""
+        for name, value, least in (
+            ("max_restarts", max_restarts, 0),
+            ("window", window, 0),
+            ("backoff_base", backoff_base, 0),
+            ("backoff_max", backoff_max, 0),
+            ("reset_after", reset_after, 0),
+            ("max_without_progress", max_without_progress, 1),
+        ):
+            if value < least:
+                raise ValueError(f"{name}: must be >= {least}, got {value}")
+        self._max_restarts = max_restarts
+        self._window = window
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._reset_after = reset_after
+        self._max_without_progress = max_without_progress
 
     @property
     def restart_times(self) -> tuple[float, ...]:

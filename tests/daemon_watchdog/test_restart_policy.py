@@ -292,3 +292,26 @@ def test_restarts_a_replaced_watchdog_made_still_count_within_the_window() -> No
     assert crash(policy, 20).action == "give_up"
     clock.advance(51)  # the restart 250 s ago leaves the window
     assert crash(policy, 30).action == "restart"
+
+
+def test_retune_changes_the_limits_and_keeps_the_restarts_that_count() -> None:
+    now = [0.0]
+    policy = RestartPolicy(
+        max_restarts=3, window=300, backoff_base=2, backoff_max=120, reset_after=600,
+        max_without_progress=5, clock=lambda: now[0],
+    )  # fmt: skip
+    policy.started()
+    assert policy.decide(retryable=True, category="unknown", checkpoint_step=None).delay == 0
+    policy.retune(
+        max_restarts=1, window=300, backoff_base=5, backoff_max=120, reset_after=600,
+        max_without_progress=5,
+    )  # fmt: skip
+    now[0] = 1.0
+    policy.started()
+    decision = policy.decide(retryable=True, category="unknown", checkpoint_step=None)
+    assert decision.action == "give_up"  # the restart before the reload still counts
+    with pytest.raises(ValueError, match="max_restarts: must be >= 0"):
+        policy.retune(
+            max_restarts=-1, window=300, backoff_base=5, backoff_max=120, reset_after=600,
+            max_without_progress=5,
+        )  # fmt: skip
