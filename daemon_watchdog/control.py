@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from daemon_watchdog.daemon_process import forget_daemon
 from daemon_watchdog.lock import WorkspaceBusy, WorkspaceLock
 from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.states import State, status_exit_code
@@ -116,6 +117,8 @@ def _stop_without_watchdog(ws: Workspace, status: WatchdogStatus | None) -> str:
         )
         stopped = len(report.exited) + len(report.killed)
         message = f"no watchdog running; stopped the daemon tree: {stopped} processes"
+        if not report.survivors:
+            forget_daemon(ws, daemon.pid)  # a pid file naming it would soon name a stranger
     if status is not None and status.state not in (State.STOPPED.value, State.FATAL.value):
         # What a dead watchdog last wrote (RUNNING, BACKOFF, ...) is no longer true.
         stopped_state = replace(

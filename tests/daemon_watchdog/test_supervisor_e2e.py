@@ -471,6 +471,7 @@ def test_stop_with_the_watchdog_dead_stops_its_daemon_and_records_stopped(run: R
     assert not any(_alive(p) for p in tree)
     status = run.status()
     assert status["state"] == "STOPPED" and status["daemon_pid"] is None
+    assert not (run.base / ".daemon.pid").exists()  # it would name a stranger once reused
     assert _status_exit(run) == 2
     again = _cli(run, "stop")  # nothing left to do, and nothing to correct
     assert again.returncode == 0 and again.stdout.strip() == "no watchdog and no daemon running"
