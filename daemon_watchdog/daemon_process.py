@@ -141,6 +141,13 @@ def find_daemon(ws: Workspace, status: WatchdogStatus | None) -> DaemonHandle | 
                  "left alone", pid)  # fmt: skip
         _remove_pid_file(ws, pid)
         return None
+    if status is not None and status.state == "STOPPED" and status.daemon is None:
+        # A finished or stopped run: its watchdog removes the pid file when the daemon ends
+        # (versions before that left it behind), so this one names a process that came later.
+        log.warning("pid file names pid %d after a STOPPED run: a stale file, left over; that "
+                    "process is left alone", pid)  # fmt: skip
+        _remove_pid_file(ws, pid)
+        return None
     if pid == os.getpid() or pid in {p.pid for p in psutil.Process().parents()}:
         _remove_pid_file(ws, pid)  # a stale file from before a reboot names us: not a trainer
         return None
