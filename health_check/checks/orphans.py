@@ -94,17 +94,35 @@ def _suspect_line(suspect: Suspect, memory: GpuMemory, token: str | None) -> str
     whose = ""
     if suspect.token:
         whose = " (our run's token, another user)" if suspect.token == token else " (another run's)"
-    return (
-        f"{_suspect_brief(suspect, memory)}: {suspect.cmdline[:120]} - not ours{whose}: left alone"
-    )
+    brief = _brief(suspect.cmdline, 120)
+    return f"{_suspect_brief(suspect, memory)}: {brief} - not ours{whose}: left alone"
 
 
 def _processes(items: Sequence[object]) -> str:
     return f"{len(items)} process{'es' * (len(items) != 1)}"
 
 
+def _brief(cmdline: str, limit: int) -> str:
+    """`cmdline` in at most about `limit` characters. Each long argument keeps its start and its
+    file name (`/tmp/pytest-…/train.py`): the script's name is what tells a reader whose process
+    it is, and deep paths (a CI checkout, a scratch folder) would otherwise push it out."""
+    words = [_elide_path(word) for word in cmdline.split(" ")]
+    text = " ".join(words)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}…"
+
+
+def _elide_path(word: str, keep: int = 40) -> str:
+    if len(word) <= keep or "/" not in word:
+        return word
+    name = word.rsplit("/", 1)[1]
+    head = max(keep - len(name) - 2, 8)
+    return f"{word[:head]}…/{name}"
+
+
 def _describe(proc: psutil.Process) -> str:
     try:
-        return " ".join(proc.cmdline())[:80] or proc.name()
+        return _brief(" ".join(proc.cmdline()), 80) or proc.name()
     except psutil.Error:
         return "?"

@@ -62,7 +62,8 @@ class Procs:
 
     def train_py(self, *, token: str | None = None) -> subprocess.Popen[bytes]:
         """A `train.py` of someone else's run (sleeper.py under that name), once running."""
-        folder = self.tmp_path / f"someone-elses-run-{len(self.popens)}"
+        # A long path, as on CI machines: the report must still show the script's name.
+        folder = self.tmp_path / f"someone-elses-run-{len(self.popens)}-{'deep' * 30}"
         folder.mkdir()
         script = folder / "train.py"
         shutil.copy(CHILDREN / "sleeper.py", script)
