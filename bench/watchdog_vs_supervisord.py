@@ -38,6 +38,11 @@ supervisor 4.x there, then, for each supervisor in turn:
    no output, no worker) under the same supervisor config: supervisord's event loop wakes on
    output or its 1 s timeout, so this shows what its restart costs when nothing is printed.
 
+`--default-config` measures isolated crashes instead, with the `init` template untouched (no
+edits above): each crash under a supervisor started for it, in a workspace of its own, after
+`--pause` s of training; the first crash of a run, which daemon-watchdog restarts at once with
+any backoff settings (steps 4 and 5 are skipped).
+
 Everything it starts (supervisors, daemons, workers, orphans) is tracked by pid and killed at
 the end, on Ctrl+C or SIGTERM too; the temporary folder is removed unless `--keep`.
 """
@@ -249,11 +254,20 @@ class Target:
     name = ""
 
     def __init__(
-        self, tracker: Tracker, root: Path, project_venv: Path, job: Job, *, quiet: bool = False
+        self,
+        tracker: Tracker,
+        root: Path,
+        project_venv: Path,
+        job: Job,
+        *,
+        quiet: bool = False,
+        default_config: bool = False,
+        tag: str = "",
     ) -> None:
         self.tracker = tracker
         self.quiet = quiet  # supervise QUIET_DAEMON instead of the example daemon
-        self.dir = root / (f"{self.name}-quiet" if quiet else self.name)
+        self.default_config = default_config  # the `init` template as it is: no edits
+        self.dir = root / (f"{self.name}-quiet" if quiet else self.name + tag)
         self.ws = self.dir / "workspace"
         self.project_venv = project_venv
         self.python = project_venv / "bin" / "python"
@@ -312,6 +326,8 @@ class Trainguard(Target):
             ("backoff_base = 1\n", "backoff_base = 0\n"),
             ("max_restarts = 3\n", "max_restarts = 1000\nmax_restarts_without_progress = 1000\n"),
         ]
+        if self.default_config:
+            edits = []
         if self.quiet:
             start = '\ncommand = ["{python}", "-m", "daemon_watchdog.example.daemon"'
             line = text[text.index(start) : text.index("\n", text.index(start) + 1) + 1]
@@ -321,11 +337,12 @@ class Trainguard(Target):
                 raise BenchError(f"{self.toml}: expected one line {old.strip()!r} from `init`")
             text = text.replace(old, new)
         self.toml.write_text(text)
-        self.tracker.commands.append(
-            f"# edit {self.toml}: [watchdog] backoff_base = 0, max_restarts = 1000, "
-            "max_restarts_without_progress = 1000"
-            + (f"; [daemon] command = {json.dumps(list(QUIET_DAEMON))}" if self.quiet else "")
-        )
+        if edits:
+            self.tracker.commands.append(
+                f"# edit {self.toml}: [watchdog] backoff_base = 0, max_restarts = 1000, "
+                "max_restarts_without_progress = 1000"
+                + (f"; [daemon] command = {json.dumps(list(QUIET_DAEMON))}" if self.quiet else "")
+            )
         shown = json.loads(
             self.tracker.run(
                 [
@@ -338,7 +355,7 @@ class Trainguard(Target):
                 quiet=True,
             )
         )
-        assert shown["watchdog"]["backoff_base"] == 0, shown["watchdog"]
+        assert self.default_config or shown["watchdog"]["backoff_base"] == 0, shown["watchdog"]
         self.config_text = "[watchdog] " + ", ".join(
             f"{key} = {shown['watchdog'][key]}"
             for key in (
@@ -347,6 +364,7 @@ class Trainguard(Target):
                 "restart_window",
                 "max_restarts_without_progress",
                 "check_interval",
+                "backoff_reset_after",
             )
         )
 
@@ -685,6 +703,40 @@ def measure(target: Target, args: argparse.Namespace, tracker: Tracker) -> Targe
     return result
 
 
+def measure_isolated(
+    make: Any, name: str, args: argparse.Namespace, tracker: Tracker
+) -> TargetResult:
+    """`--default-config`: each crash under a supervisor started for it, in a workspace of its
+    own, after `--pause` s of training: an isolated crash, the first of its run, with the
+    config a user gets (`daemon-watchdog init`'s template, untouched)."""
+    print(f"\n== {name}, {args.runs} isolated crashes, default config")
+    result = TargetResult(name, "", "", load=[os.getloadavg()[0]])
+    for i in range(args.runs):
+        target: Target = make(f"-{i + 1}")
+        target.setup()
+        result.config = target.config_text
+        target.start()
+        progress = ProgressReader(target.ws / "status" / "progress.json")
+        wait_for("the first daemon", 60, target.daemon_pid, interval=0.1)
+        wait_for("the first progress", 60, progress.read, interval=0.05)
+        wait_for_kill_moment(target, progress, args.save_steps, time.monotonic() + args.pause)
+        r = crash_once(target, progress, args, tracker)
+        result.restarts.append(r)
+        print(
+            f"  crash {i + 1:2}/{args.runs}: SIGKILL pid {r.old_pid} at step {r.kill_step}; "
+            f"new pid {r.new_pid} after {_ms(r.pid_ms)}, first progress after "
+            f"{_ms(r.progress_ms)}; train.py processes: {r.train_procs}"
+            + (f" (orphans {r.orphans} killed by the bench)" if r.orphans else "")
+            + (f"  [{r.note}]" if r.note else "")
+        )
+        assert target.proc is not None
+        tracker.stop_supervisor(target.proc)
+        for phase, values in target.log_breakdown([r]).items():
+            result.breakdown.setdefault(phase, []).extend(values)
+    result.load.append(os.getloadavg()[0])
+    return result
+
+
 def idle_window(
     target: Target, sup: psutil.Process, progress: ProgressReader, args: argparse.Namespace
 ) -> Idle:
@@ -830,8 +882,10 @@ def summary(results: Sequence[TargetResult]) -> dict[str, Any]:
             "uss_before_mib": res.before.uss_mib if res.before else None,
             "cpu_before_pct": res.before.cpu_pct if res.before else None,
             "steps_before": res.before.steps if res.before else None,
-            "rss_idle_median_mib": statistics.median(res.rss_idle_mib),
-            "rss_idle_max_mib": max(res.rss_idle_mib),
+            "rss_idle_median_mib": (
+                statistics.median(res.rss_idle_mib) if res.rss_idle_mib else None
+            ),
+            "rss_idle_max_mib": max(res.rss_idle_mib) if res.rss_idle_mib else None,
             "uss_idle_mib": res.uss_idle_mib,
             "cpu_pct": res.cpu_pct,
             "idle_seconds": res.idle_seconds,
@@ -871,7 +925,7 @@ def print_report(
     print("|---|" + "---|" * len(names))
     row("crash -> new daemon pid, median / p90 (min-max)", lat("pid"))
     row("crash -> new daemon's first progress, median / p90 (min-max)", lat("progress"))
-    if args.quiet_runs:
+    if args.quiet_runs and not args.default_config:
         row(
             f"quiet daemon `{shlex.join(QUIET_DAEMON)}`, {args.quiet_runs} crashes:"
             " crash -> new pid, median / p90 (min-max)",
@@ -884,6 +938,9 @@ def print_report(
             f" (train.py processes: {f['train_procs_after_restart']})"
         ),
     )
+    if args.default_config:
+        _print_ratios_and_phases(results, figures, rss=False)
+        return
     row(
         "supervisor RSS, fresh (2 s after the first progress)",
         lambda f: f"{f['rss_fresh_mib']:.1f} MiB",
@@ -912,11 +969,20 @@ def print_report(
         "1-min load average at start / end (2 = both cores busy)",
         lambda f: " / ".join(f"{x:.2f}" for x in f["load"]),
     )
+    _print_ratios_and_phases(results, figures, rss=True)
+
+
+def _print_ratios_and_phases(
+    results: Sequence[TargetResult], figures: dict[str, Any], *, rss: bool
+) -> None:
+    names = [r.name for r in results]
     if len(names) == 2 and {"trainguard", "supervisord"} <= set(names):
         tg, sd = figures["trainguard"], figures["supervisord"]
-        before = tg["rss_before_median_mib"] / sd["rss_before_median_mib"]
-        after = tg["rss_idle_median_mib"] / sd["rss_idle_median_mib"]
-        ratios = [f"idle RSS before any crash {before:.2f}x, after the crashes {after:.2f}x"]
+        ratios = []
+        if rss:
+            before = tg["rss_before_median_mib"] / sd["rss_before_median_mib"]
+            after = tg["rss_idle_median_mib"] / sd["rss_idle_median_mib"]
+            ratios = [f"idle RSS before any crash {before:.2f}x, after the crashes {after:.2f}x"]
         if tg["pid_median_ms"] and sd["pid_median_ms"]:
             ratios = [
                 f"new pid {tg['pid_median_ms'] / sd['pid_median_ms']:.2f}x",
@@ -959,6 +1025,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--restart-timeout", type=float, default=30.0)
     parser.add_argument(
+        "--default-config",
+        action="store_true",
+        help="isolated crashes with the `init` template untouched: each crash under a freshly "
+        "started supervisor in its own workspace, after --pause s of training (no idle "
+        "windows, no quiet runs)",
+    )
+    parser.add_argument(
         "--only", choices=("trainguard", "supervisord"), help="measure one supervisor only"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the raw figures here")
@@ -995,10 +1068,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         ).strip()
         results = []
         for target in targets:
-            result = measure(target, args, tracker)
+            if args.default_config:
+                kind, kw = type(target), target.extra_kwargs()
+
+                def make(tag: str, kind: Any = kind, kw: dict[str, Any] = kw) -> Target:
+                    return kind(  # type: ignore[no-any-return]
+                        tracker, root, args.project_venv, job, default_config=True, tag=tag, **kw
+                    )
+
+                result = measure_isolated(make, target.name, args, tracker)
+            else:
+                result = measure(target, args, tracker)
             result.version = version if target.name == "supervisord" else tg_version
             results.append(result)
-        if args.quiet_runs:
+        if args.quiet_runs and not args.default_config:
             for target, result in zip(targets, results, strict=True):
                 quiet = type(target)(
                     tracker, root, args.project_venv, job, quiet=True, **target.extra_kwargs()

@@ -152,6 +152,9 @@ class Supervisor:
         self.me = identify(os.getpid())  # lets `stop` prove which process it signals
         self.subreaper = False  # whether orphans of our daemons are re-parented to us
         self.unswept_token: str | None = None  # a dead daemon's token not yet swept for
+        # Crashes diagnosed but not yet in the crash history: appended once the restart is
+        # under way (the append takes a lock that a cron crash-detector may hold, and fsyncs).
+        self.unrecorded: list[tuple[Diagnosis, str, int | None]] = []
         self.next_check = self.next_prune = 0.0  # monotonic deadlines of the periodic work
         self.log_tick_at = 0.0
         self.diagnosed = False  # a crash was diagnosed while handling this event
@@ -207,6 +210,7 @@ class Supervisor:
                     event = None  # a deadline came: `_handle` sees which
                 self._handle(event)
         finally:
+            self._record_crashes()
             self.reporter.stopping()
             self.jobs.close()
             watch.stop()
@@ -258,6 +262,8 @@ class Supervisor:
             # After the restart this event may have made: while the checkpoint is being chosen,
             # the sweep (~20 ms of reading environments) would only delay the new daemon.
             self._sweep_marked(self.unswept_token)
+        if self.unrecorded and self.choosing is None:
+            self._record_crashes()  # after the restart, like the sweep
         if self.diagnosed:
             self.diagnosed = False
             _release_free_heap()  # what reading and classifying the log tail freed
@@ -404,7 +410,9 @@ class Supervisor:
         except OSError:
             self.pending_log_offset = 0
         try:
-            self._publish(strict=True)
+            # Atomic, not fsync'd: it must survive this process being killed, which the page
+            # cache does; a power cut ends the daemon too. STARTING, just after the fork, is.
+            self._publish(strict=True, durable=False)
         except OSError as exc:
             self.pending_token = None
             self._cannot_start(
@@ -669,7 +677,7 @@ class Supervisor:
         # was stepped or another watchdog recorded the same daemon's crash.
         started = daemon.identity.start_ticks or daemon.identity.create_time
         occurrence = f"daemon-watchdog:{daemon.pid}:{started}"
-        record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code)
+        self.unrecorded.append((diagnosis, occurrence, code))
         refused = None
         if not hang and daemon.resumed_from is not None and self.last_progress is None:
             why = self.refusal.judge(
@@ -686,8 +694,12 @@ class Supervisor:
             diagnosis, code, hang, f"{refused[0].name}: {refused[1]}" if refused else None
         )
         # The worker first: it runs while this thread writes the state file (I/O frees the GIL).
+        # Not fsync'd: the restart must not wait on a disk busy with a checkpoint write; the
+        # state after it (STARTING, or BACKOFF with a delay, or FATAL) is.
         self._choose(then="recover", room=True, refused=refused)
-        self._transition(State.BACKOFF, f"{diagnosis.reason}; choosing the checkpoint to resume")
+        self._transition(
+            State.BACKOFF, f"{diagnosis.reason}; choosing the checkpoint to resume", durable=False
+        )
 
     def _decide(self, checkpoint: CheckpointInfo | None) -> None:
         crash, self.pending_crash = self.pending_crash, None
@@ -895,6 +907,11 @@ class Supervisor:
         # Read after the caller's snapshot: every alert sender in it is registered by now.
         return set(self.reporter.alert_senders())
 
+    def _record_crashes(self) -> None:
+        for diagnosis, occurrence, code in self.unrecorded:
+            record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code)
+        self.unrecorded = []
+
     def _sweep_marked(self, token: str) -> None:
         self.unswept_token = None
         escaped = find_marked(token)
@@ -923,13 +940,13 @@ class Supervisor:
 
     # --- state ------------------------------------------------------------------------------
 
-    def _transition(self, new: State, reason: str) -> None:
+    def _transition(self, new: State, reason: str, *, durable: bool = True) -> None:
         if self.state is not None and self.state != new:
             check_transition(self.state, new)
         old = self.state.value if self.state else "-"
         self.state = new
         log.info("state %s -> %s: %s", old, new.value, reason)
-        self._publish()
+        self._publish(durable=durable)
         if not self.ready_sent and (self.daemon is not None or new in TERMINAL):
             # Ready once the daemon is started (or cannot be): the checkpoint to resume from is
             # chosen first, on a worker thread, which for a huge one can take a while.
@@ -948,9 +965,10 @@ class Supervisor:
         if leave or self.exit_when_done:
             self.exit_code = 0 if state == State.STOPPED else 1
 
-    def _publish(self, *, strict: bool = False) -> None:
+    def _publish(self, *, strict: bool = False, durable: bool = True) -> None:
         """Replace the state file with the current state; with `strict`, a failure raises
-        OSError (the caller must not go on without the record), else it is logged."""
+        OSError (the caller must not go on without the record), else it is logged. Not
+        `durable`: atomic but not fsync'd (`write_bytes_atomic`)."""
         if self.state is None:
             return  # before the first state: nothing true to say yet
         d = self.daemon
@@ -980,7 +998,7 @@ class Supervisor:
         self.published_mono = time.monotonic()
         self.last_status = status
         try:
-            self.last_status = status.write(self.ws.state_file)
+            self.last_status = status.write(self.ws.state_file, durable=durable)
         except OSError as exc:
             if strict:
                 raise

@@ -11,30 +11,44 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
-    """Write `data` to a temp file beside `path`, fsync it, rename it over `path`, fsync the dir."""
+def write_bytes_atomic(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, durable: bool = True
+) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, rename it over `path`, fsync the dir.
+
+    Atomic either way: a reader sees the old file or the new one, and a process that dies
+    after the rename (a watchdog SIGKILLed) leaves the new one, in the page cache. `durable`
+    adds the two fsyncs that keep it through a power cut; without them a write costs no disk
+    wait, which on a disk busy with a checkpoint write can be seconds."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         with suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int = 0o644) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
+def write_text_atomic(
+    path: str | os.PathLike[str], text: str, *, mode: int = 0o644, durable: bool = True
+) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), mode=mode, durable=durable)
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, mode: int = 0o644) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", mode=mode)
+def write_json_atomic(
+    path: str | os.PathLike[str], obj: Any, *, mode: int = 0o644, durable: bool = True
+) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    write_text_atomic(path, text, mode=mode, durable=durable)
 
 
 MAX_JSON_BYTES = 1 << 20  # progress and state files are a few KB: more is not one of ours

@@ -202,11 +202,12 @@ class WatchdogStatus:
             extra={k: v for k, v in data.items() if k not in known},
         )
 
-    def write(self, path: Path) -> WatchdogStatus:
-        """Atomically replace `path` with this state, stamped now; returns what was written."""
+    def write(self, path: Path, *, durable: bool = True) -> WatchdogStatus:
+        """Atomically replace `path` with this state, stamped now; returns what was written.
+        `durable=False` skips the fsyncs (see `write_bytes_atomic`)."""
         stamped = replace(self, updated_at=utc_now())
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, stamped.to_json())
+        write_json_atomic(path, stamped.to_json(), durable=durable)
         return stamped
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -180,6 +181,25 @@ def test_sigkilled_daemon_restarts_from_latest_valid_checkpoint_and_orphan_is_go
     # Its config was validated in a child: pydantic (~10 MiB) never entered the watchdog.
     assert status["watchdog_pid"] == watchdog.pid
     assert "pydantic" not in Path(f"/proc/{watchdog.pid}/maps").read_text()
+
+
+def test_a_locked_crash_history_does_not_hold_up_the_restart(run: Run) -> None:
+    # A cron `crash-detector` appending to the history holds its lock: the watchdog records
+    # the crash there once the new daemon is started, not before.
+    run.start()
+    run.wait_for(_running_past(15), "training past step 15")
+    old = run.status()["daemon_pid"]
+    history = run.base / ".crash_history.jsonl"
+    with open(history, "ab") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        os.kill(old, signal.SIGKILL)
+        status = run.wait_for(
+            lambda s: s.get("daemon_pid") not in (None, old), "a new daemon while locked"
+        )
+        assert psutil.Process(status["daemon_pid"]).is_running()
+        assert run.history() == []
+    run.wait_for(_restarted(1), "running again")
+    wait_until(lambda: [r["category"] for r in run.history()] == ["unknown"], message="record")
 
 
 def test_a_marked_process_outside_our_tree_is_stopped_after_a_crash(run: Run) -> None:
