@@ -35,9 +35,10 @@ def run_cli(
     argv: Sequence[str] | None,
     *,
     config_exit_code: int | None = None,
+    json_errors: bool = False,
 ) -> int:
     """Run `handler(argv)` inside the error boundary; return the process exit code."""
     result = [1]
-    with error_boundary(prog, result, config_exit_code=config_exit_code):
+    with error_boundary(prog, result, config_exit_code=config_exit_code, json_errors=json_errors):
         result[0] = handler(argv)
     return result[0]

@@ -341,6 +341,32 @@ class MetricsSection(_Section):
     listen: Annotated[str, _Rule(_host_port)] = ""
 
 
+def _slots(value: str | int) -> str | int:
+    if isinstance(value, str) and value != "auto":
+        raise ValueError(f'must be "auto" or a number of slots >= 1 (got {value!r})')
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"must be >= 1 (got {value})")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueNode(_Section):
+    excluded_gpus: Annotated[list[int], _Rule(_gpu_indexes)] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSection(_Section):
+    ledger: str = "queue/ledger.db"  # the SQLite ledger of tasks and attempts
+    backend: Literal["local", "dask"] = "local"
+    scheduler: str = ""  # the Dask scheduler's address; "" = a LocalCluster on this machine
+    # Workers of the local backend: "auto" = one per visible, non-excluded GPU (1 without GPU).
+    slots: Annotated[str | int, _Rule(_slots)] = "auto"
+    # Failed attempts after which a task is failed for good (a non-retryable crash: after 1).
+    max_retries: Annotated[int, Ge(1)] = 3
+    task_timeout: Annotated[float, Gt(0)] = 7200  # seconds an attempt may run
+    nodes: dict[str, QueueNode] = field(default_factory=dict)  # per host: excluded_gpus
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config(_Section):
     """The whole trainguard.toml. After `load_config`, `base_dir` is an absolute path."""
@@ -353,6 +379,7 @@ class Config(_Section):
     crash_detector: CrashDetectorSection = field(default_factory=CrashDetectorSection)
     alerts: AlertsSection = field(default_factory=AlertsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    queue: QueueSection = field(default_factory=QueueSection)
 
 
 def find_config_path(
@@ -414,6 +441,9 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     for item in fields(Config):
         if isinstance(item.default_factory, type):  # a section: its class makes its default
             values[item.name] = item.default_factory(**data[item.name])
+    queue = values["queue"]
+    nodes = {host: QueueNode(**node) for host, node in data["queue"]["nodes"].items()}
+    values["queue"] = replace(queue, nodes=nodes)
     return Config(**values)
 
 

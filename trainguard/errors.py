@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,11 +41,17 @@ class ExitCode(Exception):
 
 @contextmanager
 def error_boundary(
-    prog: str, result: list[int], *, config_exit_code: int | None = None
+    prog: str,
+    result: list[int],
+    *,
+    config_exit_code: int | None = None,
+    json_errors: bool = False,
 ) -> Iterator[None]:
     """Map expected errors to `prog: message` on stderr and an exit code stored in `result[0]`.
 
     `config_exit_code` lets health-check report a bad config as Nagios UNKNOWN (3) instead of 78.
+    `json_errors` (a command run with --json) also prints `{"error", "exit_code"}` on stdout, so
+    that a script reading stdout gets JSON whatever happened.
     """
     try:
         yield
@@ -57,6 +64,8 @@ def error_boundary(
         result[0] = (
             config_exit_code if is_config and config_exit_code is not None else exc.exit_code
         )
+        if json_errors:
+            print(json.dumps({"error": "; ".join(exc.lines()), "exit_code": result[0]}))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         result[0] = exitcodes.INTERRUPTED

@@ -1,0 +1,3 @@
+from task_queue.cli import main
+
+raise SystemExit(main())

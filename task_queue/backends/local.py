@@ -1,0 +1,161 @@
+"""The embedded backend: one worker per GPU slot of this machine, each attempt a child process.
+
+Each attempt runs in its own session (a broken CUDA context dies with it) with the slot's GPU
+pinned in `CUDA_VISIBLE_DEVICES` / `HIP_VISIBLE_DEVICES` and an owner token every descendant
+inherits; its exit is seen at once (SIGCHLD wakes the manager), never polled.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from task_queue.ledger import Attempt, Task
+from trainguard.child_process import Child, reap_children, spawn_child
+from trainguard.orphan_sweep import kill_orphans, reparented
+from trainguard.process_tree import KillReport, stop_process_tree
+from trainguard.procs import find_marked
+from trainguard.timestamps import utc_now_iso
+
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when an attempt is stopped
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A worker of the local backend: `<host>/slot<N>`, with the GPU it may use (None: no GPU
+    on this machine, and the attempt sees none)."""
+
+    name: str
+    gpu: int | None
+
+
+@dataclass
+class Running:
+    slot: Slot
+    task: Task
+    attempt: Attempt
+    child: Child
+    log_file: Path
+    deadline: float  # monotonic time its timeout ends
+    stopping: str | None = None  # "timeout" | "cancelled" | "interrupted" once we stopped it
+
+
+def plan_slots(
+    slots: str | int, *, host: str, visible: Sequence[int], excluded: Sequence[int]
+) -> list[Slot]:
+    """The workers of this machine: "auto" gives one per visible GPU not in `excluded` (one
+    without a GPU when there is none); a number N gives N, sharing those GPUs in turn."""
+    gpus = [g for g in visible if g not in set(excluded)]
+    count = max(1, len(gpus)) if slots == "auto" else int(slots)
+    return [
+        Slot(f"{host}/slot{index}", gpus[index % len(gpus)] if gpus else None)
+        for index in range(count)
+    ]
+
+
+def visible_gpus(env: Mapping[str, str], nvml_count: int | None) -> list[int]:
+    """GPU indexes this machine offers: `CUDA_VISIBLE_DEVICES` when set (integers only),
+    else every device NVML counts, else none."""
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [int(part) for part in listed.split(",") if part.strip().isdigit()]
+    return list(range(nvml_count or 0))
+
+
+def this_host() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+class LocalBackend:
+    def __init__(self, slots: Sequence[Slot], log_dir: Path) -> None:
+        self.slots = list(slots)
+        self.log_dir = log_dir
+        self.running: dict[str, Running] = {}  # by slot name
+
+    def workers(self) -> list[str]:
+        return [slot.name for slot in self.slots]
+
+    def free(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot.name not in self.running]
+
+    def log_file(self, task: Task) -> Path:
+        return self.log_dir / f"task-{task.id}.log"
+
+    def start(self, slot: Slot, task: Task, attempt: Attempt, token: str) -> Running:
+        """Spawn the attempt (SpawnError when its program cannot be started)."""
+        gpu = "" if slot.gpu is None else str(slot.gpu)
+        env = {
+            **task.env,
+            "CUDA_VISIBLE_DEVICES": gpu,
+            "HIP_VISIBLE_DEVICES": gpu,
+            "TRAINGUARD_TASK_ID": str(task.id),
+            "TRAINGUARD_ATTEMPT": str(attempt.number),
+            "TRAINGUARD_WORKER": slot.name,
+        }
+        log_file = self.log_file(task)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as out:
+            out.write(
+                f"=== attempt {attempt.number} of task {task.id} ({task.name}) on {slot.name} "
+                f"at {utc_now_iso()}\n".encode()
+            )
+        child = spawn_child(
+            task.argv,
+            cwd=Path(task.cwd),
+            log_file=log_file,
+            token=token,
+            started_at=utc_now_iso(),
+            env=env,
+            what=f"task {task.id}",
+        )
+        running = Running(slot, task, attempt, child, log_file, time.monotonic() + task.timeout)
+        self.running[slot.name] = running
+        return running
+
+    def reap(self) -> list[tuple[Running, int]]:
+        """Attempts whose process has ended, with its returncode (negative: a signal)."""
+        by_pid = {r.child.pid: r for r in self.running.values()}
+        ended = []
+        for pid, code in reap_children():
+            running = by_pid.get(pid)
+            if running is not None:
+                del self.running[running.slot.name]
+                ended.append((running, code))
+        return ended
+
+    def stop(self, running: Running, why: str) -> KillReport:
+        """SIGTERM the attempt's tree, SIGKILL what is left after STOP_GRACE; its exit then
+        comes through `reap` like any other."""
+        running.stopping = why
+        return stop_process_tree(
+            running.child.identity,
+            sig=signal.SIGTERM,
+            timeout=STOP_GRACE,
+            token=running.child.token,
+        )
+
+    def sweep(self, token: str) -> list[str]:
+        """Kill what an ended attempt left: processes carrying its token and orphans
+        re-parented to us outside the live attempts' trees. Returns their descriptions."""
+        live = {r.child.pid for r in self.running.values()}
+        found = {p.pid: p for p in find_marked(token)}
+        for proc in reparented(live):
+            found.setdefault(proc.pid, proc)
+        if not found:
+            return []
+        # Those re-parented to us are reaped by the manager's next `reap` (their SIGCHLD).
+        swept = kill_orphans(list(found.values()), timeout=STOP_GRACE)
+        return list(swept.names)
+
+
+def kill_left_by_dead_runner(tokens: Sequence[str]) -> list[str]:
+    """Processes of attempts whose runner died (still carrying their tokens): SIGKILLed before
+    their tasks run again, so that no task ever runs twice at once."""
+    procs = [proc for token in tokens if token for proc in find_marked(token)]
+    if not procs:
+        return []
+    return list(kill_orphans(procs, timeout=STOP_GRACE).names)

@@ -1,0 +1,281 @@
+"""`task-queue run`: the one loop that hands tasks to workers and records how each attempt ended.
+
+The house shape of the watchdog: signal handlers only enqueue; one loop owns all state and
+waits on its queue, woken by a child's exit (SIGCHLD), a signal, or the nearest deadline (a
+task's timeout, the next look at the ledger for new, cancelled or retried tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from crash_detector.scanner import Scanner
+from task_queue.attempt_diagnosis import diagnose_attempt
+from task_queue.backends.local import LocalBackend, Running, kill_left_by_dead_runner
+from task_queue.ledger import AttemptEnd, Ledger
+from task_queue.retry_policy import judge
+from trainguard import exitcodes
+from trainguard.child_process import SpawnError, become_subreaper, new_token
+from trainguard.procs import decode_wait_status
+
+log = logging.getLogger("task_queue")
+
+NO_WORKER = 69  # EX_UNAVAILABLE: no worker can take the tasks left
+LEDGER_LOOK_INTERVAL = 1.0  # seconds between looks at the ledger for new or cancelled tasks
+RUNNER_DIED = "its runner died while it ran (task-queue run was killed); not counted"
+
+
+@dataclass(frozen=True)
+class _Signal:
+    signum: int
+
+
+@dataclass(frozen=True)
+class _ChildExited:
+    pass
+
+
+class Manager:
+    def __init__(
+        self,
+        ledger: Ledger,
+        backend: LocalBackend,
+        *,
+        host: str,
+        scanner: Callable[[], Scanner],
+        until_done: bool,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.ledger = ledger
+        self.backend = backend
+        self.host = host
+        self._load_scanner = scanner
+        self._scanner: Scanner | None = None
+        self.until_done = until_done
+        self.say = say
+        self.events: queue.SimpleQueue[_Signal | _ChildExited] = queue.SimpleQueue()
+        self.next_look = 0.0
+        self.stopping: int | None = None  # the signal that ends the run
+
+    @property
+    def scanner(self) -> Scanner:
+        if self._scanner is None:
+            self._scanner = self._load_scanner()
+        return self._scanner
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = self._install_signal_handlers()
+        try:
+            become_subreaper()
+            self._recover()
+            while True:
+                self._dispatch()
+                if self.until_done and self._all_settled():
+                    return self._final_code()
+                if self.until_done and not self.backend.running:
+                    return self._stuck()
+                try:
+                    event = self.events.get(timeout=self._wait_timeout())
+                except queue.Empty:
+                    event = None
+                self._handle(event)
+                if self.stopping is not None:
+                    return self._interrupt()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _wait_timeout(self) -> float:
+        deadlines = [self.next_look]
+        deadlines += [r.deadline for r in self.backend.running.values() if r.stopping is None]
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _handle(self, event: _Signal | _ChildExited | None) -> None:
+        if isinstance(event, _Signal):
+            self.stopping = event.signum
+            return
+        for running, code in self.backend.reap():
+            self._ended(running, code)
+        now = time.monotonic()
+        for running in list(self.backend.running.values()):
+            if running.stopping is None and now >= running.deadline:
+                self.say(
+                    f"task {running.task.id} ({running.task.name}) on {running.slot.name}: "
+                    f"timed out after {running.task.timeout:g} s; stopping it"
+                )
+                self.backend.stop(running, "timeout")
+        if now >= self.next_look:
+            self.next_look = now + LEDGER_LOOK_INTERVAL
+            self._stop_cancelled()
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def handle_signal(signum: int, _frame: FrameType | None) -> None:
+            self.events.put(_Signal(signum))
+
+        def handle_sigchld(_signum: int, _frame: FrameType | None) -> None:
+            self.events.put(_ChildExited())
+
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handle_signal)
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, handle_sigchld)
+        return previous
+
+    # --- start and end of attempts ----------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Attempts a dead runner left open: their processes stopped, then closed as
+        worker_lost and their tasks back to pending (retried, not counted)."""
+        left = self.ledger.open_attempts()
+        if not left:
+            return
+        killed = kill_left_by_dead_runner([a.token or "" for a in left])
+        if killed:
+            self.say(f"stopped {len(killed)} processes left by a dead runner: {killed}")
+        tasks = self.ledger.close_running(
+            AttemptEnd("worker_lost", error=RUNNER_DIED, counted=False)
+        )
+        self.say(f"tasks {tasks}: their runner died mid-attempt; back to pending (worker_lost)")
+
+    def _dispatch(self) -> None:
+        for slot in self.backend.free():
+            claimed = self.ledger.claim(
+                slot.name, self.host, workers=self.backend.workers(), max_gpus=1
+            )
+            if claimed is None:
+                continue  # none this worker may take; the next one may
+            task, attempt = claimed
+            token = new_token()
+            log_file = self.backend.log_file(task)
+            offset = log_file.stat().st_size if log_file.exists() else 0
+            # Recorded before the spawn: a runner killed just after it leaves the token behind.
+            self.ledger.started(
+                attempt.id, pid=None, log_file=str(log_file), log_offset=offset, token=token
+            )
+            try:
+                running = self.backend.start(slot, task, attempt, token)
+            except SpawnError as exc:
+                self._record(task.id, attempt.id, AttemptEnd(
+                    "failed", category="config_error", retryable=False, error=str(exc),
+                ), slot.name, task.name)  # fmt: skip
+                continue
+            self.ledger.started(
+                attempt.id,
+                pid=running.child.pid,
+                log_file=str(log_file),
+                log_offset=running.child.log_offset,
+                token=token,
+            )
+            self.say(
+                f"task {task.id} ({task.name}) attempt {attempt.number} on {slot.name}: "
+                f"started, pid {running.child.pid}"
+            )
+
+    def _ended(self, running: Running, code: int) -> None:
+        how = decode_wait_status(code)
+        left = self.backend.sweep(running.child.token)
+        if left:
+            self.say(f"task {running.task.id}: stopped processes it left: {left}")
+        if running.stopping == "timeout":
+            end = AttemptEnd(
+                "timeout",
+                exit_code=code,
+                category="timeout",
+                retryable=True,
+                error=f"timed out after {running.task.timeout:g} s ({how})",
+            )
+        elif running.stopping == "cancelled":
+            end = AttemptEnd("interrupted", exit_code=code, error="cancelled", counted=False)
+        elif code == 0:
+            end = AttemptEnd("ok", exit_code=0)
+        else:
+            found = diagnose_attempt(
+                self.scanner,
+                running.log_file,
+                since=running.child.log_offset,
+                exit_code=code,
+                how=how,
+            )
+            end = AttemptEnd(
+                "failed",
+                exit_code=code,
+                category=found.category,
+                retryable=found.retryable,
+                error=found.error,
+                traceback_tail=found.traceback_tail,
+            )
+        self._record(running.task.id, running.attempt.id, end, running.slot.name, running.task.name)
+
+    def _record(
+        self, task_id: int, attempt_id: int, end: AttemptEnd, worker: str, name: str
+    ) -> None:
+        task = self.ledger.task(task_id)
+        assert task is not None
+        earlier = [a for a in task.attempts if a.id != attempt_id]
+        verdict = judge(
+            earlier,
+            outcome=end.outcome,
+            counted=end.counted,
+            retryable=end.retryable,
+            category=end.category,
+            max_retries=task.max_retries,
+        )
+        self.ledger.finish(attempt_id, end, task_status=verdict.status)
+        detail = f" ({end.error})" if end.error and end.outcome != "ok" else ""
+        self.say(f"task {task_id} ({name}) on {worker}: {end.outcome}{detail} -> {verdict.reason}")
+
+    def _stop_cancelled(self) -> None:
+        running = {r.task.id: r for r in self.backend.running.values() if r.stopping is None}
+        if not running:
+            return
+        statuses = self.ledger.statuses(list(running))
+        for task_id, status in statuses.items():
+            if status == "cancelled":
+                self.say(f"task {task_id}: cancelled; stopping it")
+                self.backend.stop(running[task_id], "cancelled")
+
+    def _interrupt(self) -> int:
+        """Ctrl+C or SIGTERM: stop every attempt, close them as interrupted (not counted),
+        their tasks back to pending; nothing is lost."""
+        for running in list(self.backend.running.values()):
+            self.backend.stop(running, "interrupted")
+        for running, _code in self.backend.reap():
+            self.backend.sweep(running.child.token)
+        for running in list(self.backend.running.values()):  # not reaped: wait no longer
+            self.backend.running.pop(running.slot.name, None)
+        tasks = self.ledger.close_running(
+            AttemptEnd("interrupted", error="the runner was stopped", counted=False)
+        )
+        name = signal.Signals(self.stopping or signal.SIGINT).name
+        self.say(f"{name}: stopped; tasks {tasks} back to pending" if tasks else f"{name}: stopped")
+        return exitcodes.INTERRUPTED
+
+    def _all_settled(self) -> bool:
+        if self.backend.running:
+            return False
+        counts = self.ledger.counts()
+        return counts["pending"] == 0 and counts["running"] == 0
+
+    def _stuck(self) -> int:
+        """Pending tasks, nothing running, and no worker here took any: they need more GPUs
+        than one worker of this machine has."""
+        pending = self.ledger.tasks(status="pending")
+        needs = ", ".join(f"task {t.id} ({t.gpus} GPUs)" for t in pending[:5])
+        self.say(f"no worker here can take {len(pending)} pending tasks: {needs}")
+        return NO_WORKER
+
+    def _final_code(self) -> int:
+        counts = self.ledger.counts()
+        self.say(
+            "all settled: " + ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "cancelled"))
+        )
+        return exitcodes.FAILURE if counts["failed"] else exitcodes.OK

@@ -1,0 +1,56 @@
+"""`task-queue run --backend local`: the slots of this machine, wired to the manager loop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from crash_detector.rules import load_rules
+from crash_detector.scanner import Scanner
+from task_queue.backends.local import LocalBackend, plan_slots, this_host, visible_gpus
+from task_queue.ledger import Ledger
+from task_queue.manager import Manager
+from trainguard.config import Config
+
+
+def run_local(ledger: Ledger, cfg: Config, *, slots: str | int, until_done: bool) -> int:
+    host = this_host()
+    node = cfg.queue.nodes.get(host)
+    excluded = [*cfg.health.excluded_gpus, *(node.excluded_gpus if node else [])]
+    planned = plan_slots(
+        slots, host=host, visible=visible_gpus(os.environ, _nvml_count()), excluded=excluded
+    )
+    backend = LocalBackend(planned, Path(ledger.path).parent / "logs")
+    workers = ", ".join(
+        f"{s.name} (GPU {s.gpu})" if s.gpu is not None else f"{s.name} (no GPU)" for s in planned
+    )
+    print(f"task-queue: ledger {ledger.path}; workers: {workers}", flush=True)
+    manager = Manager(
+        ledger,
+        backend,
+        host=host,
+        scanner=lambda: Scanner(load_rules()),
+        until_done=until_done,
+        say=_say,
+    )
+    return manager.run()
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _nvml_count() -> int | None:
+    """NVIDIA GPUs NVML counts; None without the library or a driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
