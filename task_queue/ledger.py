@@ -16,7 +16,7 @@ import sqlite3
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -372,29 +372,41 @@ class Ledger:
     # --- attempts -------------------------------------------------------------------------
 
     def claim(
-        self, worker: str, host: str, *, workers: Sequence[str], max_gpus: int | None = None
+        self,
+        worker: str,
+        host: str,
+        *,
+        workers: Sequence[str],
+        token: str,
+        max_gpus: int | None = None,
     ) -> tuple[Task, Attempt] | None:
-        """Hand `worker` the oldest pending task it may run, recorded as its running attempt.
+        """Hand `worker` the oldest pending task it may run, recorded as its running attempt
+        with the owner `token` its processes will carry (recorded before they exist).
 
         A worker that failed a task gets it again only when every worker in `workers` (those
         alive now) has failed it: a retry goes elsewhere while anywhere else exists. Tasks
         needing more GPUs than `max_gpus` are left for a bigger worker.
         """
         now = utc_now_iso()
+        gpus = max_gpus if max_gpus is not None else 1 << 30
         with self._write() as db:
-            rows = db.execute(
-                "SELECT * FROM tasks WHERE status = 'pending' ORDER BY id LIMIT 200"
-            ).fetchall()
-            if not rows:
-                return None
-            failed = self._failed_workers(db, [row[0] for row in rows])
-            chosen = None
-            for row in rows:
-                if max_gpus is not None and row[5] > max_gpus:
-                    continue
-                if may_run(worker, failed.get(row[0], set()), workers):
-                    chosen = row
-                    break
+            chosen = db.execute(  # the common case: one this worker has not failed
+                "SELECT * FROM tasks AS t WHERE status = 'pending' AND gpus <= ? AND NOT EXISTS "
+                "(SELECT 1 FROM attempts AS a WHERE a.task_id = t.id AND a.worker = ? "
+                "AND a.counted = 1 AND a.outcome IS NOT NULL AND a.outcome != 'ok') "
+                "ORDER BY id LIMIT 1",
+                (gpus, worker),
+            ).fetchone()
+            if chosen is None:  # else one that every live worker has failed
+                rows = db.execute(
+                    "SELECT * FROM tasks WHERE status = 'pending' AND gpus <= ? "
+                    "ORDER BY id LIMIT 200",
+                    (gpus,),
+                ).fetchall()
+                failed = self._failed_workers(db, [row[0] for row in rows]) if rows else {}
+                chosen = next(
+                    (r for r in rows if may_run(worker, failed.get(r[0], set()), workers)), None
+                )
             if chosen is None:
                 return None
             task_id = chosen[0]
@@ -404,17 +416,19 @@ class Ledger:
                 ).fetchone()[0]
             )
             cursor = db.execute(
-                "INSERT INTO attempts (task_id, number, worker, host, started_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (task_id, number, worker, host, now),
+                "INSERT INTO attempts (task_id, number, worker, host, started_at, token) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, number, worker, host, now, token),
             )
             db.execute(
                 "UPDATE tasks SET status = 'running', updated_at = ? WHERE id = ?", (now, task_id)
             )
             attempt_id = int(cursor.lastrowid or 0)
-        task = self.task(task_id)
-        assert task is not None
-        attempt = next(a for a in task.attempts if a.id == attempt_id)
+        task = replace(_task(chosen, ()), status="running", updated_at=now)
+        attempt = Attempt(
+            attempt_id, task_id, number, worker, host, None, now, None, None, True, None, None,
+            None, None, None, None, None, None, token,
+        )  # fmt: skip
         return task, attempt
 
     @staticmethod
@@ -429,16 +443,16 @@ class Ledger:
             found.setdefault(task_id, set()).add(worker)
         return found
 
-    def started(
-        self, attempt_id: int, *, pid: int | None, log_file: str, log_offset: int, token: str
-    ) -> None:
-        """Where the attempt's process is; the token is recorded before the process starts
-        (pid None), so a runner that dies just after the spawn leaves a record naming it."""
+    def started(self, attempt_id: int, *, pid: int, log_file: str, log_offset: int) -> None:
+        """Where the attempt's process and its output are, once it is started."""
         with self._write() as db:
             db.execute(
-                "UPDATE attempts SET pid = ?, log_file = ?, log_offset = ?, token = ? WHERE id = ?",
-                (pid, log_file, log_offset, token, attempt_id),
+                "UPDATE attempts SET pid = ?, log_file = ?, log_offset = ? WHERE id = ?",
+                (pid, log_file, log_offset, attempt_id),
             )
+
+    def attempts(self, task_id: int) -> list[Attempt]:
+        return self._attempts_of([task_id]).get(task_id, [])
 
     def open_attempts(self) -> list[Attempt]:
         """Attempts recorded as running: at a runner's start, those its predecessor left."""

@@ -29,6 +29,7 @@ log = logging.getLogger("task_queue")
 
 NO_WORKER = 69  # EX_UNAVAILABLE: no worker can take the tasks left
 LEDGER_LOOK_INTERVAL = 1.0  # seconds between looks at the ledger for new or cancelled tasks
+ESCAPED_SWEEP_INTERVAL = 5.0  # at most this long between token sweeps while attempts run
 RUNNER_DIED = "its runner died while it ran (task-queue run was killed); not counted"
 
 
@@ -63,6 +64,7 @@ class Manager:
         self.events: queue.SimpleQueue[_Signal | _ChildExited] = queue.SimpleQueue()
         self.next_look = 0.0
         self.stopping: int | None = None  # the signal that ends the run
+        self.next_escaped_sweep = 0.0
 
     @property
     def scanner(self) -> Scanner:
@@ -79,6 +81,8 @@ class Manager:
             self._recover()
             while True:
                 self._dispatch()
+                if not self.backend.running and self.backend.unswept:
+                    self._sweep_escaped()  # idle: the scan delays no attempt now
                 if self.until_done and self._all_settled():
                     return self._final_code()
                 if self.until_done and not self.backend.running:
@@ -116,6 +120,8 @@ class Manager:
         if now >= self.next_look:
             self.next_look = now + LEDGER_LOOK_INTERVAL
             self._stop_cancelled()
+            if now >= self.next_escaped_sweep:
+                self._sweep_escaped()
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handle_signal(signum: int, _frame: FrameType | None) -> None:
@@ -148,32 +154,25 @@ class Manager:
 
     def _dispatch(self) -> None:
         for slot in self.backend.free():
+            token = new_token()  # in the ledger before any process carries it
             claimed = self.ledger.claim(
-                slot.name, self.host, workers=self.backend.workers(), max_gpus=1
+                slot.name, self.host, workers=self.backend.workers(), token=token, max_gpus=1
             )
             if claimed is None:
                 continue  # none this worker may take; the next one may
             task, attempt = claimed
-            token = new_token()
-            log_file = self.backend.log_file(task)
-            offset = log_file.stat().st_size if log_file.exists() else 0
-            # Recorded before the spawn: a runner killed just after it leaves the token behind.
-            self.ledger.started(
-                attempt.id, pid=None, log_file=str(log_file), log_offset=offset, token=token
-            )
             try:
                 running = self.backend.start(slot, task, attempt, token)
             except SpawnError as exc:
                 self._record(task.id, attempt.id, AttemptEnd(
                     "failed", category="config_error", retryable=False, error=str(exc),
-                ), slot.name, task.name)  # fmt: skip
+                ), slot.name, task.name, task.max_retries)  # fmt: skip
                 continue
             self.ledger.started(
                 attempt.id,
                 pid=running.child.pid,
-                log_file=str(log_file),
+                log_file=str(running.log_file),
                 log_offset=running.child.log_offset,
-                token=token,
             )
             self.say(
                 f"task {task.id} ({task.name}) attempt {attempt.number} on {slot.name}: "
@@ -213,25 +212,33 @@ class Manager:
                 error=found.error,
                 traceback_tail=found.traceback_tail,
             )
-        self._record(running.task.id, running.attempt.id, end, running.slot.name, running.task.name)
+        task = running.task
+        self._record(
+            task.id, running.attempt.id, end, running.slot.name, task.name, task.max_retries
+        )
 
     def _record(
-        self, task_id: int, attempt_id: int, end: AttemptEnd, worker: str, name: str
-    ) -> None:
-        task = self.ledger.task(task_id)
-        assert task is not None
-        earlier = [a for a in task.attempts if a.id != attempt_id]
+        self, task_id: int, attempt_id: int, end: AttemptEnd, worker: str, name: str,
+        max_retries: int,
+    ) -> None:  # fmt: skip
+        earlier = [a for a in self.ledger.attempts(task_id) if a.id != attempt_id]
         verdict = judge(
             earlier,
             outcome=end.outcome,
             counted=end.counted,
             retryable=end.retryable,
             category=end.category,
-            max_retries=task.max_retries,
+            max_retries=max_retries,
         )
         self.ledger.finish(attempt_id, end, task_status=verdict.status)
         detail = f" ({end.error})" if end.error and end.outcome != "ok" else ""
         self.say(f"task {task_id} ({name}) on {worker}: {end.outcome}{detail} -> {verdict.reason}")
+
+    def _sweep_escaped(self) -> None:
+        self.next_escaped_sweep = time.monotonic() + ESCAPED_SWEEP_INTERVAL
+        left = self.backend.sweep_escaped()
+        if left:
+            self.say(f"stopped processes that left the tree of ended attempts: {left}")
 
     def _stop_cancelled(self) -> None:
         running = {r.task.id: r for r in self.backend.running.values() if r.stopping is None}
@@ -250,6 +257,7 @@ class Manager:
             self.backend.stop(running, "interrupted")
         for running, _code in self.backend.reap():
             self.backend.sweep(running.child.token)
+        self.backend.sweep_escaped()
         for running in list(self.backend.running.values()):  # not reaped: wait no longer
             self.backend.running.pop(running.slot.name, None)
         tasks = self.ledger.close_running(

@@ -71,16 +71,25 @@ def spawn_child(
     started_at: str,
     env: Mapping[str, str] | None = None,
     what: str = "the child",
+    header: bytes = b"",
+    wait_for_exec: bool = True,
 ) -> Child:
-    """Start `argv` (a list, never a shell) in its own session, output appended to `log_file`.
+    """Start `argv` (a list, never a shell) in its own session, output appended to `log_file`
+    after `header` (a line saying whose output follows).
 
     `env` adds to (or overrides) our environment; the owner token is always set. SpawnError,
     with a one-line reason naming `what`, when the program or the log cannot be opened.
+    `wait_for_exec=False` records the identity without waiting for the new program's cmdline:
+    for a caller that stops the child only while it is unreaped (its pid cannot be reused
+    then) and wants no wait per spawn.
     """
     full_env = {**os.environ, **(env or {}), OWNER_ENV: token}
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as out:
+            if header:
+                out.write(header)
+                out.flush()
             log_offset = os.fstat(out.fileno()).st_size
             proc = subprocess.Popen(
                 list(argv),
@@ -94,9 +103,8 @@ def spawn_child(
     except OSError as exc:  # no such program, not executable, the log cannot be opened
         where = exc.filename if exc.filename is not None else argv[0]
         raise SpawnError(f"cannot start {what}: {where}: {exc.strerror or exc}") from None
-    identity = identify_after_exec(proc.pid) or ProcessIdentity(
-        proc.pid, 0.0, tuple(argv), os.getuid()
-    )
+    found = identify_after_exec(proc.pid) if wait_for_exec else None
+    identity = found or ProcessIdentity(proc.pid, 0.0, tuple(argv), os.getuid())
     return Child(identity, token, started_at, time.monotonic(), proc, log_offset)
 
 

@@ -14,11 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from task_queue.ledger import Attempt, Task
 from trainguard.child_process import Child, reap_children, spawn_child
 from trainguard.orphan_sweep import kill_orphans, reparented
 from trainguard.process_tree import KillReport, stop_process_tree
-from trainguard.procs import find_marked
+from trainguard.procs import find_any_marked, identify
 from trainguard.timestamps import utc_now_iso
 
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when an attempt is stopped
@@ -75,6 +77,7 @@ class LocalBackend:
         self.slots = list(slots)
         self.log_dir = log_dir
         self.running: dict[str, Running] = {}  # by slot name
+        self.unswept: set[str] = set()  # tokens of ended attempts not yet swept for
 
     def workers(self) -> list[str]:
         return [slot.name for slot in self.slots]
@@ -97,12 +100,10 @@ class LocalBackend:
             "TRAINGUARD_WORKER": slot.name,
         }
         log_file = self.log_file(task)
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "ab") as out:
-            out.write(
-                f"=== attempt {attempt.number} of task {task.id} ({task.name}) on {slot.name} "
-                f"at {utc_now_iso()}\n".encode()
-            )
+        header = (
+            f"=== attempt {attempt.number} of task {task.id} ({task.name}) on {slot.name} "
+            f"at {utc_now_iso()}\n"
+        )
         child = spawn_child(
             task.argv,
             cwd=Path(task.cwd),
@@ -111,6 +112,8 @@ class LocalBackend:
             started_at=utc_now_iso(),
             env=env,
             what=f"task {task.id}",
+            header=header.encode(),
+            wait_for_exec=False,  # stopped only while unreaped: see `stop`
         )
         running = Running(slot, task, attempt, child, log_file, time.monotonic() + task.timeout)
         self.running[slot.name] = running
@@ -131,31 +134,41 @@ class LocalBackend:
         """SIGTERM the attempt's tree, SIGKILL what is left after STOP_GRACE; its exit then
         comes through `reap` like any other."""
         running.stopping = why
+        # Not reaped yet (only `reap` waits for it), so its pid is still its own: the identity
+        # read now is its identity, whatever it has exec'd since the spawn.
+        identity = identify(running.child.pid) or running.child.identity
         return stop_process_tree(
-            running.child.identity,
-            sig=signal.SIGTERM,
-            timeout=STOP_GRACE,
-            token=running.child.token,
+            identity, sig=signal.SIGTERM, timeout=STOP_GRACE, token=running.child.token
         )
 
     def sweep(self, token: str) -> list[str]:
-        """Kill what an ended attempt left: processes carrying its token and orphans
-        re-parented to us outside the live attempts' trees. Returns their descriptions."""
+        """Kill what an ended attempt left in our process tree: orphans re-parented to us (a
+        child subreaper) outside the live attempts' trees. Its token joins those the next
+        `sweep_escaped` looks for. Returns what was killed."""
+        self.unswept.add(token)
         live = {r.child.pid for r in self.running.values()}
-        found = {p.pid: p for p in find_marked(token)}
-        for proc in reparented(live):
-            found.setdefault(proc.pid, proc)
-        if not found:
+        return self._kill(reparented(live))
+
+    def sweep_escaped(self) -> list[str]:
+        """Kill processes that left our tree (systemd-run, ssh localhost) still carrying the
+        token of an ended attempt: one scan of every process's environment for all of them,
+        so it runs when the queue is idle or every few seconds, not after each attempt."""
+        tokens, self.unswept = self.unswept, set()
+        live = {r.child.token for r in self.running.values()}
+        return self._kill(find_any_marked(tokens - live))
+
+    @staticmethod
+    def _kill(procs: Sequence[psutil.Process]) -> list[str]:
+        if not procs:
             return []
         # Those re-parented to us are reaped by the manager's next `reap` (their SIGCHLD).
-        swept = kill_orphans(list(found.values()), timeout=STOP_GRACE)
-        return list(swept.names)
+        return list(kill_orphans(procs, timeout=STOP_GRACE).names)
 
 
 def kill_left_by_dead_runner(tokens: Sequence[str]) -> list[str]:
     """Processes of attempts whose runner died (still carrying their tokens): SIGKILLed before
     their tasks run again, so that no task ever runs twice at once."""
-    procs = [proc for token in tokens if token for proc in find_marked(token)]
+    procs = find_any_marked(tokens)
     if not procs:
         return []
     return list(kill_orphans(procs, timeout=STOP_GRACE).names)

@@ -33,16 +33,16 @@ def test_a_task_failed_on_one_worker_goes_to_another_and_back_only_when_all_fail
 ) -> None:
     workers = ["w1", "w2"]
     (task_id,) = ledger.submit([_spec()])
-    claimed = ledger.claim("w1", "h", workers=workers)
+    claimed = ledger.claim("w1", "h", workers=workers, token="t")
     assert claimed is not None and claimed[1].number == 1
     assert ledger.task(task_id).status == "running"  # type: ignore[union-attr]
     ledger.finish(claimed[1].id, AttemptEnd("failed", exit_code=1, error="boom"),
                   task_status="pending")  # fmt: skip
-    assert ledger.claim("w1", "h", workers=workers) is None  # w1 failed it; w2 has not
-    second = ledger.claim("w2", "h", workers=workers)
+    assert ledger.claim("w1", "h", workers=workers, token="t") is None  # w1 failed it; w2 has not
+    second = ledger.claim("w2", "h", workers=workers, token="t")
     assert second is not None and second[1].number == 2 and second[1].worker == "w2"
     ledger.finish(second[1].id, AttemptEnd("failed", exit_code=1), task_status="pending")
-    third = ledger.claim("w1", "h", workers=workers)  # both failed it: anywhere again
+    third = ledger.claim("w1", "h", workers=workers, token="t")  # both failed it: anywhere again
     assert third is not None and third[1].number == 3
     ledger.finish(third[1].id, AttemptEnd("ok", exit_code=0), task_status="done")
     task = ledger.task(task_id)
@@ -57,10 +57,10 @@ def test_attempts_left_open_are_closed_as_worker_lost_and_their_tasks_pending(
     ledger: Ledger,
 ) -> None:
     ledger.submit([_spec(), _spec()])
-    first = ledger.claim("w1", "h", workers=["w1"])
+    first = ledger.claim("w1", "h", workers=["w1"], token="t")
     assert first is not None
-    ledger.started(first[1].id, pid=123, log_file="x.log", log_offset=0, token="tok")
-    assert [a.token for a in ledger.open_attempts()] == ["tok"]
+    ledger.started(first[1].id, pid=123, log_file="x.log", log_offset=0)
+    assert [(a.token, a.pid) for a in ledger.open_attempts()] == [("t", 123)]
     assert ledger.close_running(AttemptEnd("worker_lost", error="gone", counted=False)) == [1]
     task = ledger.task(1)
     assert task is not None and task.status == "pending"
@@ -72,20 +72,20 @@ def test_retry_gives_a_failed_task_a_fresh_budget_and_cancel_stops_pending_ones(
     ledger: Ledger,
 ) -> None:
     ledger.submit([_spec(), _spec()])
-    claimed = ledger.claim("w1", "h", workers=["w1"])
+    claimed = ledger.claim("w1", "h", workers=["w1"], token="t")
     assert claimed is not None
     ledger.finish(claimed[1].id, AttemptEnd("failed"), task_status="failed")
     assert ledger.retry(None) == [1]
     task = ledger.task(1)
     assert task is not None and task.status == "pending" and not task.attempts[0].counted
     assert ledger.cancel([1, 2]) == [1, 2]
-    assert ledger.claim("w1", "h", workers=["w1"]) is None
+    assert ledger.claim("w1", "h", workers=["w1"], token="t") is None
     assert ledger.retry([2]) == [2]  # a cancelled task may be retried too
 
 
 def test_a_cancel_during_an_attempt_is_not_undone_by_its_end(ledger: Ledger) -> None:
     ledger.submit([_spec()])
-    claimed = ledger.claim("w1", "h", workers=["w1"])
+    claimed = ledger.claim("w1", "h", workers=["w1"], token="t")
     assert claimed is not None
     ledger.cancel([1])
     ledger.finish(claimed[1].id, AttemptEnd("interrupted", counted=False), task_status="pending")
@@ -95,7 +95,7 @@ def test_a_cancel_during_an_attempt_is_not_undone_by_its_end(ledger: Ledger) -> 
 
 def test_tasks_needing_more_gpus_than_a_worker_has_are_left_for_another(ledger: Ledger) -> None:
     ledger.submit([_spec(gpus=2), _spec(gpus=1)])
-    claimed = ledger.claim("w1", "h", workers=["w1"], max_gpus=1)
+    claimed = ledger.claim("w1", "h", workers=["w1"], token="t", max_gpus=1)
     assert claimed is not None and claimed[0].id == 2
 
 
@@ -148,7 +148,7 @@ def test_a_second_runner_on_one_ledger_is_refused_with_exit_75(tmp_path: Path) -
 def test_a_full_disk_never_marks_a_task_done_that_was_not_recorded(small_tmpfs: Path) -> None:
     with Ledger.open(small_tmpfs / "ledger.db", create=True) as ledger:
         ledger.submit([_spec()])
-        claimed = ledger.claim("w1", "h", workers=["w1"])
+        claimed = ledger.claim("w1", "h", workers=["w1"], token="t")
         assert claimed is not None
         filler = small_tmpfs / "filler"
         with open(filler, "wb", buffering=0) as fh:  # fill the disk to the last byte

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.polling import wait_until
-from trainguard import process_tree
+from trainguard import process_tree, procs
 from trainguard.process_tree import kill_tree, signal_tree, stop_process_tree
 from trainguard.procs import (
     OWNER_ENV,
@@ -509,13 +509,39 @@ def test_find_marked_never_returns_the_caller() -> None:
     assert out.stdout.decode().strip() == "[]"
 
 
-def test_descendants_lists_the_worker_of_a_daemon(children: Children) -> None:
+@pytest.mark.parametrize("child_lists", [True, False], ids=["child-lists", "psutil-scan"])
+def test_descendants_lists_the_worker_of_a_daemon(
+    children: Children, monkeypatch: pytest.MonkeyPatch, child_lists: bool
+) -> None:
+    if child_lists and not procs._HAS_CHILD_LISTS:
+        pytest.skip("this kernel has no /proc/PID/task/TID/children")
+    monkeypatch.setattr(procs, "_HAS_CHILD_LISTS", child_lists)
     worker_ready = Path("worker.ready")
     daemon = children.start("spawns_worker.py", "daemon.ready", worker_ready)
     ready_pid(Path("daemon.ready"))
     worker = ready_pid(worker_ready)
     children.track_orphan(worker)
     assert [proc.pid for proc in descendants(daemon.pid)] == [worker]
+    # A child of a thread other than the main one, and a grandchild, are found too.
+    code = (
+        "import subprocess, sys, threading, time\n"
+        "def spawn():\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, \\'-c\\', \\'import time; time.sleep(60)\\']); "
+        "time.sleep(60)'])\n"
+        "threading.Thread(target=spawn).start()\n"
+        "time.sleep(60)\n"
+    )
+    parent = children.run([sys.executable, "-c", code])
+    found = wait_until(
+        lambda: len(d := descendants(parent.pid)) == 2 and d, message="two generations"
+    )
+    for proc in found:
+        children.track_orphan(proc.pid)
+    assert sorted(p.pid for p in found) == sorted(
+        p.pid for p in psutil.Process(parent.pid).children(recursive=True)
+    )
+    assert descendants(999_999_999) == []
 
 
 # --- killing ----------------------------------------------------------------------------------
