@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from task_queue.ledger import Ledger, LedgerError, Task, TaskSpec, runner_lock
+from task_queue.ledger import Ledger, LedgerError, Task, TaskSpec, TaskStatus, runner_lock
 from trainguard.argparsing import base_parser, run_cli
 from trainguard.config import Config, load_config
 from trainguard.errors import TrainguardError, UsageError
@@ -230,12 +230,16 @@ def _status(args: argparse.Namespace, ledger_path: Path) -> int:
         else:
             print(f"no tasks yet (no ledger at {ledger_path})")
         return 0
+    status: TaskStatus | None = "failed" if args.failed else None
     with ledger:
         counts = ledger.counts()
-        tasks = ledger.tasks(status="failed" if args.failed else None)
-    if args.json:
-        print(json.dumps({"counts": counts, "tasks": [t.to_json() for t in tasks]}))
-        return 0
+        if args.json:
+            tasks_json = ledger.tasks_json(status=status)
+            sys.stdout.write(f'{{"counts": {json.dumps(counts)}, "tasks": [')
+            sys.stdout.write(",".join(tasks_json))
+            sys.stdout.write("]}\n")
+            return 0
+        tasks = ledger.tasks(status=status)
     print(", ".join(f"{counts[s]} {s}" for s in counts))
     for task in tasks:
         print(_task_line(task))

@@ -47,7 +47,8 @@ CREATE TABLE tasks (
     status TEXT NOT NULL
         CHECK (status IN ('pending', 'running', 'done', 'failed', 'cancelled')),
     submitted_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    json TEXT
 );
 CREATE INDEX tasks_by_status ON tasks (status, id);
 CREATE TABLE attempts (
@@ -321,6 +322,7 @@ class Ledger:
                         "UPDATE tasks SET name = ? WHERE id = ?", (f"task-{task_id}", task_id)
                     )
                 ids.append(task_id)
+            _refresh(db, ids)
         return ids
 
     def task(self, task_id: int) -> Task | None:
@@ -341,6 +343,18 @@ class Ledger:
             ).fetchall()
             attempts = self._attempts_of([row[0] for row in rows])
         return [_task(row, tuple(attempts.get(row[0], ()))) for row in rows]
+
+    def tasks_json(self, *, status: TaskStatus | None = None) -> list[str]:
+        """Each task (or those with `status`) as the JSON text `Task.to_json` gives. It is kept
+        in the ledger, rebuilt by SQLite whenever the task or an attempt of it changes
+        (`_refresh`): `status --json` on a 100 000-task ledger then only reads it back."""
+        if status is None:
+            rows = self._db.execute("SELECT json FROM tasks ORDER BY id")
+        else:
+            rows = self._db.execute(
+                "SELECT json FROM tasks WHERE status = ? ORDER BY id", (status,)
+            )
+        return [row[0] for row in rows]
 
     def counts(self) -> dict[str, int]:
         found = dict(
@@ -424,6 +438,7 @@ class Ledger:
                 "UPDATE tasks SET status = 'running', updated_at = ? WHERE id = ?", (now, task_id)
             )
             attempt_id = int(cursor.lastrowid or 0)
+            _refresh(db, [task_id])
         task = replace(_task(chosen, ()), status="running", updated_at=now)
         attempt = Attempt(
             attempt_id, task_id, number, worker, host, None, now, None, None, True, None, None,
@@ -450,6 +465,8 @@ class Ledger:
                 "UPDATE attempts SET pid = ?, log_file = ?, log_offset = ? WHERE id = ?",
                 (pid, log_file, log_offset, attempt_id),
             )
+            task = db.execute("SELECT task_id FROM attempts WHERE id = ?", (attempt_id,))
+            _refresh(db, [row[0] for row in task])
 
     def attempts(self, task_id: int) -> list[Attempt]:
         return self._attempts_of([task_id]).get(task_id, [])
@@ -491,6 +508,7 @@ class Ledger:
                 "UPDATE tasks SET status = ?, updated_at = ? WHERE id = ? AND status = 'running'",
                 (task_status, now, row[0]),
             )
+            _refresh(db, [row[0]])
 
     def close_running(self, end: AttemptEnd) -> list[int]:
         """Close every attempt still open (its runner died, or is stopping) with `end`; their
@@ -513,6 +531,7 @@ class Ledger:
                     "WHERE id = ? AND status = 'running'",
                     (now, task_id),
                 )
+            _refresh(db, task_ids)
         return task_ids
 
     def retry(self, task_ids: Sequence[int] | None) -> list[int]:
@@ -526,6 +545,7 @@ class Ledger:
             for task_id in ids:
                 db.execute("UPDATE attempts SET counted = 0 WHERE task_id = ?", (task_id,))
             _set_status(db, ids, "pending")
+            _refresh(db, ids)
         return ids
 
     def cancel(self, task_ids: Sequence[int]) -> list[int]:
@@ -533,6 +553,7 @@ class Ledger:
         with self._write() as db:
             ids = _ids_in(db, task_ids, ("pending", "running"))
             _set_status(db, ids, "cancelled")
+            _refresh(db, ids)
         return ids
 
     def statuses(self, task_ids: Sequence[int]) -> dict[int, TaskStatus]:
@@ -547,6 +568,30 @@ class Ledger:
 
     def known_ids(self, task_ids: Sequence[int]) -> set[int]:
         return set(self.statuses(task_ids))
+
+
+_TASK_JSON = """json_object(
+    'id', t.id, 'name', t.name, 'status', t.status, 'argv', json(t.argv), 'cwd', t.cwd,
+    'gpus', t.gpus, 'max_retries', t.max_retries, 'timeout', t.timeout,
+    'submitted_at', t.submitted_at, 'updated_at', t.updated_at,
+    'attempts', COALESCE((
+        SELECT json_group_array(json_object(
+            'number', a.number, 'worker', a.worker, 'host', a.host, 'pid', a.pid,
+            'started_at', a.started_at, 'ended_at', a.ended_at, 'outcome', a.outcome,
+            'counted', json(CASE a.counted WHEN 1 THEN 'true' ELSE 'false' END),
+            'exit_code', a.exit_code, 'category', a.category, 'error', a.error,
+            'traceback_tail', a.traceback_tail, 'gpu_state', json(a.gpu_state),
+            'log_file', a.log_file, 'token', a.token))
+        FROM (SELECT * FROM attempts WHERE task_id = t.id ORDER BY number) AS a
+    ), json('[]')))"""
+
+
+def _refresh(db: sqlite3.Connection, task_ids: Sequence[int]) -> None:
+    """Rebuild the stored JSON of `task_ids`, in the transaction that changed them."""
+    db.executemany(
+        f"UPDATE tasks AS t SET json = {_TASK_JSON} WHERE id = ?",  # noqa: S608 - constant
+        [(task_id,) for task_id in task_ids],
+    )
 
 
 def _ids_in(

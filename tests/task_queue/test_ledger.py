@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -51,6 +52,28 @@ def test_a_task_failed_on_one_worker_goes_to_another_and_back_only_when_all_fail
         ("w1", "failed"), ("w2", "failed"), ("w1", "ok"),
     ]  # fmt: skip
     assert task.attempts[0].error == "boom"
+
+
+def test_the_json_sqlite_builds_is_the_json_of_the_tasks(ledger: Ledger) -> None:
+    ledger.submit([_spec("a", env={"K": "v"}), _spec("b")])
+    claimed = ledger.claim("w1", "h", workers=["w1"], token="t")
+    assert claimed is not None
+    ledger.started(claimed[1].id, pid=7, log_file="a.log", log_offset=3)
+    end = AttemptEnd(
+        "failed",
+        exit_code=-9,
+        category="unknown",
+        retryable=True,
+        error="killed",
+        traceback_tail="Trace\nback",
+        gpu_state={"gpus": [1]},
+    )
+    ledger.finish(claimed[1].id, end, task_status="pending")  # fmt: skip
+    ledger.claim("w2", "h", workers=["w1", "w2"], token="u")
+    built = [json.loads(text) for text in ledger.tasks_json()]
+    assert built == [task.to_json() for task in ledger.tasks()]
+    assert built[0]["attempts"][0]["counted"] is True and built[1]["attempts"] == []
+    assert [json.loads(t)["id"] for t in ledger.tasks_json(status="pending")] == [2]
 
 
 def test_attempts_left_open_are_closed_as_worker_lost_and_their_tasks_pending(
