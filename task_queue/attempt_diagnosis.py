@@ -23,21 +23,31 @@ class AttemptDiagnosis:
 
 
 def diagnose_attempt(
-    scanner: Scanner, log_file: Path, *, since: int, exit_code: int | None, how: str
+    scanner: Scanner,
+    log_file: Path,
+    *,
+    since: int,
+    exit_code: int | None,
+    how: str,
+    tail: bytes | None = None,
 ) -> AttemptDiagnosis:
     """Classify what the attempt wrote to `log_file` from byte `since` (its own output, not
-    an earlier attempt's), with its exit status (`exit_code`: negative for a signal)."""
-    try:
-        lines = list(last_lines(log_file, LOG_TAIL_LINES).lines_from(since))
-    except (OSError, ValueError):
-        lines = []
-    tail = _crash_block(lines[-TRACEBACK_LINES:]).decode("utf-8", "replace")
+    an earlier attempt's), or `tail` (that output's end, read on the machine that ran it),
+    with its exit status (`exit_code`: negative for a signal)."""
+    if tail is not None:
+        lines = tail.splitlines()[-LOG_TAIL_LINES:]
+    else:
+        try:
+            lines = list(last_lines(log_file, LOG_TAIL_LINES).lines_from(since))
+        except (OSError, ValueError):
+            lines = []
+    crash = _crash_block(lines[-TRACEBACK_LINES:]).decode("utf-8", "replace")
     result = classify_text(b"\n".join(lines), exit_code=exit_code, scanner=scanner)
     primary = result.primary
     if primary is None:
-        return AttemptDiagnosis("unknown", True, how, tail)
+        return AttemptDiagnosis("unknown", True, how, crash)
     first = primary.text.splitlines()[0] if primary.text else how
-    return AttemptDiagnosis(primary.category, primary.retryable, f"{how}: {first}", tail)
+    return AttemptDiagnosis(primary.category, primary.retryable, f"{how}: {first}", crash)
 
 
 def _crash_block(lines: list[bytes]) -> bytes:

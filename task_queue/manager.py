@@ -18,7 +18,8 @@ from typing import Any
 
 from crash_detector.scanner import Scanner
 from task_queue.attempt_diagnosis import diagnose_attempt
-from task_queue.backends.local import LocalBackend, Running, kill_left_by_dead_runner
+from task_queue.backends.base import Backend, Ended
+from task_queue.backends.local import kill_left_by_dead_runner
 from task_queue.ledger import AttemptEnd, Ledger
 from task_queue.retry_policy import judge
 from trainguard import exitcodes
@@ -39,15 +40,15 @@ class _Signal:
 
 
 @dataclass(frozen=True)
-class _ChildExited:
-    pass
+class _Wake:
+    """A child exited (SIGCHLD), or a remote attempt ended: ask the backend what ended."""
 
 
 class Manager:
     def __init__(
         self,
         ledger: Ledger,
-        backend: LocalBackend,
+        backend: Backend,
         *,
         host: str,
         scanner: Callable[[], Scanner],
@@ -61,7 +62,7 @@ class Manager:
         self._scanner: Scanner | None = None
         self.until_done = until_done
         self.say = say
-        self.events: queue.SimpleQueue[_Signal | _ChildExited] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[_Signal | _Wake] = queue.SimpleQueue()
         self.next_look = 0.0
         self.stopping: int | None = None  # the signal that ends the run
         self.next_escaped_sweep = 0.0
@@ -103,17 +104,21 @@ class Manager:
         deadlines += [r.deadline for r in self.backend.running.values() if r.stopping is None]
         return max(0.0, min(deadlines) - time.monotonic())
 
-    def _handle(self, event: _Signal | _ChildExited | None) -> None:
+    def wake(self) -> None:
+        """For a backend whose attempts end elsewhere (a Dask future's callback thread)."""
+        self.events.put(_Wake())
+
+    def _handle(self, event: _Signal | _Wake | None) -> None:
         if isinstance(event, _Signal):
             self.stopping = event.signum
             return
-        for running, code in self.backend.reap():
-            self._ended(running, code)
+        for ended in self.backend.ended():
+            self._ended(ended)
         now = time.monotonic()
         for running in list(self.backend.running.values()):
             if running.stopping is None and now >= running.deadline:
                 self.say(
-                    f"task {running.task.id} ({running.task.name}) on {running.slot.name}: "
+                    f"task {running.task.id} ({running.task.name}) on {running.worker}: "
                     f"timed out after {running.task.timeout:g} s; stopping it"
                 )
                 self.backend.stop(running, "timeout")
@@ -128,7 +133,7 @@ class Manager:
             self.events.put(_Signal(signum))
 
         def handle_sigchld(_signum: int, _frame: FrameType | None) -> None:
-            self.events.put(_ChildExited())
+            self.events.put(_Wake())
 
         previous: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -153,35 +158,37 @@ class Manager:
         self.say(f"tasks {tasks}: their runner died mid-attempt; back to pending (worker_lost)")
 
     def _dispatch(self) -> None:
-        for slot in self.backend.free():
+        for worker in self.backend.free():
             token = new_token()  # in the ledger before any process carries it
             claimed = self.ledger.claim(
-                slot.name, self.host, workers=self.backend.workers(), token=token, max_gpus=1
+                worker, self.host, workers=self.backend.workers(), token=token, max_gpus=1
             )
             if claimed is None:
                 continue  # none this worker may take; the next one may
             task, attempt = claimed
             try:
-                running = self.backend.start(slot, task, attempt, token)
+                running = self.backend.start(worker, task, attempt, token)
             except SpawnError as exc:
                 self._record(task.id, attempt.id, AttemptEnd(
                     "failed", category="config_error", retryable=False, error=str(exc),
-                ), slot.name, task.name, task.max_retries)  # fmt: skip
+                ), worker, task.name, task.max_retries)  # fmt: skip
                 continue
-            self.ledger.started(
-                attempt.id,
-                pid=running.child.pid,
-                log_file=str(running.log_file),
-                log_offset=running.child.log_offset,
-            )
+            if running.pid is not None:
+                self.ledger.started(
+                    attempt.id,
+                    pid=running.pid,
+                    log_file=str(running.log_file),
+                    log_offset=running.log_offset,
+                )
+            where = f", pid {running.pid}" if running.pid is not None else ""
             self.say(
-                f"task {task.id} ({task.name}) attempt {attempt.number} on {slot.name}: "
-                f"started, pid {running.child.pid}"
+                f"task {task.id} ({task.name}) attempt {attempt.number} on {worker}: started{where}"
             )
 
-    def _ended(self, running: Running, code: int) -> None:
-        how = decode_wait_status(code)
-        left = self.backend.sweep(running.child.token)
+    def _ended(self, ended: Ended) -> None:
+        running, code = ended.running, ended.code
+        how = decode_wait_status(code) if code is not None else f"lost: {ended.lost}"
+        left = self.backend.sweep(running)
         if left:
             self.say(f"task {running.task.id}: stopped processes it left: {left}")
         if running.stopping == "timeout":
@@ -192,17 +199,20 @@ class Manager:
                 retryable=True,
                 error=f"timed out after {running.task.timeout:g} s ({how})",
             )
-        elif running.stopping == "cancelled":
-            end = AttemptEnd("interrupted", exit_code=code, error="cancelled", counted=False)
+        elif running.stopping in ("cancelled", "interrupted"):
+            end = AttemptEnd("interrupted", exit_code=code, error=running.stopping, counted=False)
+        elif code is None:
+            end = AttemptEnd("worker_lost", category="worker_lost", retryable=True, error=how)
         elif code == 0:
             end = AttemptEnd("ok", exit_code=0)
         else:
             found = diagnose_attempt(
                 self.scanner,
                 running.log_file,
-                since=running.child.log_offset,
+                since=running.log_offset,
                 exit_code=code,
                 how=how,
+                tail=ended.tail,
             )
             end = AttemptEnd(
                 "failed",
@@ -213,9 +223,7 @@ class Manager:
                 traceback_tail=found.traceback_tail,
             )
         task = running.task
-        self._record(
-            task.id, running.attempt.id, end, running.slot.name, task.name, task.max_retries
-        )
+        self._record(task.id, running.attempt.id, end, running.worker, task.name, task.max_retries)
 
     def _record(
         self, task_id: int, attempt_id: int, end: AttemptEnd, worker: str, name: str,
@@ -255,11 +263,10 @@ class Manager:
         their tasks back to pending; nothing is lost."""
         for running in list(self.backend.running.values()):
             self.backend.stop(running, "interrupted")
-        for running, _code in self.backend.reap():
-            self.backend.sweep(running.child.token)
+        for ended in self.backend.ended():
+            self.backend.sweep(ended.running)
         self.backend.sweep_escaped()
-        for running in list(self.backend.running.values()):  # not reaped: wait no longer
-            self.backend.running.pop(running.slot.name, None)
+        self.backend.running.clear()  # what has not ended by now is closed below all the same
         tasks = self.ledger.close_running(
             AttemptEnd("interrupted", error="the runner was stopped", counted=False)
         )

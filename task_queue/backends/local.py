@@ -16,10 +16,11 @@ from pathlib import Path
 
 import psutil
 
+from task_queue.backends.base import Ended, Running
 from task_queue.ledger import Attempt, Task
 from trainguard.child_process import Child, reap_children, spawn_child
 from trainguard.orphan_sweep import kill_orphans, reparented
-from trainguard.process_tree import KillReport, stop_process_tree
+from trainguard.process_tree import stop_process_tree
 from trainguard.procs import find_any_marked, identify
 from trainguard.timestamps import utc_now_iso
 
@@ -33,17 +34,6 @@ class Slot:
 
     name: str
     gpu: int | None
-
-
-@dataclass
-class Running:
-    slot: Slot
-    task: Task
-    attempt: Attempt
-    child: Child
-    log_file: Path
-    deadline: float  # monotonic time its timeout ends
-    stopping: str | None = None  # "timeout" | "cancelled" | "interrupted" once we stopped it
 
 
 def plan_slots(
@@ -74,22 +64,23 @@ def this_host() -> str:
 
 class LocalBackend:
     def __init__(self, slots: Sequence[Slot], log_dir: Path) -> None:
-        self.slots = list(slots)
+        self.slots = {slot.name: slot for slot in slots}
         self.log_dir = log_dir
         self.running: dict[str, Running] = {}  # by slot name
-        self.unswept: set[str] = set()  # tokens of ended attempts not yet swept for
+        self._children: dict[int, tuple[Running, Child]] = {}  # by pid
+        self._unswept: set[str] = set()  # tokens of ended attempts not yet swept for
 
     def workers(self) -> list[str]:
-        return [slot.name for slot in self.slots]
+        return list(self.slots)
 
-    def free(self) -> list[Slot]:
-        return [slot for slot in self.slots if slot.name not in self.running]
+    def free(self) -> list[str]:
+        return [name for name in self.slots if name not in self.running]
 
     def log_file(self, task: Task) -> Path:
         return self.log_dir / f"task-{task.id}.log"
 
-    def start(self, slot: Slot, task: Task, attempt: Attempt, token: str) -> Running:
-        """Spawn the attempt (SpawnError when its program cannot be started)."""
+    def start(self, worker: str, task: Task, attempt: Attempt, token: str) -> Running:
+        slot = self.slots[worker]
         gpu = "" if slot.gpu is None else str(slot.gpu)
         env = {
             **task.env,
@@ -100,10 +91,6 @@ class LocalBackend:
             "TRAINGUARD_WORKER": slot.name,
         }
         log_file = self.log_file(task)
-        header = (
-            f"=== attempt {attempt.number} of task {task.id} ({task.name}) on {slot.name} "
-            f"at {utc_now_iso()}\n"
-        )
         child = spawn_child(
             task.argv,
             cwd=Path(task.cwd),
@@ -112,63 +99,77 @@ class LocalBackend:
             started_at=utc_now_iso(),
             env=env,
             what=f"task {task.id}",
-            header=header.encode(),
+            header=attempt_header(task, attempt, slot.name),
             wait_for_exec=False,  # stopped only while unreaped: see `stop`
         )
-        running = Running(slot, task, attempt, child, log_file, time.monotonic() + task.timeout)
+        running = Running(
+            slot.name, task, attempt, token, child.pid, log_file, child.log_offset,
+            time.monotonic() + task.timeout,
+        )  # fmt: skip
         self.running[slot.name] = running
+        self._children[child.pid] = (running, child)
         return running
 
-    def reap(self) -> list[tuple[Running, int]]:
-        """Attempts whose process has ended, with its returncode (negative: a signal)."""
-        by_pid = {r.child.pid: r for r in self.running.values()}
-        ended = []
+    def ended(self) -> list[Ended]:
+        found = []
         for pid, code in reap_children():
-            running = by_pid.get(pid)
-            if running is not None:
-                del self.running[running.slot.name]
-                ended.append((running, code))
-        return ended
+            known = self._children.pop(pid, None)
+            if known is not None:
+                del self.running[known[0].worker]
+                found.append(Ended(known[0], code))
+        return found
 
-    def stop(self, running: Running, why: str) -> KillReport:
+    def stop(self, running: Running, why: str) -> None:
         """SIGTERM the attempt's tree, SIGKILL what is left after STOP_GRACE; its exit then
-        comes through `reap` like any other."""
+        comes through `ended` like any other."""
         running.stopping = why
-        # Not reaped yet (only `reap` waits for it), so its pid is still its own: the identity
+        assert running.pid is not None
+        child = self._children[running.pid][1]
+        # Not reaped yet (only `ended` waits for it), so its pid is still its own: the identity
         # read now is its identity, whatever it has exec'd since the spawn.
-        identity = identify(running.child.pid) or running.child.identity
-        return stop_process_tree(
-            identity, sig=signal.SIGTERM, timeout=STOP_GRACE, token=running.child.token
-        )
+        identity = identify(running.pid) or child.identity
+        stop_process_tree(identity, sig=signal.SIGTERM, timeout=STOP_GRACE, token=running.token)
 
-    def sweep(self, token: str) -> list[str]:
+    def sweep(self, running: Running) -> list[str]:
         """Kill what an ended attempt left in our process tree: orphans re-parented to us (a
         child subreaper) outside the live attempts' trees. Its token joins those the next
-        `sweep_escaped` looks for. Returns what was killed."""
-        self.unswept.add(token)
-        live = {r.child.pid for r in self.running.values()}
-        return self._kill(reparented(live))
+        `sweep_escaped` looks for."""
+        self._unswept.add(running.token)
+        live = {r.pid for r in self.running.values() if r.pid is not None}
+        return _kill(reparented(live))
 
     def sweep_escaped(self) -> list[str]:
         """Kill processes that left our tree (systemd-run, ssh localhost) still carrying the
         token of an ended attempt: one scan of every process's environment for all of them,
         so it runs when the queue is idle or every few seconds, not after each attempt."""
-        tokens, self.unswept = self.unswept, set()
-        live = {r.child.token for r in self.running.values()}
-        return self._kill(find_any_marked(tokens - live))
+        tokens, self._unswept = self._unswept, set()
+        live = {r.token for r in self.running.values()}
+        return _kill(find_any_marked(tokens - live))
 
-    @staticmethod
-    def _kill(procs: Sequence[psutil.Process]) -> list[str]:
-        if not procs:
-            return []
-        # Those re-parented to us are reaped by the manager's next `reap` (their SIGCHLD).
-        return list(kill_orphans(procs, timeout=STOP_GRACE).names)
+    @property
+    def unswept(self) -> bool:
+        return bool(self._unswept)
+
+    def close(self) -> None:
+        pass
+
+
+def attempt_header(task: Task, attempt: Attempt, worker: str) -> bytes:
+    """The line above an attempt's output in its task's log."""
+    return (
+        f"=== attempt {attempt.number} of task {task.id} ({task.name}) on {worker} "
+        f"at {utc_now_iso()}\n"
+    ).encode()
+
+
+def _kill(procs: Sequence[psutil.Process]) -> list[str]:
+    if not procs:
+        return []
+    # Those re-parented to us are reaped by the manager's next `ended` (their SIGCHLD).
+    return list(kill_orphans(procs, timeout=STOP_GRACE).names)
 
 
 def kill_left_by_dead_runner(tokens: Sequence[str]) -> list[str]:
     """Processes of attempts whose runner died (still carrying their tokens): SIGKILLed before
     their tasks run again, so that no task ever runs twice at once."""
-    procs = find_any_marked(tokens)
-    if not procs:
-        return []
-    return list(kill_orphans(procs, timeout=STOP_GRACE).names)
+    return _kill(find_any_marked(tokens))

@@ -1,0 +1,78 @@
+"""What the manager asks of a backend: workers, starting an attempt, hearing how it ended."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from task_queue.ledger import Attempt, Task
+
+
+@dataclass
+class Running:
+    """An attempt under way on `worker`."""
+
+    worker: str
+    task: Task
+    attempt: Attempt
+    token: str  # the owner token its processes carry
+    pid: int | None  # on the worker's machine; None until known
+    log_file: Path
+    log_offset: int  # where its own output begins in `log_file`
+    deadline: float  # monotonic time its timeout ends
+    stopping: str | None = None  # "timeout" | "cancelled" | "interrupted" once we stopped it
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How an attempt's process ended: `code` as subprocess gives it (negative: a signal), or
+    None with `lost` saying why when its worker died under it."""
+
+    running: Running
+    code: int | None
+    tail: bytes | None = None  # the end of its output, when its log is on another machine
+    lost: str | None = None
+
+
+class Backend(Protocol):
+    running: dict[str, Running]  # by worker name
+
+    def workers(self) -> list[str]:
+        """Names of the workers alive now."""
+        ...
+
+    def free(self) -> list[str]:
+        """Workers alive and running no attempt of ours."""
+        ...
+
+    def log_file(self, task: Task) -> Path: ...
+
+    def start(self, worker: str, task: Task, attempt: Attempt, token: str) -> Running:
+        """Start the attempt (SpawnError when its program cannot be started at all)."""
+        ...
+
+    def ended(self) -> list[Ended]:
+        """Attempts that ended since the last call; the backend calls its `wake` when any did."""
+        ...
+
+    def stop(self, running: Running, why: str) -> None:
+        """Stop the attempt's processes; its end then comes through `ended`."""
+        ...
+
+    def sweep(self, running: Running) -> list[str]:
+        """Kill what an ended attempt left behind, where that is cheap; returns what."""
+        ...
+
+    def sweep_escaped(self) -> list[str]:
+        """The costly sweep (every process's environment), for all attempts ended since."""
+        ...
+
+    @property
+    def unswept(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+Wake = Callable[[], None]
