@@ -17,7 +17,7 @@ from typing import Any
 from task_queue.ledger import Ledger, LedgerError, Task, TaskSpec, TaskStatus, runner_lock
 from trainguard.argparsing import base_parser, run_cli
 from trainguard.config import Config, load_config
-from trainguard.errors import TrainguardError, UsageError
+from trainguard.errors import UsageError
 
 PROG = "task-queue"
 NO_WORKER = 69  # EX_UNAVAILABLE: no worker or scheduler reachable, or none can take the tasks
@@ -206,12 +206,17 @@ def _run(args: argparse.Namespace, cfg: Config, ledger_path: Path) -> int:
     from task_queue.run_local import run_local
 
     backend = args.backend or cfg.queue.backend
-    if backend == "dask":
-        raise TrainguardError("--backend dask: not available yet in this version; use local")
     slots = args.slots if args.slots is not None else cfg.queue.slots
     if isinstance(slots, int) and slots < 1:
         raise UsageError("run: --slots must be >= 1")
     with Ledger.open(ledger_path, create=True) as ledger, runner_lock(ledger_path):
+        if backend == "dask":
+            from task_queue.run_dask import run_dask
+
+            scheduler = args.scheduler if args.scheduler is not None else cfg.queue.scheduler
+            return run_dask(
+                ledger, cfg, scheduler=scheduler, slots=slots, until_done=args.until_done
+            )
         return run_local(ledger, cfg, slots=slots, until_done=args.until_done)
 
 

@@ -98,6 +98,7 @@ class Manager:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            self.backend.close()
 
     def _wait_timeout(self) -> float:
         deadlines = [self.next_look]
@@ -161,7 +162,11 @@ class Manager:
         for worker in self.backend.free():
             token = new_token()  # in the ledger before any process carries it
             claimed = self.ledger.claim(
-                worker, self.host, workers=self.backend.workers(), token=token, max_gpus=1
+                worker,
+                self.backend.host_of(worker),
+                workers=self.backend.workers(),
+                token=token,
+                max_gpus=1,
             )
             if claimed is None:
                 continue  # none this worker may take; the next one may

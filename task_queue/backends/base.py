@@ -47,6 +47,10 @@ class Backend(Protocol):
         """Workers alive and running no attempt of ours."""
         ...
 
+    def host_of(self, worker: str) -> str:
+        """The machine `worker` runs on, for the ledger."""
+        ...
+
     def log_file(self, task: Task) -> Path: ...
 
     def start(self, worker: str, task: Task, attempt: Attempt, token: str) -> Running:

@@ -76,6 +76,9 @@ class LocalBackend:
     def free(self) -> list[str]:
         return [name for name in self.slots if name not in self.running]
 
+    def host_of(self, worker: str) -> str:
+        return this_host()
+
     def log_file(self, task: Task) -> Path:
         return self.log_dir / f"task-{task.id}.log"
 

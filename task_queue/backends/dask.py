@@ -1,0 +1,169 @@
+"""Many machines: Dask distributed carries each attempt to a named worker, one per GPU.
+
+Dask is only the transport. Its own retries are off (`retries=0`, the scheduler's
+allowed-failures 0): a worker that dies under a task fails that future at once (KilledWorker)
+and the ledger decides where it runs again, by worker *name*, which a nanny's restart keeps.
+The attempt's processes on the dead worker's machine are swept by their owner token from the
+worker that comes back there (or any other on that machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from task_queue.backends.base import Ended, Running, Wake
+from task_queue.backends.local import attempt_header
+from task_queue.ledger import Attempt, Task
+from task_queue.remote_attempt import kill_tokens, run_attempt
+from trainguard.child_process import SpawnError
+
+LOST_SWEEPS = 12  # sweeps (one every few seconds) for a dead worker's leftovers, on every worker
+
+
+class DaskBackend:
+    def __init__(
+        self,
+        client: Any,
+        log_dir: Path,
+        wake: Wake,
+        *,
+        gpu_of: Callable[[str], str | None] = lambda _name: None,
+    ) -> None:
+        self.client = client
+        self.log_dir = log_dir
+        self.wake = wake
+        self.gpu_of = gpu_of  # the GPU a worker of our own LocalCluster is pinned to
+        self.running: dict[str, Running] = {}  # by worker name
+        self._futures: dict[str, Any] = {}  # by worker name
+        self._done: queue.SimpleQueue[tuple[Any, Running]] = queue.SimpleQueue()
+        self._lost: dict[str, int] = {}  # token of an attempt whose worker died: sweeps left
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def _by_name(self) -> dict[str, dict[str, Any]]:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        return {
+            str(info["name"]): {"address": address, **info} for address, info in workers.items()
+        }
+
+    def workers(self) -> list[str]:
+        return sorted(self._by_name())
+
+    def free(self) -> list[str]:
+        return [name for name in self.workers() if name not in self.running]
+
+    def host_of(self, worker: str) -> str:
+        info = self._by_name().get(worker)
+        return str(info.get("host", "?")) if info else "?"
+
+    def log_file(self, task: Task) -> Path:
+        return self.log_dir / f"task-{task.id}.log"
+
+    # --- attempts ---------------------------------------------------------------------------
+
+    def start(self, worker: str, task: Task, attempt: Attempt, token: str) -> Running:
+        info = self._by_name().get(worker)
+        if info is None:
+            raise SpawnError(f"worker {worker} is gone")
+        env = {
+            **task.env,
+            "TRAINGUARD_TASK_ID": str(task.id),
+            "TRAINGUARD_ATTEMPT": str(attempt.number),
+        }
+        gpu = self.gpu_of(worker)
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = env["HIP_VISIBLE_DEVICES"] = gpu
+        log_file = self.log_file(task)
+        running = Running(
+            worker, task, attempt, token, None, log_file, 0, time.monotonic() + task.timeout
+        )
+        future = self.client.submit(
+            run_attempt,
+            list(task.argv),
+            cwd=task.cwd,
+            env=env,
+            token=token,
+            log_file=str(log_file),
+            header=attempt_header(task, attempt, worker),
+            key=f"task-{task.id}-attempt-{attempt.number}-{token[:8]}",
+            workers=[info["address"]],
+            allow_other_workers=False,
+            retries=0,
+            pure=False,
+        )
+        self.running[worker] = running
+        self._futures[worker] = future
+
+        def done(finished: Any, running: Running = running) -> None:
+            self._done.put((finished, running))
+            self.wake()
+
+        future.add_done_callback(done)
+        return running
+
+    def ended(self) -> list[Ended]:
+        found: list[Ended] = []
+        while True:
+            try:
+                future, running = self._done.get_nowait()
+            except queue.Empty:
+                return found
+            if self.running.get(running.worker) is running:
+                del self.running[running.worker]
+                self._futures.pop(running.worker, None)
+            found.append(self._outcome(future, running))
+
+    def _outcome(self, future: Any, running: Running) -> Ended:
+        if future.status == "finished":
+            result = future.result()
+            if "spawn_error" in result:
+                return Ended(running, 127, tail=str(result["spawn_error"]).encode())
+            running.pid = result["pid"]
+            running.log_offset = result["log_offset"]
+            return Ended(running, int(result["code"]), tail=result["tail"])
+        if future.status == "cancelled":
+            self._lost[running.token] = LOST_SWEEPS
+            return Ended(running, None, lost=f"its Dask task was cancelled on {running.worker}")
+        error = future.exception()
+        self._lost[running.token] = LOST_SWEEPS
+        if type(error).__name__ == "KilledWorker":
+            return Ended(running, None, lost=f"worker {running.worker} died while it ran")
+        return Ended(running, None, lost=f"{type(error).__name__}: {error}")
+
+    def stop(self, running: Running, why: str) -> None:
+        running.stopping = why
+        info = self._by_name().get(running.worker)
+        if info is None:
+            return  # the worker is gone: its death ends the future
+        # A worker dying meanwhile raises here; its future then ends all the same.
+        with contextlib.suppress(Exception):
+            self.client.run(kill_tokens, [running.token], workers=[info["address"]])
+
+    def sweep(self, running: Running) -> list[str]:
+        return []  # done on the worker, by `run_attempt`, before the result came back
+
+    def sweep_escaped(self) -> list[str]:
+        """Leftovers of attempts whose worker died (or whose future failed): their tokens are
+        looked for on every worker for a while, so that the worker restarted on that machine
+        finds them."""
+        if not self._lost:
+            return []
+        tokens = list(self._lost)
+        self._lost = {t: n - 1 for t, n in self._lost.items() if n > 1}
+        try:
+            killed = self.client.run(kill_tokens, tokens)
+        except Exception:
+            return []
+        return [f"{worker}: {pid}" for worker, pids in killed.items() for pid in pids]
+
+    @property
+    def unswept(self) -> bool:
+        return bool(self._lost)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,100 @@
+"""What a Dask worker runs for one attempt, and how the manager stops attempts there.
+
+The worker process runs `run_attempt` in its thread: the attempt is a child in its own session
+with the owner token, exactly as the local backend starts it, and what it left is swept on
+that machine before the result goes back. Only plain data crosses the wire.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainguard.child_process import SpawnError, spawn_child
+from trainguard.orphan_sweep import kill_orphans
+from trainguard.process_tree import kill_tree
+from trainguard.procs import find_any_marked
+from trainguard.timestamps import utc_now_iso
+
+TAIL_BYTES = 256 * 1024  # of its own output, sent back for the manager to classify
+STOP_GRACE = 5.0
+
+
+def run_attempt(
+    argv: Sequence[str],
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    token: str,
+    log_file: str,
+    header: bytes,
+) -> dict[str, Any]:
+    """Run the attempt to its end on this worker: {"code", "pid", "log_offset", "tail"}, or
+    {"spawn_error": reason} when its program cannot be started here."""
+    import distributed
+
+    worker = distributed.get_worker()
+    full_env = {**env, "TRAINGUARD_WORKER": str(worker.name)}
+    try:
+        child = spawn_child(
+            list(argv),
+            cwd=Path(cwd),
+            log_file=Path(log_file),
+            token=token,
+            started_at=utc_now_iso(),
+            env=full_env,
+            what="the task",
+            header=header,
+            wait_for_exec=False,
+        )
+    except SpawnError as exc:
+        return {"spawn_error": str(exc)}
+    assert child.proc is not None
+    code = child.proc.wait()
+    left = find_any_marked([token])  # what it left, on this machine
+    if left:
+        kill_orphans(left, timeout=STOP_GRACE)
+    return {
+        "code": code,
+        "pid": child.pid,
+        "log_offset": child.log_offset,
+        "tail": _tail(Path(log_file), child.log_offset),
+    }
+
+
+def kill_tokens(tokens: Sequence[str]) -> list[str]:
+    """On a worker's machine: stop every process of ours carrying one of `tokens` (SIGTERM,
+    then SIGKILL after STOP_GRACE). For `Client.run`: a cancel, a timeout, or the leftovers of
+    an attempt whose worker died."""
+    procs = find_any_marked(tokens)
+    if not procs:
+        return []
+    report = kill_tree(procs, sig=signal.SIGTERM, timeout=STOP_GRACE)
+    return [str(pid) for pid in (*report.exited, *report.killed)]
+
+
+def trainguard_version() -> str:
+    from trainguard import __version__
+
+    return __version__
+
+
+def no_allowed_failures(dask_scheduler: Any) -> int:
+    """For `Client.run_on_scheduler`: a task whose worker dies fails at once (KilledWorker),
+    so that only the ledger decides where it runs again."""
+    dask_scheduler.allowed_failures = 0
+    return int(dask_scheduler.allowed_failures)
+
+
+def _tail(path: Path, since: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            start = max(since, size - TAIL_BYTES)
+            fh.seek(start)
+            return fh.read(size - start)
+    except OSError:
+        return b""
