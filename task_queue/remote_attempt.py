@@ -7,6 +7,7 @@ that machine before the result goes back. Only plain data crosses the wire.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.child_process import SpawnError, spawn_child
-from trainguard.orphan_sweep import kill_orphans
 from trainguard.process_tree import kill_tree
 from trainguard.procs import find_any_marked
 from trainguard.timestamps import utc_now_iso
@@ -54,9 +54,11 @@ def run_attempt(
         return {"spawn_error": str(exc)}
     assert child.proc is not None
     code = child.proc.wait()
-    left = find_any_marked([token])  # what it left, on this machine
-    if left:
-        kill_orphans(left, timeout=STOP_GRACE)
+    # What it left in its process group (its own session's): gone in one call, no scan. The
+    # group's id cannot name anyone else while a member is left. What changed group is found
+    # by the manager's later token sweep (`kill_tokens`).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
     return {
         "code": code,
         "pid": child.pid,

@@ -37,14 +37,14 @@ class Ended:
 
 
 class Backend(Protocol):
-    running: dict[str, Running]  # by worker name
+    running: dict[int, Running]  # by attempt id
 
     def workers(self) -> list[str]:
         """Names of the workers alive now."""
         ...
 
     def free(self) -> list[str]:
-        """Workers alive and running no attempt of ours."""
+        """Workers that can take an attempt now (a name once per attempt it can take)."""
         ...
 
     def host_of(self, worker: str) -> str:

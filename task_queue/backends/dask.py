@@ -10,8 +10,10 @@ worker that comes back there (or any other on that machine).
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from task_queue.ledger import Attempt, Task
 from task_queue.remote_attempt import kill_tokens, run_attempt
 from trainguard.child_process import SpawnError
 
+DEPTH = 2  # attempts handed to one worker at once: one running, one waiting its turn
+WORKERS_FRESH = 1.0  # seconds the scheduler's list of workers is trusted
 LOST_SWEEPS = 12  # sweeps (one every few seconds) for a dead worker's leftovers, on every worker
 
 
@@ -38,24 +42,36 @@ class DaskBackend:
         self.log_dir = log_dir
         self.wake = wake
         self.gpu_of = gpu_of  # the GPU a worker of our own LocalCluster is pinned to
-        self.running: dict[str, Running] = {}  # by worker name
-        self._futures: dict[str, Any] = {}  # by worker name
+        self.running: dict[int, Running] = {}  # by attempt id
+        self._futures: dict[int, Any] = {}  # by attempt id
+        self._unswept: set[str] = set()  # tokens of ended attempts not yet swept for
         self._done: queue.SimpleQueue[tuple[Any, Running]] = queue.SimpleQueue()
         self._lost: dict[str, int] = {}  # token of an attempt whose worker died: sweeps left
+        self._workers: dict[str, dict[str, Any]] | None = None
+        self._workers_at = 0.0
 
     # --- workers ----------------------------------------------------------------------------
 
     def _by_name(self) -> dict[str, dict[str, Any]]:
-        workers = self.client.scheduler_info(n_workers=-1)["workers"]
-        return {
-            str(info["name"]): {"address": address, **info} for address, info in workers.items()
-        }
+        """Live workers by name. Asking the scheduler is a round trip: the answer is kept for
+        WORKERS_FRESH seconds, or until a worker is found dead."""
+        now = time.monotonic()
+        if self._workers is None or now - self._workers_at > WORKERS_FRESH:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]
+            self._workers = {
+                str(info["name"]): {"address": addr, **info} for addr, info in workers.items()
+            }
+            self._workers_at = now
+        return self._workers
 
     def workers(self) -> list[str]:
         return sorted(self._by_name())
 
     def free(self) -> list[str]:
-        return [name for name in self.workers() if name not in self.running]
+        """Each worker up to DEPTH times: one attempt running, the next already there, so
+        that a worker never waits for a round trip to the manager between two attempts."""
+        load = Counter(r.worker for r in self.running.values())
+        return [name for name in self.workers() for _ in range(max(0, DEPTH - load[name]))]
 
     def host_of(self, worker: str) -> str:
         info = self._by_name().get(worker)
@@ -79,9 +95,11 @@ class DaskBackend:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = env["HIP_VISIBLE_DEVICES"] = gpu
         log_file = self.log_file(task)
-        running = Running(
-            worker, task, attempt, token, None, log_file, 0, time.monotonic() + task.timeout
-        )
+        # Queued behind another attempt on that worker: its timeout counts from when that one
+        # ends (`ended` moves the deadline), not from now.
+        waiting = any(r.worker == worker for r in self.running.values())
+        deadline = math.inf if waiting else time.monotonic() + task.timeout
+        running = Running(worker, task, attempt, token, None, log_file, 0, deadline)
         future = self.client.submit(
             run_attempt,
             list(task.argv),
@@ -96,8 +114,8 @@ class DaskBackend:
             retries=0,
             pure=False,
         )
-        self.running[worker] = running
-        self._futures[worker] = future
+        self.running[attempt.id] = running
+        self._futures[attempt.id] = future
 
         def done(finished: Any, running: Running = running) -> None:
             self._done.put((finished, running))
@@ -113,9 +131,12 @@ class DaskBackend:
                 future, running = self._done.get_nowait()
             except queue.Empty:
                 return found
-            if self.running.get(running.worker) is running:
-                del self.running[running.worker]
-                self._futures.pop(running.worker, None)
+            self.running.pop(running.attempt.id, None)
+            self._futures.pop(running.attempt.id, None)
+            for queued in self.running.values():  # the next on that worker starts now
+                if queued.worker == running.worker and queued.deadline == math.inf:
+                    queued.deadline = time.monotonic() + queued.task.timeout
+                    break
             found.append(self._outcome(future, running))
 
     def _outcome(self, future: Any, running: Running) -> Ended:
@@ -131,6 +152,7 @@ class DaskBackend:
             return Ended(running, None, lost=f"its Dask task was cancelled on {running.worker}")
         error = future.exception()
         self._lost[running.token] = LOST_SWEEPS
+        self._workers = None  # a worker may be gone: ask again
         if type(error).__name__ == "KilledWorker":
             return Ended(running, None, lost=f"worker {running.worker} died while it ran")
         return Ended(running, None, lost=f"{type(error).__name__}: {error}")
@@ -145,25 +167,29 @@ class DaskBackend:
             self.client.run(kill_tokens, [running.token], workers=[info["address"]])
 
     def sweep(self, running: Running) -> list[str]:
-        return []  # done on the worker, by `run_attempt`, before the result came back
+        """Its process group was killed on the worker (`run_attempt`); what left the group is
+        looked for by token in the next `sweep_escaped`."""
+        self._unswept.add(running.token)
+        return []
 
     def sweep_escaped(self) -> list[str]:
-        """Leftovers of attempts whose worker died (or whose future failed): their tokens are
-        looked for on every worker for a while, so that the worker restarted on that machine
-        finds them."""
-        if not self._lost:
+        """Processes carrying the token of an ended attempt, on every worker: one scan per
+        worker for all of them. Those of attempts whose worker died are looked for over several
+        sweeps, so that the worker restarted on that machine finds them."""
+        tokens = set(self._unswept) | set(self._lost)
+        if not tokens:
             return []
-        tokens = list(self._lost)
+        self._unswept = set()
         self._lost = {t: n - 1 for t, n in self._lost.items() if n > 1}
         try:
-            killed = self.client.run(kill_tokens, tokens)
+            killed = self.client.run(kill_tokens, sorted(tokens))
         except Exception:
             return []
         return [f"{worker}: {pid}" for worker, pids in killed.items() for pid in pids]
 
     @property
     def unswept(self) -> bool:
-        return bool(self._lost)
+        return bool(self._lost or self._unswept)
 
     def close(self) -> None:
         self.client.close()

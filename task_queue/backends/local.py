@@ -66,7 +66,7 @@ class LocalBackend:
     def __init__(self, slots: Sequence[Slot], log_dir: Path) -> None:
         self.slots = {slot.name: slot for slot in slots}
         self.log_dir = log_dir
-        self.running: dict[str, Running] = {}  # by slot name
+        self.running: dict[int, Running] = {}  # by attempt id
         self._children: dict[int, tuple[Running, Child]] = {}  # by pid
         self._unswept: set[str] = set()  # tokens of ended attempts not yet swept for
 
@@ -74,7 +74,8 @@ class LocalBackend:
         return list(self.slots)
 
     def free(self) -> list[str]:
-        return [name for name in self.slots if name not in self.running]
+        busy = {r.worker for r in self.running.values()}
+        return [name for name in self.slots if name not in busy]
 
     def host_of(self, worker: str) -> str:
         return this_host()
@@ -109,7 +110,7 @@ class LocalBackend:
             slot.name, task, attempt, token, child.pid, log_file, child.log_offset,
             time.monotonic() + task.timeout,
         )  # fmt: skip
-        self.running[slot.name] = running
+        self.running[attempt.id] = running
         self._children[child.pid] = (running, child)
         return running
 
@@ -118,7 +119,7 @@ class LocalBackend:
         for pid, code in reap_children():
             known = self._children.pop(pid, None)
             if known is not None:
-                del self.running[known[0].worker]
+                del self.running[known[0].attempt.id]
                 found.append(Ended(known[0], code))
         return found
 
