@@ -42,6 +42,7 @@ state_file = "status/watchdog.json"
 [watchdog.phase_timeouts]
 eval = 60
 done = 0
+idle = 0  # the example daemon waiting on an empty inbox (--watch-inbox) is not hung
 
 [checkpoints]
 dir = "checkpoints"

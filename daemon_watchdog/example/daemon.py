@@ -1,7 +1,22 @@
 """The example training daemon: starts the workspace's `train.py` worker and supervises it.
 
     python -m daemon_watchdog.example.daemon --base-dir DIR [--resume-from CHECKPOINT_DIR]
-        [--fault KIND@STEP] [--fault-every-run] [--worker-stop-timeout SECONDS]
+        [--watch-inbox] [--fault KIND@STEP] [--fault-every-run] [--worker-stop-timeout SECONDS]
+
+Its work, in order (one worker at a time):
+1. the workspace's own job, config.json, exactly as without an inbox: `--resume-from` (what the
+   watchdog passes: the newest valid `checkpoints/checkpoint-*`) is always this job's, and a run
+   resumed from its final checkpoint has nothing left to train;
+2. a job in `inbox/claimed/` that no process holds: left by a daemon that died mid-job, resumed
+   from the newest valid checkpoint in its own `checkpoints/jobs/<name>/`, or just moved to
+   `inbox/done/` when its final checkpoint is already complete;
+3. the jobs in `inbox/`, in name order, each claimed by an atomic rename into `inbox/claimed/`,
+   trained, and moved to `inbox/done/` once its final checkpoint is complete. A job file is a
+   JSON object overriding config.json's knobs (`{"total_steps": 200, "seed": 3}`); one that
+   cannot be trained as written goes to `inbox/failed/` with `<name>.reason.txt`.
+Then it exits 0: finished, so the watchdog stops (STOPPED) as it always did. With
+`--watch-inbox` it waits for more jobs instead, reporting phase `idle` in status/progress.json
+(give it `idle = 0` in [watchdog.phase_timeouts], as `daemon-watchdog init` does).
 
 It is shaped like the daemons users run under the watchdog:
 - SIGTERM / SIGINT are forwarded to the worker, which stops at its next step boundary; a worker
@@ -12,6 +27,8 @@ It is shaped like the daemons users run under the watchdog:
   running, as real workers do. Cleaning it up is the supervisor's job.
 - Log lines go to stdout with UTC timestamps, flushed per line (a supervisor appends them to a
   log file, together with the worker's output).
+- A stop signal between two jobs ends the daemon before the next one (exit 128+signal); a
+  worker's failure ends it at once, its job left claimed for the next run to resume.
 
 `--fault KIND@STEP` (exception, segfault, hang, exit:N, cuda_oom, nan) is SIMULATION for tests and
 demos, passed to the worker; see train.py. By default a fault fires once per workspace.
@@ -34,9 +51,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from daemon_watchdog.example.train import FAULT_KINDS, parse_fault
+from daemon_watchdog.example.inbox import Inbox, Job
+from daemon_watchdog.example.job_plan import plan
+from daemon_watchdog.example.train import FAULT_KINDS, JOBS_DIR, parse_fault
+from trainguard.progress import write_progress
 
 log = logging.getLogger("daemon")
+
+IDLE_POLL = 1.0  # seconds between looks at an empty inbox under --watch-inbox
 
 # A core dump is useless for a signal the daemon only re-raises to mirror its worker.
 _CORE_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
@@ -64,6 +86,14 @@ class EventQueue:
 
     def reap(self, worker: subprocess.Popen[bytes]) -> None:
         self.events.put(Event("exit", worker.wait()))
+
+    def stop_signal(self, timeout: float = 0.0) -> int | None:
+        """A stop signal received while no worker runs (within `timeout` s), if any."""
+        try:
+            event = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return None
+        return event.value  # no worker, no reaper: only signals are queued
 
 
 def supervise(worker: subprocess.Popen[bytes], events: EventQueue, stop_timeout: float) -> int:
@@ -138,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume-from", metavar="CHECKPOINT_DIR", help="continue training from this checkpoint"
     )
     parser.add_argument(
+        "--watch-inbox",
+        action="store_true",
+        help="when inbox/ is empty, wait for more jobs (phase idle) instead of exiting 0",
+    )
+    parser.add_argument(
         "--fault",
         type=parse_fault,
         metavar="KIND@STEP",
@@ -182,17 +217,102 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, events.handle_sigterm)
     signal.signal(signal.SIGINT, events.handle_sigint)
 
-    command = [sys.executable, str(script), "--base-dir", str(base)]
-    if args.resume_from is not None:
-        command += ["--resume-from", args.resume_from]
+    code = run_worker(args, events, resume_from=args.resume_from)  # config.json's job
+    if code != 0:
+        return code
+    return serve_inbox(args, events)
+
+
+def run_worker(
+    args: argparse.Namespace,
+    events: EventQueue,
+    *,
+    resume_from: str | Path | None = None,
+    job: Job | None = None,
+) -> int:
+    """Run one train.py worker to its end: config.json's job, or the inbox `job`."""
+    base: Path = args.base_dir
+    command = [sys.executable, str(base / "train.py"), "--base-dir", str(base)]
+    if job is not None:
+        command += ["--job", str(job.path)]
+    if resume_from is not None:
+        command += ["--resume-from", str(resume_from)]
     if args.fault is not None:
         command += ["--fault", args.fault.spec]
     if args.fault_every_run:
         command.append("--fault-every-run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # keep worker lines in order in a shared log
-    worker = subprocess.Popen(command, env=env)
+    # The worker inherits the job's lock: if this daemon dies, its orphaned worker still holds
+    # the job, and no other daemon resumes it while that worker trains.
+    held = (job.fd,) if job is not None else ()
+    worker = subprocess.Popen(command, env=env, pass_fds=held)
     log.info("started worker pid %d: %s", worker.pid, " ".join(command))
     return supervise(worker, events, args.worker_stop_timeout)
+
+
+def serve_inbox(args: argparse.Namespace, events: EventQueue) -> int:
+    """Work through inbox/ until nothing is left (exit 0) or a stop signal (128+signal)."""
+    base: Path = args.base_dir
+    inbox = Inbox(base / "inbox", base / "checkpoints" / JOBS_DIR)
+    idle = False
+    while True:
+        signum = events.stop_signal()
+        if signum is not None:
+            log.info("received %s: stopping before the next job", _signal_name(signum))
+            return 128 + signum
+        job, refused = inbox.next_job()
+        for line in refused:
+            log.error("refused %s (moved to inbox/failed/)", line)
+        if job is None:
+            if not args.watch_inbox:
+                return 0
+            if not idle:
+                # A phase of its own: [watchdog.phase_timeouts] idle = 0 is never a hang.
+                write_progress(base / "status" / "progress.json", 0, "idle")
+                log.info("inbox/ is empty: waiting for jobs (--watch-inbox)")
+                idle = True
+            signum = events.stop_signal(IDLE_POLL)
+            if signum is not None:
+                log.info("received %s while idle: exiting", _signal_name(signum))
+                return 128 + signum
+            continue
+        idle = False
+        try:
+            code = work_on(job, inbox, args, events)
+        finally:
+            job.release()
+        if code != 0:
+            return code
+
+
+def work_on(job: Job, inbox: Inbox, args: argparse.Namespace, events: EventQueue) -> int:
+    """Refuse, finish or train one owned job; the daemon's exit code if it must stop, else 0."""
+    how = "left claimed by an earlier run" if job.adopted else "claimed"
+    log.info("job %s: %s (%s)", job.name, how, job.path)
+    try:
+        chosen = plan(args.base_dir, job)
+    except (OSError, ValueError) as exc:  # config.json itself: the job stays claimed
+        log.error("job %s: cannot read the workspace's config: %s", job.name, exc)
+        return 1
+    if chosen.action == "refuse":
+        where = inbox.fail(job, chosen.reason)
+        shown = "; ".join(chosen.reason.splitlines())  # one log line: the file keeps them all
+        log.error("job %s: refused, moved to %s: %s", job.name, where, shown)
+        return 0
+    if chosen.action == "finish":
+        log.info(
+            "job %s: its final %s is already complete: not training it again",
+            job.name,
+            chosen.checkpoint,
+        )
+    else:
+        code = run_worker(args, events, resume_from=chosen.checkpoint, job=job)
+        if code != 0:
+            return code
+    # Only now: the worker has renamed the final checkpoint into place before exiting 0.
+    where = inbox.finish(job)
+    log.info("job %s: done, moved to %s", job.name, where)
+    return 0
 
 
 if __name__ == "__main__":

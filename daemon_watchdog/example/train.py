@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """Worker of the example training daemon: a small, deterministic NumPy MLP trainer.
 
-`daemon.py` runs it as `python DIR/train.py --base-dir DIR [--resume-from CKPT] [--fault ...]`
-(`seed.py` copies this file into the workspace). It reads `DIR/config.json`, trains a 32-64-1
-tanh MLP with plain SGD on data generated from the seed, writes `status/progress.json` after
-every step and `checkpoints/checkpoint-<step>/` every `save_steps` steps and at the end.
+`daemon.py` runs it as `python DIR/train.py --base-dir DIR [--job FILE] [--resume-from CKPT]
+[--fault ...]` (`seed.py` copies this file into the workspace). It reads `DIR/config.json`,
+trains a 32-64-1 tanh MLP with plain SGD on data generated from the seed, writes
+`status/progress.json` after every step and `checkpoints/checkpoint-<step>/` every `save_steps`
+steps and at the end.
+
+`--job FILE` trains an inbox job instead: FILE (`inbox/claimed/<name>.json`) overrides knobs of
+config.json; the checkpoints go to the job's own `checkpoints/jobs/<name>/`, each
+trainer_state.json names the job, and a checkpoint of another job (or of the config.json job)
+is refused, so a job can only ever be resumed from its own.
 The optional `checkpoint_layout` knob makes it save files instead, written in place as
 Lightning's ModelCheckpoint (`epoch=0-step=<step>.ckpt` plus `last.ckpt`, pattern `*.ckpt`) or
 a plain `torch.save` loop (`ckpt_<step:06>.pt`, pattern `ckpt_*.pt`) does: a zip in torch.save's
@@ -89,6 +95,9 @@ CONFIG_KEYS = (
 )
 LAYOUTS = {"folder": "checkpoint-*", "lightning": "*.ckpt", "plain": "ckpt_*.pt"}
 OPTIONAL_KEYS = {"checkpoint_layout": "folder"}
+# An inbox job's checkpoints: checkpoints/jobs/<name>/checkpoint-<step>/, out of the watchdog's
+# sight (its pattern matches checkpoints/ only), so `--resume-from` always means config.json's job.
+JOBS_DIR = "jobs"
 FAULT_KINDS = ("exception", "segfault", "hang", "exit:N", "cuda_oom", "nan")
 _FAULT_RE = re.compile(r"(exception|segfault|hang|cuda_oom|nan|exit:(\d{1,3}))@(\d+)")
 
@@ -108,25 +117,66 @@ class Config:
     batch_size: int
     learning_rate: float
     checkpoint_layout: str = "folder"
+    job: str | None = None  # the inbox job's name; None for the config.json job
+
+    def checkpoint_root(self, base_dir: Path) -> Path:
+        root = base_dir / "checkpoints"
+        return root if self.job is None else root / JOBS_DIR / self.job
 
 
-def load_config(base_dir: Path) -> Config:
-    """Read and check `config.json`; every problem becomes one `config.json: key: problem` line."""
-    with open(base_dir / "config.json", "rb") as fh:
+class JobFileError(ValueError):
+    """An inbox job file that cannot be trained as written: one `<file>: key: problem` a line."""
+
+
+def load_config(base_dir: Path, job: Path | None = None) -> Config:
+    """Read and check `config.json`, then the `job` file's overrides when one is given.
+
+    Every problem becomes one `config.json: key: problem` line (ValueError), or for the job file
+    one `<name>.json: key: problem` line (JobFileError): the job is refused, config.json is fine.
+    """
+    data = _read_object(base_dir / "config.json", "config.json")
+    problems = _problems(data, "config.json", known={*CONFIG_KEYS, *OPTIONAL_KEYS}, complete=True)
+    if problems:
+        raise ValueError("\n".join(problems))
+    if job is None:
+        return _config_from(data, base_dir, None)
+    try:
+        overrides = _read_object(job, job.name)
+    except OSError as exc:
+        raise JobFileError(f"{job.name}: cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise JobFileError(str(exc)) from None
+    problems = _problems(overrides, job.name, known={*CONFIG_KEYS, *OPTIONAL_KEYS}, complete=False)
+    if "checkpoint_layout" in overrides:
+        problems.append(f"{job.name}: checkpoint_layout: an inbox job always saves folders")
+    if problems:
+        raise JobFileError("\n".join(problems))
+    # config.json's layout is the watchdog's business; a job's folders are the daemon's.
+    merged = {**data, **overrides, "checkpoint_layout": "folder"}
+    return _config_from(merged, base_dir, job.stem)
+
+
+def _read_object(path: Path, source: str) -> dict[str, Any]:
+    with open(path, "rb") as fh:
         text = fh.read()
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"config.json: not valid JSON: {exc}") from None
+        raise ValueError(f"{source}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config.json: must be a JSON object, got {type(data).__name__}")
-    known = {*CONFIG_KEYS, *OPTIONAL_KEYS}
-    problems = [f"config.json: {key}: unknown key" for key in sorted(set(data) - known)]
-    problems += [f"config.json: {key}: missing" for key in CONFIG_KEYS if key not in data]
+        raise ValueError(f"{source}: must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _problems(data: dict[str, Any], source: str, *, known: set[str], complete: bool) -> list[str]:
+    """What is wrong with the knobs in `data`; `complete`: every knob must be there."""
+    problems = [f"{source}: {key}: unknown key" for key in sorted(set(data) - known)]
+    if complete:
+        problems += [f"{source}: {key}: missing" for key in CONFIG_KEYS if key not in data]
 
     def check(key: str, ok: bool, expected: str) -> None:
         if key in data and not ok:
-            problems.append(f"config.json: {key}: must be {expected}, got {data[key]!r}")
+            problems.append(f"{source}: {key}: must be {expected}, got {data[key]!r}")
 
     def is_int(key: str, low: int, high: int | None = None) -> bool:
         value = data.get(key)
@@ -156,10 +206,12 @@ def load_config(base_dir: Path) -> Config:
     check("step_seconds", is_number("step_seconds", 0, strict=False), "a number >= 0")
     check("learning_rate", is_number("learning_rate", 0, strict=True), "a number > 0")
     check("checkpoint_layout", data.get("checkpoint_layout") in LAYOUTS, f"one of {list(LAYOUTS)}")
-    if problems:
-        raise ValueError("\n".join(problems))
+    return problems
+
+
+def _config_from(data: dict[str, Any], base_dir: Path, job: str | None) -> Config:
     return Config(
-        base_model=base_dir / str(base_model),  # an absolute base_model replaces base_dir
+        base_model=base_dir / str(data["base_model"]),  # an absolute base_model replaces base_dir
         total_steps=data["total_steps"],
         save_steps=data["save_steps"],
         step_seconds=float(data["step_seconds"]),
@@ -167,6 +219,7 @@ def load_config(base_dir: Path) -> Config:
         batch_size=data["batch_size"],
         learning_rate=float(data["learning_rate"]),
         checkpoint_layout=data.get("checkpoint_layout", OPTIONAL_KEYS["checkpoint_layout"]),
+        job=job,
     )
 
 
@@ -455,12 +508,21 @@ def load_checkpoint(ckpt: Path, cfg: Config) -> tuple[Params, dict[str, Any]]:
         params = weights_from(weights, ckpt)
     except (OSError, ValueError, CorruptCheckpointError) as exc:
         raise CorruptCheckpointError(f"cannot resume from {ckpt}: {exc}") from exc
+    if state.get("job") != cfg.job:
+        raise ValueError(
+            f"cannot resume from {ckpt}: it belongs to {_job_label(state.get('job'))},"
+            f" not to {_job_label(cfg.job)}"
+        )
     if state.get("seed") != cfg.seed:
         raise ValueError(
             f"cannot resume from {ckpt}: it was trained with seed {state.get('seed')!r},"
-            f" config.json has seed {cfg.seed}"
+            f" {'config.json' if cfg.job is None else f'job {cfg.job!r}'} has seed {cfg.seed}"
         )
     return params, state
+
+
+def _job_label(job: object) -> str:
+    return "the config.json job" if job is None else f"inbox job {job!r}"
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -481,9 +543,12 @@ class StopRequest:
 
 def run(args: argparse.Namespace) -> int:
     base = Path(args.base_dir)
-    cfg = load_config(base)
+    cfg = load_config(base, None if args.job is None else Path(args.job))
     status_dir = base / "status"
     progress = ProgressWriter(status_dir / "progress.json", total_steps=cfg.total_steps)
+    # An inbox job's lines and progress name it; the config.json job's stay as they always were.
+    tag = "" if cfg.job is None else f"job {cfg.job}: "
+    named = {} if cfg.job is None else {"job": cfg.job}
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop.handle_sigterm)
     signal.signal(signal.SIGINT, stop.handle_sigint)
@@ -494,11 +559,11 @@ def run(args: argparse.Namespace) -> int:
         params, state = load_checkpoint(Path(args.resume_from), cfg)
         start = state["global_step"] + 1
         loss, eval_loss = state.get("loss"), state.get("eval_loss")
-        log.info("resuming from %s at step %d", args.resume_from, start)
+        log.info("%sresuming from %s at step %d", tag, args.resume_from, start)
     else:
         params = load_weights(cfg.base_model)
         start = 1
-        log.info("training from %s", cfg.base_model)
+        log.info("%straining from %s", tag, cfg.base_model)
     data = make_data(cfg.seed)
     fault: Fault | None = args.fault
     every_run: bool = args.fault_every_run
@@ -515,27 +580,29 @@ def run(args: argparse.Namespace) -> int:
             inject(fault)
         loss = train_step(params, data, cfg, step, firing)
         if not math.isfinite(loss):
-            progress.write(step, "train", loss=loss)
+            progress.write(step, "train", loss=loss, **named)
             raise FloatingPointError(f"Loss is NaN at step {step}")
         time.sleep(cfg.step_seconds)  # the GPU time this step would take
-        progress.write(step, "train", loss=loss)
-        log.info("step %d/%d loss=%.6f", step, cfg.total_steps, loss)
+        progress.write(step, "train", loss=loss, **named)
+        log.info("%sstep %d/%d loss=%.6f", tag, step, cfg.total_steps, loss)
         if step % cfg.save_steps == 0 or step == cfg.total_steps:
-            progress.write(step, "eval", loss=loss)
+            progress.write(step, "eval", loss=loss, **named)
             eval_loss = mse(forward(params, data.x_val)[1], data.y_val)
-            progress.write(step, "save", loss=loss, eval_loss=eval_loss)
+            progress.write(step, "save", loss=loss, eval_loss=eval_loss, **named)
             state = {
                 "global_step": step,
                 "max_steps": cfg.total_steps,
                 "loss": loss,
                 "eval_loss": eval_loss,
                 "seed": cfg.seed,
+                **named,
             }
-            path = save_checkpoint(base / "checkpoints", params, state, cfg.checkpoint_layout)
-            log.info("step %d: eval_loss=%.6f, saved %s", step, eval_loss, path)
+            root = cfg.checkpoint_root(base)
+            path = save_checkpoint(root, params, state, cfg.checkpoint_layout)
+            log.info("%sstep %d: eval_loss=%.6f, saved %s", tag, step, eval_loss, path)
 
-    progress.write(cfg.total_steps, "done", loss=loss, eval_loss=eval_loss)
-    log.info("training done: %d steps", cfg.total_steps)
+    progress.write(cfg.total_steps, "done", loss=loss, eval_loss=eval_loss, **named)
+    log.info("%straining done: %d steps", tag, cfg.total_steps)
     return 0
 
 
@@ -548,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--base-dir", required=True, metavar="DIR", help="the workspace (holds config.json)"
+    )
+    parser.add_argument(
+        "--job", metavar="FILE", help="train this inbox job: a JSON object of config.json overrides"
     )
     parser.add_argument("--resume-from", metavar="CHECKPOINT_DIR", help="continue from here")
     parser.add_argument(

@@ -11,6 +11,7 @@ from edge_cases.scenarios import (
     gpu,
     hangs,
     processes,
+    queue,
     status,
     watchdog,
 )
@@ -23,6 +24,7 @@ ALL: tuple[Scenario, ...] = (
     *gpu.SCENARIOS,
     *status.SCENARIOS,
     *crashes.SCENARIOS,
+    *queue.SCENARIOS,
     *hangs.SCENARIOS,
     *watchdog.SCENARIOS,
 )

@@ -40,6 +40,7 @@ REQUIRED = {
     "stale_pid_reuse",
     "progress_file_garbage",
     "log_with_binary_and_huge_lines",
+    "queue_system",
 }
 
 
