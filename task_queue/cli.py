@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = commands.add_parser("cancel", parents=[config], help="cancel pending/running tasks")
     cancel.add_argument("ids", nargs="+", type=int, metavar="ID")
+
+    demo = commands.add_parser(
+        "demo", help="a throwaway queue on 2 slots: retries elsewhere, a killed worker; a report"
+    )
+    demo.add_argument("--keep", action="store_true", help="keep the demo's folder for inspection")
     return parser
 
 
@@ -66,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":  # its own throwaway config: the user's is not read
+        from task_queue.demo import run_demo
+
+        return run_demo(keep=args.keep)
     cfg = load_config(getattr(args, "config", None))
     ledger_path = Path(cfg.base_dir) / cfg.queue.ledger
     try:
