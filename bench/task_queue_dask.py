@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ))  # fmt: skip
         from distributed import Client
 
-        with Client(address) as probe:
+        with Client(address) as probe:  # type: ignore[no-untyped-call]
             probe.wait_for_workers(args.workers, timeout=60)
         print(f"cluster: scheduler {address}, {args.workers} workers (dask worker --name ...)")
 
