@@ -46,7 +46,9 @@ def diagnose_attempt(
     primary = result.primary
     if primary is None:
         return AttemptDiagnosis("unknown", True, how, crash)
-    first = primary.text.splitlines()[0] if primary.text else how
+    if primary.rule.startswith("exit_status.") or not primary.text:
+        return AttemptDiagnosis(primary.category, primary.retryable, how, crash)  # said already
+    first = primary.text.splitlines()[0]
     return AttemptDiagnosis(primary.category, primary.retryable, f"{how}: {first}", crash)
 
 

@@ -265,7 +265,7 @@ def _task_line(task: Task) -> str:
     if task.attempts:
         last = task.attempts[-1]
         line += f"  attempts {len(task.attempts)}, last on {last.worker}"
-        errors = [a for a in task.attempts if a.error and a.outcome != "ok"]
+        errors = [a for a in task.attempts if a.error and a.counted and a.outcome != "ok"]
         if errors:
             first = errors[0]
             line += f"; first error (attempt {first.number}, {first.worker}): {first.error}"

@@ -512,7 +512,7 @@ class Ledger:
 
     def close_running(self, end: AttemptEnd) -> list[int]:
         """Close every attempt still open (its runner died, or is stopping) with `end`; their
-        tasks go back to pending. Returns those tasks' ids."""
+        tasks go back to pending, unless cancelled meanwhile. Returns those put back."""
         now = utc_now_iso()
         with self._write() as db:
             rows = db.execute(
@@ -525,14 +525,10 @@ class Ledger:
                     (now, end.outcome, int(end.counted), end.error, attempt_id),
                 )
             task_ids = sorted({task_id for _, task_id in rows})
-            for task_id in task_ids:
-                db.execute(
-                    "UPDATE tasks SET status = 'pending', updated_at = ? "
-                    "WHERE id = ? AND status = 'running'",
-                    (now, task_id),
-                )
+            pending = _ids_in(db, task_ids, ("running",))  # not those cancelled meanwhile
+            _set_status(db, pending, "pending")
             _refresh(db, task_ids)
-        return task_ids
+        return pending
 
     def retry(self, task_ids: Sequence[int] | None) -> list[int]:
         """Failed or cancelled tasks (all failed ones with None) back to pending with a fresh

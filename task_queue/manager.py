@@ -156,7 +156,9 @@ class Manager:
         tasks = self.ledger.close_running(
             AttemptEnd("worker_lost", error=RUNNER_DIED, counted=False)
         )
-        self.say(f"tasks {tasks}: their runner died mid-attempt; back to pending (worker_lost)")
+        closed = ", ".join(str(a.task_id) for a in left)
+        again = f"; back to pending: {tasks}" if tasks else ""
+        self.say(f"attempts of tasks {closed} were left by a dead runner: worker_lost{again}")
 
     def _dispatch(self) -> None:
         for worker in self.backend.free():
@@ -290,7 +292,9 @@ class Manager:
         than one worker of this machine has."""
         pending = self.ledger.tasks(status="pending")
         needs = ", ".join(f"task {t.id} ({t.gpus} GPUs)" for t in pending[:5])
-        self.say(f"no worker here can take {len(pending)} pending tasks: {needs}")
+        failed = self.ledger.counts()["failed"]
+        also = f" (and {failed} failed for good)" if failed else ""
+        self.say(f"no worker here can take {len(pending)} pending tasks: {needs}{also}")
         return NO_WORKER
 
     def _final_code(self) -> int:

@@ -55,7 +55,9 @@ def judge(
             "failed",
             f"{failures} failed attempt{'s' * (failures != 1)} (max_retries {max_retries})",
         )
-    return Verdict("pending", f"attempt {failures} of {max_retries} failed: retried elsewhere")
+    return Verdict(
+        "pending", f"attempt {failures} of {max_retries} failed: retried, elsewhere if it can be"
+    )
 
 
 def may_run(worker: str, failed_by: Collection[str], workers: Collection[str]) -> bool:

@@ -85,7 +85,7 @@ class LocalBackend:
 
     def start(self, worker: str, task: Task, attempt: Attempt, token: str) -> Running:
         slot = self.slots[worker]
-        gpu = "" if slot.gpu is None else str(slot.gpu)
+        gpu = "" if slot.gpu is None or task.gpus == 0 else str(slot.gpu)
         env = {
             **task.env,
             "CUDA_VISIBLE_DEVICES": gpu,

@@ -26,7 +26,7 @@ def test_an_ok_attempt_is_done_whatever_failed_before() -> None:
 
 
 def test_a_first_and_second_failure_go_back_to_pending_the_third_fails_for_good() -> None:
-    assert _judge([]) == ("pending", "attempt 1 of 3 failed: retried elsewhere")
+    assert _judge([]) == ("pending", "attempt 1 of 3 failed: retried, elsewhere if it can be")
     assert _judge([Tried("a", "failed")])[0] == "pending"
     status, reason = _judge([Tried("a", "failed"), Tried("b", "timeout")])
     assert (status, reason) == ("failed", "3 failed attempts (max_retries 3)")
