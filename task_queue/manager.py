@@ -205,6 +205,7 @@ class Manager:
                 category="timeout",
                 retryable=True,
                 error=f"timed out after {running.task.timeout:g} s ({how})",
+                gpu_state=self.backend.gpu_state(ended),
             )
         elif running.stopping in ("cancelled", "interrupted"):
             end = AttemptEnd("interrupted", exit_code=code, error=running.stopping, counted=False)
@@ -228,6 +229,7 @@ class Manager:
                 retryable=found.retryable,
                 error=found.error,
                 traceback_tail=found.traceback_tail,
+                gpu_state=self.backend.gpu_state(ended),
             )
         task = running.task
         self._record(task.id, running.attempt.id, end, running.worker, task.name, task.max_retries)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from task_queue.gpu_state import read_gpu_state, visible_indexes
 from trainguard.child_process import SpawnError, spawn_child
 from trainguard.process_tree import kill_tree
 from trainguard.procs import find_any_marked
@@ -59,11 +60,16 @@ def run_attempt(
     # by the manager's later token sweep (`kill_tokens`).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
+    gpu_state = None
+    if code != 0:  # the GPUs this worker is pinned to (every GPU if it is not pinned)
+        pinned = full_env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        gpu_state = read_gpu_state(visible_indexes(pinned))
     return {
         "code": code,
         "pid": child.pid,
         "log_offset": child.log_offset,
         "tail": _tail(Path(log_file), child.log_offset),
+        "gpu_state": gpu_state,
     }
 
 

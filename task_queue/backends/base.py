@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from task_queue.ledger import Attempt, Task
 
@@ -34,6 +34,7 @@ class Ended:
     code: int | None
     tail: bytes | None = None  # the end of its output, when its log is on another machine
     lost: str | None = None
+    gpu_state: Any = None  # read where it ran, when it failed there
 
 
 class Backend(Protocol):
@@ -63,6 +64,10 @@ class Backend(Protocol):
 
     def stop(self, running: Running, why: str) -> None:
         """Stop the attempt's processes; its end then comes through `ended`."""
+        ...
+
+    def gpu_state(self, ended: Ended) -> Any:
+        """The state of the GPU the attempt ran on, after it failed (None: no GPU there)."""
         ...
 
     def sweep(self, running: Running) -> list[str]:

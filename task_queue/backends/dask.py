@@ -146,7 +146,9 @@ class DaskBackend:
                 return Ended(running, 127, tail=str(result["spawn_error"]).encode())
             running.pid = result["pid"]
             running.log_offset = result["log_offset"]
-            return Ended(running, int(result["code"]), tail=result["tail"])
+            return Ended(
+                running, int(result["code"]), tail=result["tail"], gpu_state=result["gpu_state"]
+            )
         if future.status == "cancelled":
             self._lost[running.token] = LOST_SWEEPS
             return Ended(running, None, lost=f"its Dask task was cancelled on {running.worker}")
@@ -165,6 +167,9 @@ class DaskBackend:
         # A worker dying meanwhile raises here; its future then ends all the same.
         with contextlib.suppress(Exception):
             self.client.run(kill_tokens, [running.token], workers=[info["address"]])
+
+    def gpu_state(self, ended: Ended) -> Any:
+        return ended.gpu_state  # read on the worker's machine by `run_attempt`
 
     def sweep(self, running: Running) -> list[str]:
         """Its process group was killed on the worker (`run_attempt`); what left the group is

@@ -13,10 +13,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from task_queue.backends.base import Ended, Running
+from task_queue.gpu_state import read_gpu_state
 from task_queue.ledger import Attempt, Task
 from trainguard.child_process import Child, reap_children, spawn_child
 from trainguard.orphan_sweep import kill_orphans, reparented
@@ -133,6 +135,10 @@ class LocalBackend:
         # read now is its identity, whatever it has exec'd since the spawn.
         identity = identify(running.pid) or child.identity
         stop_process_tree(identity, sig=signal.SIGTERM, timeout=STOP_GRACE, token=running.token)
+
+    def gpu_state(self, ended: Ended) -> Any:
+        gpu = self.slots[ended.running.worker].gpu
+        return None if gpu is None else read_gpu_state([gpu])
 
     def sweep(self, running: Running) -> list[str]:
         """Kill what an ended attempt left in our process tree: orphans re-parented to us (a
