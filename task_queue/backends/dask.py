@@ -9,6 +9,7 @@ worker that comes back there (or any other on that machine).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import queue
@@ -45,7 +46,10 @@ class DaskBackend:
         self.running: dict[int, Running] = {}  # by attempt id
         self._futures: dict[int, Any] = {}  # by attempt id
         self._unswept: set[str] = set()  # tokens of ended attempts not yet swept for
-        self._done: queue.SimpleQueue[tuple[Any, Running]] = queue.SimpleQueue()
+        # (attempt, its result, or the error instead), as the client's loop fetched them
+        self._done: queue.SimpleQueue[tuple[Running, Any, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
         self._lost: dict[str, int] = {}  # token of an attempt whose worker died: sweeps left
         self._workers: dict[str, dict[str, Any]] | None = None
         self._workers_at = 0.0
@@ -118,8 +122,19 @@ class DaskBackend:
         self._futures[attempt.id] = future
 
         def done(finished: Any, running: Running = running) -> None:
-            self._done.put((finished, running))
-            self.wake()
+            # On Dask's callback thread. Fetching the result is a round trip to the worker:
+            # done on the client's event loop, where many fetches overlap, so that neither
+            # this thread nor the manager's loop waits for each one in turn.
+            async def fetch() -> None:
+                try:
+                    result = await self.client.gather(finished, asynchronous=True)
+                except BaseException as exc:  # KilledWorker, CancelledError, a lost connection
+                    self._done.put((running, None, exc))
+                else:
+                    self._done.put((running, result, None))
+                self.wake()
+
+            self.client.loop.add_callback(fetch)
 
         future.add_done_callback(done)
         return running
@@ -128,7 +143,7 @@ class DaskBackend:
         found: list[Ended] = []
         while True:
             try:
-                future, running = self._done.get_nowait()
+                running, result, error = self._done.get_nowait()
             except queue.Empty:
                 return found
             self.running.pop(running.attempt.id, None)
@@ -137,11 +152,10 @@ class DaskBackend:
                 if queued.worker == running.worker and queued.deadline == math.inf:
                     queued.deadline = time.monotonic() + queued.task.timeout
                     break
-            found.append(self._outcome(future, running))
+            found.append(self._outcome(running, result, error))
 
-    def _outcome(self, future: Any, running: Running) -> Ended:
-        if future.status == "finished":
-            result = future.result()
+    def _outcome(self, running: Running, result: Any, error: BaseException | None) -> Ended:
+        if error is None:
             if "spawn_error" in result:
                 return Ended(running, 127, tail=str(result["spawn_error"]).encode())
             running.pid = result["pid"]
@@ -149,14 +163,12 @@ class DaskBackend:
             return Ended(
                 running, int(result["code"]), tail=result["tail"], gpu_state=result["gpu_state"]
             )
-        if future.status == "cancelled":
-            self._lost[running.token] = LOST_SWEEPS
-            return Ended(running, None, lost=f"its Dask task was cancelled on {running.worker}")
-        error = future.exception()
         self._lost[running.token] = LOST_SWEEPS
         self._workers = None  # a worker may be gone: ask again
         if type(error).__name__ == "KilledWorker":
             return Ended(running, None, lost=f"worker {running.worker} died while it ran")
+        if isinstance(error, asyncio.CancelledError) or type(error).__name__ == "CancelledError":
+            return Ended(running, None, lost=f"its Dask task was cancelled on {running.worker}")
         return Ended(running, None, lost=f"{type(error).__name__}: {error}")
 
     def stop(self, running: Running, why: str) -> None:
