@@ -20,7 +20,7 @@ from crash_detector.scanner import Scanner
 from task_queue.attempt_diagnosis import diagnose_attempt
 from task_queue.backends.base import Backend, Ended
 from task_queue.backends.local import kill_left_by_dead_runner
-from task_queue.ledger import AttemptEnd, Ledger
+from task_queue.ledger import AttemptEnd, Ledger, LedgerError
 from task_queue.retry_policy import judge
 from trainguard import exitcodes
 from trainguard.child_process import SpawnError, become_subreaper, new_token
@@ -95,6 +95,12 @@ class Manager:
                 self._handle(event)
                 if self.stopping is not None:
                     return self._interrupt()
+        except LedgerError:
+            # The ledger cannot record what happens (a full disk, a damaged file): nothing may
+            # run unrecorded. Their attempts stay open in the ledger; the next runner closes
+            # them as worker_lost and runs their tasks again.
+            self._stop_all("the ledger cannot be written")
+            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -270,18 +276,21 @@ class Manager:
     def _interrupt(self) -> int:
         """Ctrl+C or SIGTERM: stop every attempt, close them as interrupted (not counted),
         their tasks back to pending; nothing is lost."""
-        for running in list(self.backend.running.values()):
-            self.backend.stop(running, "interrupted")
-        for ended in self.backend.ended():
-            self.backend.sweep(ended.running)
-        self.backend.sweep_escaped()
-        self.backend.running.clear()  # what has not ended by now is closed below all the same
+        self._stop_all("interrupted")
         tasks = self.ledger.close_running(
             AttemptEnd("interrupted", error="the runner was stopped", counted=False)
         )
         name = signal.Signals(self.stopping or signal.SIGINT).name
         self.say(f"{name}: stopped; tasks {tasks} back to pending" if tasks else f"{name}: stopped")
         return exitcodes.INTERRUPTED
+
+    def _stop_all(self, why: str) -> None:
+        for running in list(self.backend.running.values()):
+            self.backend.stop(running, why)
+        for ended in self.backend.ended():
+            self.backend.sweep(ended.running)
+        self.backend.sweep_escaped()
+        self.backend.running.clear()  # what has not ended by now is closed all the same
 
     def _all_settled(self) -> bool:
         if self.backend.running:

@@ -275,3 +275,34 @@ def test_bad_task_input_is_a_one_line_error(q: Queue) -> None:
     assert q.cli("status", "--json").stdout.count('"id"') == 0  # nothing half-submitted
     tasks.write_text('{"argv": ["true"], "name": "a"}\n{"argv": ["true"], "name": "b"}\n')
     assert q.cli("submit", "--from", str(tasks)).stdout.split() == ["1", "2"]
+
+
+def test_a_full_disk_stops_the_runner_and_marks_no_task_done_that_it_could_not_record(
+    q: Queue, small_tmpfs: Path
+) -> None:
+    (q.folder / "trainguard.toml").write_text(
+        f'[queue]\nslots = 1\nledger = "{small_tmpfs / "ledger.db"}"\n'
+    )
+    filler = small_tmpfs / "filler"
+    # The first attempt fills the ledger's disk, then succeeds: its success cannot be recorded.
+    fill = (
+        "import pathlib, sys\n"
+        f"filler, marker = pathlib.Path({str(filler)!r}), pathlib.Path('filled-once')\n"
+        "if not marker.exists():\n"
+        "    marker.touch()\n"
+        "    with open(filler, 'wb', buffering=0) as fh:\n"
+        "        try:\n"
+        "            while True: fh.write(b'\\0' * 65536)\n"
+        "        except OSError: pass\n"
+    )
+    task_id = q.submit(fill)
+    code, out = q.run()
+    assert code == 1, out
+    assert "cannot write the ledger" in out and "Traceback" not in out
+    filler.unlink()
+    task = q.task(task_id)
+    assert task["status"] == "running" and task["attempts"][0]["outcome"] is None
+    code, out = q.run()  # the next runner closes it as worker_lost and runs it again
+    assert code == 0, out
+    attempts = q.task(task_id)["attempts"]
+    assert [a["outcome"] for a in attempts] == ["worker_lost", "ok"]
