@@ -18,8 +18,9 @@ PROG = "edge-cases"
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser(
         PROG,
-        "Prove recovery with real faults: each scenario starts the real watchdog on the example "
-        "daemon in its own throwaway workspace, injects one fault and checks the outcome.",
+        "Prove recovery with real faults: each scenario starts the real tools (the watchdog on "
+        "the example daemon, task-queue) in its own throwaway workspace, injects one fault and "
+        "checks the outcome.",
         config=False,
     )
     parser.add_argument("--list", action="store_true", help="name and describe each scenario")

@@ -12,6 +12,7 @@ from edge_cases.scenarios import (
     hangs,
     processes,
     queue,
+    runners,
     status,
     watchdog,
 )
@@ -25,6 +26,7 @@ ALL: tuple[Scenario, ...] = (
     *status.SCENARIOS,
     *crashes.SCENARIOS,
     *queue.SCENARIOS,
+    *runners.SCENARIOS,
     *hangs.SCENARIOS,
     *watchdog.SCENARIOS,
 )

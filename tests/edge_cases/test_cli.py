@@ -41,6 +41,9 @@ REQUIRED = {
     "progress_file_garbage",
     "log_with_binary_and_huge_lines",
     "queue_system",
+    "task_worker_death",
+    "task_runner_death",
+    "dask_worker_death",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -29,6 +31,13 @@ SABOTAGED = (
     "daemon_hang_no_progress",
     "partial_inplace_checkpoint_skipped",
 )
+# task-queue has no config key that switches off what these guard: a sitecustomize on
+# PYTHONPATH does it in `python -m task_queue` (see sabotage/sitecustomize.py).
+SABOTAGED_QUEUE = {
+    "task_worker_death": "orphan_sweep",
+    "task_runner_death": "dead_runner_kill",
+}
+SABOTAGE_PATH = Path(__file__).resolve().parent / "sabotage"
 
 
 def _leftovers(scratch: Path) -> list[str]:
@@ -59,6 +68,8 @@ def _skips_expected_here(scratch: Path) -> set[str]:
             pynvml.nvmlShutdown()
     except Exception:  # no library, no driver, no device: NVML cannot answer
         expected.add("gpu_availability")
+    if importlib.util.find_spec("distributed") is None:
+        expected.add("dask_worker_death")
     probe = scratch / "tmpfs-probe"
     probe.mkdir()
     try:
@@ -144,6 +155,42 @@ def test_printing_trainer_scenario_fails_when_only_a_progress_file_shows_life(
     result = sabotaged["trainer_that_only_prints"]
     assert result.status == "fail", result
     assert result.detail == "liveness 'progress file'", result
+
+
+@pytest.fixture(scope="module")
+def sabotaged_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Result]]:
+    """The task-queue scenarios run once, each with the mechanism it guards switched off."""
+    chosen = [
+        dataclasses.replace(
+            scenario,
+            sabotage={
+                "PYTHONPATH": str(SABOTAGE_PATH),
+                "EDGE_CASES_SABOTAGE": SABOTAGED_QUEUE[scenario.name],
+            },
+        )
+        for scenario in select(list(SABOTAGED_QUEUE))
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("sabotaged-queue")))
+        results = run_scenarios(chosen, sabotage=set(SABOTAGED_QUEUE))
+    yield {r.name: r for r in results}
+
+
+def test_task_worker_death_scenario_fails_when_a_killed_attempts_leftovers_live_on(
+    sabotaged_queue: dict[str, Result],
+) -> None:
+    result = sabotaged_queue["task_worker_death"]
+    assert result.status == "fail", result
+    assert "the killed attempt's processes still run beside its retry" in result.detail, result
+    assert "task.py helper" in result.detail
+
+
+def test_task_runner_death_scenario_fails_when_a_dead_runners_processes_are_not_killed(
+    sabotaged_queue: dict[str, Result],
+) -> None:
+    result = sabotaged_queue["task_runner_death"]
+    assert result.status == "fail", result
+    assert "processes of the dead runner's attempts still run beside" in result.detail, result
 
 
 def test_interrupted_run_stops_every_process_and_removes_its_workspaces() -> None:
