@@ -78,7 +78,8 @@ class Manager:
     def run(self) -> int:
         previous = self._install_signal_handlers()
         try:
-            become_subreaper()
+            if self.backend.subreaper:
+                become_subreaper()
             self._recover()
             while True:
                 self._dispatch()
@@ -217,6 +218,7 @@ class Manager:
             end = AttemptEnd("interrupted", exit_code=code, error=running.stopping, counted=False)
         elif code is None:
             end = AttemptEnd("worker_lost", category="worker_lost", retryable=True, error=how)
+            self._sweep_escaped()  # its processes there, before its task runs anywhere again
         elif code == 0:
             end = AttemptEnd("ok", exit_code=0)
         else:

@@ -73,14 +73,16 @@ def run_attempt(
     }
 
 
-def kill_tokens(tokens: Sequence[str]) -> list[str]:
-    """On a worker's machine: stop every process of ours carrying one of `tokens` (SIGTERM,
-    then SIGKILL after STOP_GRACE). For `Client.run`: a cancel, a timeout, or the leftovers of
-    an attempt whose worker died."""
+def kill_tokens(tokens: Sequence[str], *, polite: bool = True) -> list[str]:
+    """On a worker's machine: stop every process of ours carrying one of `tokens`. `polite`
+    (a cancel, a timeout): SIGTERM, then SIGKILL after STOP_GRACE. Otherwise (the leftovers of
+    an ended attempt, or of one whose worker died: headless, nothing to save) SIGKILL at once,
+    which never keeps the caller waiting. For `Client.run`, and the runner's own machine."""
     procs = find_any_marked(tokens)
     if not procs:
         return []
-    report = kill_tree(procs, sig=signal.SIGTERM, timeout=STOP_GRACE)
+    sig, grace = (signal.SIGTERM, STOP_GRACE) if polite else (signal.SIGKILL, 1.0)
+    report = kill_tree(procs, sig=sig, timeout=grace)
     return [str(pid) for pid in (*report.exited, *report.killed)]
 
 

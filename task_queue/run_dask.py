@@ -42,7 +42,9 @@ def run_dask(
         raise NoWorker(
             "--backend dask needs Dask distributed: pip install 'trainguard[dask]'"
         ) from None
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    # Dask's own ERROR lines (a task "marked as failed because 1 workers died") repeat what the
+    # runner says itself, in the ledger's words.
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     with _cluster(distributed, cfg, scheduler, slots) as (client, gpu_of):
         _check_versions(client)
         client.run_on_scheduler(no_allowed_failures)
@@ -95,7 +97,7 @@ def _cluster(
     workers = {
         slot.name: {
             "cls": distributed.Nanny,
-            "options": {"nthreads": 1, "name": slot.name, "silence_logs": logging.ERROR},
+            "options": {"nthreads": 1, "name": slot.name, "silence_logs": logging.CRITICAL},
         }
         for slot in planned
     }
@@ -105,7 +107,7 @@ def _cluster(
         "options": {"dashboard_address": None, "host": "127.0.0.1"},
     }
     cluster = distributed.SpecCluster(
-        workers=workers, scheduler=scheduler_spec, silence_logs=logging.ERROR
+        workers=workers, scheduler=scheduler_spec, silence_logs=logging.CRITICAL
     )
     try:
         client = distributed.Client(cluster)

@@ -39,6 +39,10 @@ class Ended:
 
 class Backend(Protocol):
     running: dict[int, Running]  # by attempt id
+    # Whether the runner becomes a child subreaper: the local backend reaps what is re-parented
+    # to it; under Dask the runner's children are the local cluster's nannies, whose exits
+    # belong to them, so orphans there go to init as usual.
+    subreaper: bool
 
     def workers(self) -> list[str]:
         """Names of the workers alive now."""

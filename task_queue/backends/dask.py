@@ -31,6 +31,8 @@ LOST_SWEEPS = 12  # sweeps (one every few seconds) for a dead worker's leftovers
 
 
 class DaskBackend:
+    subreaper = False
+
     def __init__(
         self,
         client: Any,
@@ -198,11 +200,14 @@ class DaskBackend:
             return []
         self._unswept = set()
         self._lost = {t: n - 1 for t, n in self._lost.items() if n > 1}
+        # This machine first (a local cluster's workers, or a worker beside the runner): no
+        # round trip, and it reaches a dead worker's orphans before its nanny restarts it.
+        here = [f"here: {pid}" for pid in kill_tokens(sorted(tokens), polite=False)]
         try:
-            killed = self.client.run(kill_tokens, sorted(tokens))
-        except Exception:
-            return []
-        return [f"{worker}: {pid}" for worker, pids in killed.items() for pid in pids]
+            killed = self.client.run(kill_tokens, sorted(tokens), polite=False)
+        except Exception:  # no worker reachable now: the next sweep tries again
+            return here
+        return here + [f"{worker}: {pid}" for worker, pids in killed.items() for pid in pids]
 
     @property
     def unswept(self) -> bool:

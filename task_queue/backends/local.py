@@ -65,6 +65,8 @@ def this_host() -> str:
 
 
 class LocalBackend:
+    subreaper = True
+
     def __init__(self, slots: Sequence[Slot], log_dir: Path) -> None:
         self.slots = {slot.name: slot for slot in slots}
         self.log_dir = log_dir
