@@ -73,6 +73,7 @@ def spawn_child(
     what: str = "the child",
     header: bytes = b"",
     wait_for_exec: bool = True,
+    base_env: Mapping[str, str] | None = None,
 ) -> Child:
     """Start `argv` (a list, never a shell) in its own session, output appended to `log_file`
     after `header` (a line saying whose output follows).
@@ -81,16 +82,16 @@ def spawn_child(
     with a one-line reason naming `what`, when the program or the log cannot be opened.
     `wait_for_exec=False` records the identity without waiting for the new program's cmdline:
     for a caller that stops the child only while it is unreaped (its pid cannot be reused
-    then) and wants no wait per spawn.
+    then) and wants no wait per spawn. `base_env` replaces our environment as the base (a
+    runner starting thousands of children copies it once, not each time).
     """
-    full_env = {**os.environ, **(env or {}), OWNER_ENV: token}
+    full_env = {**(os.environ if base_env is None else base_env), **(env or {}), OWNER_ENV: token}
     try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "ab") as out:
+        out = _open_log(log_file)
+        try:
             if header:
-                out.write(header)
-                out.flush()
-            log_offset = os.fstat(out.fileno()).st_size
+                os.write(out, header)
+            log_offset = os.fstat(out).st_size
             proc = subprocess.Popen(
                 list(argv),
                 cwd=cwd,
@@ -100,12 +101,23 @@ def spawn_child(
                 env=full_env,
                 start_new_session=True,  # its own process group: signals reach the whole tree
             )
+        finally:
+            os.close(out)
     except OSError as exc:  # no such program, not executable, the log cannot be opened
         where = exc.filename if exc.filename is not None else argv[0]
         raise SpawnError(f"cannot start {what}: {where}: {exc.strerror or exc}") from None
     found = identify_after_exec(proc.pid) if wait_for_exec else None
     identity = found or ProcessIdentity(proc.pid, 0.0, tuple(argv), os.getuid())
     return Child(identity, token, started_at, time.monotonic(), proc, log_offset)
+
+
+def _open_log(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
 
 
 def identify_after_exec(pid: int) -> ProcessIdentity | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import psutil
 
 from trainguard.process_tree import KillReport, kill_tree
-from trainguard.procs import descendants, find_marked
+from trainguard.procs import child_pids, descendants, find_marked
 
 LATE_FORK_ROUNDS = 3
 """Sweeps again (`reparented`) for processes forked while their parents were being killed."""
@@ -34,6 +34,9 @@ class Swept:
 
 def reparented(live: Collection[int], exclude: Collection[int] = ()) -> list[psutil.Process]:
     """Our descendants outside the trees of the `live` pids, less `exclude` (our own helpers)."""
+    direct = child_pids(os.getpid())
+    if direct is not None and set(direct) <= set(live):
+        return []  # every child is a live one: nothing outside their trees (one read per thread)
     found = descendants(os.getpid())
     return [
         p for p in found if p.pid not in live and p.pid not in exclude and not _in_tree(p, live)

@@ -274,6 +274,25 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def child_pids(pid: int) -> list[int] | None:
+    """`pid`'s children from the kernel's child lists; None where there are none to read
+    (no such process, or a kernel without CONFIG_PROC_CHILDREN)."""
+    if not _HAS_CHILD_LISTS:
+        return None
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                found += map(int, fh.read().split())
+        except OSError:
+            continue
+    return found
+
+
 def _descendant_pids(root: int) -> list[int] | None:
     """Pids below `root`, parents before their children; None if `root` is gone."""
     found: list[int] = []

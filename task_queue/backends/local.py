@@ -7,6 +7,7 @@ inherits; its exit is seen at once (SIGCHLD wakes the manager), never polled.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -73,6 +74,7 @@ class LocalBackend:
         self.running: dict[int, Running] = {}  # by attempt id
         self._children: dict[int, tuple[Running, Child]] = {}  # by pid
         self._unswept: set[str] = set()  # tokens of ended attempts not yet swept for
+        self._base_env = dict(os.environ)  # copied once: thousands of spawns share it
 
     def workers(self) -> list[str]:
         return list(self.slots)
@@ -109,6 +111,7 @@ class LocalBackend:
             what=f"task {task.id}",
             header=attempt_header(task, attempt, slot.name),
             wait_for_exec=False,  # stopped only while unreaped: see `stop`
+            base_env=self._base_env,
         )
         running = Running(
             slot.name, task, attempt, token, child.pid, log_file, child.log_offset,
