@@ -23,7 +23,7 @@ import psutil
 
 from daemon_watchdog.workspace_init import init_workspace
 from trainguard.config import expand_argv, load_config
-from trainguard.process_tree import kill_tree
+from trainguard.process_tree import stop_started
 from trainguard.watchdog_status import WatchdogStatus, read_watchdog_status
 
 JOB = {"total_steps": 40, "save_steps": 10, "step_seconds": 0.1}
@@ -146,15 +146,4 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def _stop(started: list[subprocess.Popen[bytes]]) -> None:
-    """Stop what the demo started, with their whole trees, even after Ctrl+C."""
-    for proc in started:
-        if proc.poll() is None:
-            try:
-                tree = [
-                    psutil.Process(proc.pid),
-                    *psutil.Process(proc.pid).children(recursive=True),
-                ]
-            except psutil.Error:
-                continue
-            kill_tree(tree, sig=signal.SIGTERM, timeout=15)
-        proc.wait()
+    stop_started(started, timeout=15)

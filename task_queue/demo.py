@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 
 import psutil
 
-from trainguard.process_tree import kill_tree
+from trainguard.process_tree import stop_started
 from trainguard.procs import OWNER_ENV
 
 T = TypeVar("T")
@@ -285,15 +285,4 @@ def _print_tail(log: Path, lines: int = 20) -> None:
 
 
 def _stop(started: list[subprocess.Popen[bytes]]) -> None:
-    """Stop the runner and its attempts, even after a failure or Ctrl+C."""
-    for proc in started:
-        if proc.poll() is None:
-            try:
-                tree = [
-                    psutil.Process(proc.pid),
-                    *psutil.Process(proc.pid).children(recursive=True),
-                ]
-            except psutil.Error:
-                tree = []
-            kill_tree(tree, sig=signal.SIGTERM, timeout=10)
-        proc.wait()
+    stop_started(started, timeout=10)

@@ -17,6 +17,7 @@ import math
 import os
 import select
 import signal
+import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -342,3 +343,17 @@ def _merged(first: KillReport, second: KillReport, *, polite: bool = True) -> Ki
         denied=(*first.denied, *second.denied),
         returncodes={**first.returncodes, **second.returncodes},
     )
+
+
+def stop_started(started: Sequence[subprocess.Popen[bytes]], *, timeout: float) -> None:
+    """Stop processes we started (a demo's runner, supervisor) with their whole trees, and wait
+    for them: even after a failure or Ctrl+C, nothing they started is left behind."""
+    for proc in started:
+        if proc.poll() is None:
+            try:
+                root = psutil.Process(proc.pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                tree = []
+            kill_tree(tree, sig=signal.SIGTERM, timeout=timeout)
+        proc.wait()
