@@ -48,7 +48,8 @@ CREATE TABLE tasks (
         CHECK (status IN ('pending', 'running', 'done', 'failed', 'cancelled')),
     submitted_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    json TEXT
+    json TEXT,
+    log_file TEXT
 );
 CREATE INDEX tasks_by_status ON tasks (status, id);
 CREATE TABLE attempts (
@@ -100,6 +101,7 @@ class TaskSpec:
     max_retries: int = 3
     timeout: float = 7200.0
     env: Mapping[str, str] = field(default_factory=dict)
+    log_file: str | None = None  # where its output goes (default: logs/task-<id>.log)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ class Task:
     submitted_at: str
     updated_at: str
     attempts: tuple[Attempt, ...] = ()
+    log_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -302,8 +305,8 @@ class Ledger:
             for spec in specs:
                 cursor = db.execute(
                     "INSERT INTO tasks (name, argv, cwd, env, gpus, max_retries, timeout, "
-                    "status, submitted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                    "'pending', ?, ?)",
+                    "status, submitted_at, updated_at, log_file) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                    "'pending', ?, ?, ?)",
                     (
                         spec.name,
                         json.dumps(list(spec.argv)),
@@ -314,6 +317,7 @@ class Ledger:
                         spec.timeout,
                         now,
                         now,
+                        spec.log_file,
                     ),
                 )
                 task_id = int(cursor.lastrowid or 0)
@@ -530,14 +534,20 @@ class Ledger:
             _refresh(db, task_ids)
         return pending
 
-    def retry(self, task_ids: Sequence[int] | None) -> list[int]:
-        """Failed or cancelled tasks (all failed ones with None) back to pending with a fresh
-        retry budget: their earlier attempts stay listed but no longer count."""
+    def retry(
+        self,
+        task_ids: Sequence[int] | None,
+        *,
+        statuses: Sequence[TaskStatus] = ("failed", "cancelled"),
+    ) -> list[int]:
+        """Tasks in `statuses` (failed or cancelled; all failed ones with None) back to
+        pending with a fresh retry budget: their earlier attempts stay listed but no longer
+        count. `statuses` may add "done" (run a finished task again, on request)."""
         with self._write() as db:
             if task_ids is None:
                 ids = [r[0] for r in db.execute("SELECT id FROM tasks WHERE status = 'failed'")]
             else:
-                ids = _ids_in(db, task_ids, ("failed", "cancelled"))
+                ids = _ids_in(db, task_ids, statuses)
             for task_id in ids:
                 db.execute("UPDATE attempts SET counted = 0 WHERE task_id = ?", (task_id,))
             _set_status(db, ids, "pending")
@@ -649,6 +659,7 @@ def _task(row: Sequence[Any], attempts: tuple[Attempt, ...]) -> Task:
         submitted_at=row[9],
         updated_at=row[10],
         attempts=attempts,
+        log_file=row[12],
     )
 
 

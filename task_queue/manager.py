@@ -54,6 +54,7 @@ class Manager:
         scanner: Callable[[], Scanner],
         until_done: bool,
         say: Callable[[str], None] = print,
+        on_change: Callable[[int], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.backend = backend
@@ -62,6 +63,9 @@ class Manager:
         self._scanner: Scanner | None = None
         self.until_done = until_done
         self.say = say
+        # Told the task's id after each of its attempts starts or ends (the study runner writes
+        # its experiment's state.json then).
+        self.on_change = on_change or (lambda _task_id: None)
         self.events: queue.SimpleQueue[_Signal | _Wake] = queue.SimpleQueue()
         self.next_look = 0.0
         self.stopping: int | None = None  # the signal that ends the run
@@ -194,6 +198,7 @@ class Manager:
                     log_file=str(running.log_file),
                     log_offset=running.log_offset,
                 )
+            self.on_change(task.id)
             where = f", pid {running.pid}" if running.pid is not None else ""
             self.say(
                 f"task {task.id} ({task.name}) attempt {attempt.number} on {worker}: started{where}"
@@ -258,6 +263,7 @@ class Manager:
         self.ledger.finish(attempt_id, end, task_status=verdict.status)
         detail = f" ({end.error})" if end.error and end.outcome != "ok" else ""
         self.say(f"task {task_id} ({name}) on {worker}: {end.outcome}{detail} -> {verdict.reason}")
+        self.on_change(task_id)
 
     def _sweep_escaped(self) -> None:
         self.next_escaped_sweep = time.monotonic() + ESCAPED_SWEEP_INTERVAL

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,13 @@ class NoWorker(TrainguardError):
 
 
 def run_dask(
-    ledger: Ledger, cfg: Config, *, scheduler: str, slots: str | int, until_done: bool
+    ledger: Ledger,
+    cfg: Config,
+    *,
+    scheduler: str,
+    slots: str | int,
+    until_done: bool,
+    on_change: Callable[[int], None] | None = None,
 ) -> int:
     try:
         import distributed
@@ -65,6 +71,7 @@ def run_dask(
             scanner=lambda: Scanner(load_rules()),
             until_done=until_done,
             say=lambda line: print(line, flush=True),
+            on_change=on_change,
         )
         wakes.append(manager.wake)
         return manager.run()

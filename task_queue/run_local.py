@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from crash_detector.rules import load_rules
@@ -13,7 +14,14 @@ from task_queue.manager import Manager
 from trainguard.config import Config
 
 
-def run_local(ledger: Ledger, cfg: Config, *, slots: str | int, until_done: bool) -> int:
+def run_local(
+    ledger: Ledger,
+    cfg: Config,
+    *,
+    slots: str | int,
+    until_done: bool,
+    on_change: Callable[[int], None] | None = None,
+) -> int:
     host = this_host()
     node = cfg.queue.nodes.get(host)
     excluded = [*cfg.health.excluded_gpus, *(node.excluded_gpus if node else [])]
@@ -32,6 +40,7 @@ def run_local(ledger: Ledger, cfg: Config, *, slots: str | int, until_done: bool
         scanner=lambda: Scanner(load_rules()),
         until_done=until_done,
         say=_say,
+        on_change=on_change,
     )
     return manager.run()
 

@@ -84,7 +84,7 @@ class DaskBackend:
         return str(info.get("host", "?")) if info else "?"
 
     def log_file(self, task: Task) -> Path:
-        return self.log_dir / f"task-{task.id}.log"
+        return Path(task.log_file) if task.log_file else self.log_dir / f"task-{task.id}.log"
 
     # --- attempts ---------------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ class LocalBackend:
         return this_host()
 
     def log_file(self, task: Task) -> Path:
-        return self.log_dir / f"task-{task.id}.log"
+        return Path(task.log_file) if task.log_file else self.log_dir / f"task-{task.id}.log"
 
     def start(self, worker: str, task: Task, attempt: Attempt, token: str) -> Running:
         slot = self.slots[worker]

@@ -1,0 +1,1 @@
+"""study-runner: hundreds of independent experiments that survive each other's failures."""

@@ -1,0 +1,3 @@
+from study_runner.cli import main
+
+raise SystemExit(main())

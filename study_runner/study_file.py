@@ -1,0 +1,133 @@
+"""STUDY.toml: what a study runs. Checked whole before anything runs: one line per problem,
+naming the key, and exit 78 (as a bad trainguard.toml)."""
+
+from __future__ import annotations
+
+import re
+import string
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainguard.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+FIXED_PLACEHOLDERS = frozenset({"python", "experiment_dir"})
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KNOWN = {"name", "command", "name_template", "max_retries", "grid", "preflight"}
+
+
+@dataclass(frozen=True)
+class Study:
+    path: Path  # the STUDY.toml; experiments run in its folder
+    name: str
+    command: tuple[str, ...]  # placeholders: {python}, {experiment_dir}, every grid key
+    name_template: str
+    max_retries: int  # attempts after the first one (0: one attempt)
+    grid: dict[str, tuple[Any, ...]]  # key -> values, in file order
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def load_study(path: Path) -> Study:
+    label = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: no such study file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{label}: cannot read: {reason or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+    problems: list[str] = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append(f"{label}: {key}: {message}")
+
+    for key in sorted(set(data) - _KNOWN):
+        bad(key, "unknown key")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        bad("name", "required: the study's name (a non-empty string)")
+    grid_raw = data.get("grid")
+    grid: dict[str, tuple[Any, ...]] = {}
+    if not isinstance(grid_raw, dict) or not grid_raw:
+        bad("grid", "required: a table of key = [values]; the experiments are every combination")
+    else:
+        for key, values in grid_raw.items():
+            if not _KEY.match(key) or key in FIXED_PLACEHOLDERS:
+                bad(f"grid.{key}", "must be a plain name (letters, digits, _), not python or "
+                    "experiment_dir")  # fmt: skip
+            elif not isinstance(values, list) or not values:
+                bad(f"grid.{key}", "must be a non-empty list of values")
+            elif not all(isinstance(v, (str, int, float, bool)) for v in values):
+                bad(f"grid.{key}", "values must be strings, numbers or booleans")
+            elif len({str(v) for v in values}) != len(values):
+                bad(f"grid.{key}", "has the same value twice")
+            else:
+                grid[key] = tuple(values)
+    allowed = FIXED_PLACEHOLDERS | set(grid_raw if isinstance(grid_raw, dict) else ())
+    command = data.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        bad("command", 'required: an argv list, e.g. ["{python}", "eval.py", "--model", "{model}"]')
+        command = []
+    else:
+        for index, arg in enumerate(command):
+            for field in _fields(arg, f"command[{index}]", bad):
+                if field not in allowed:
+                    known = ", ".join("{" + k + "}" for k in sorted(allowed))
+                    bad(f"command[{index}]", f"unknown placeholder {{{field}}} (known: {known})")
+    template = data.get("name_template")
+    if template is None:
+        template = "_".join("{" + key + "}" for key in grid)
+    if not isinstance(template, str) or not template:
+        bad("name_template", 'must be a string such as "{model}_{quantization}"')
+        template = ""
+    else:
+        used = set(_fields(template, "name_template", bad))
+        for field in sorted(used - set(grid)):
+            bad("name_template", f"unknown placeholder {{{field}}} (grid keys: {', '.join(grid)})")
+        missing = [key for key in grid if len(grid[key]) > 1 and key not in used]
+        if missing and not problems:
+            bad("name_template", f"must use every grid key with several values (missing: "
+                f"{', '.join(missing)}), or two experiments would share a name")  # fmt: skip
+    retries = data.get("max_retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        bad("max_retries", f"must be an integer >= 0 (got {retries!r})")
+        retries = 0
+    if problems:
+        raise ConfigError(problems[0], problems=problems)
+    assert isinstance(name, str)
+    return Study(
+        path=path.resolve(),
+        name=name.strip(),
+        command=tuple(command),
+        name_template=template,
+        max_retries=retries,
+        grid=grid,
+    )
+
+
+def _fields(text: str, where: str, bad: Any) -> list[str]:
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        bad(where, str(exc))
+        return []
+    found = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if spec or conversion or not field:
+            bad(where, f"write placeholders plainly, as {{name}} (got {{{field}...}})")
+            continue
+        found.append(field)
+    return found

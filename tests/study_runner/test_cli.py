@@ -1,0 +1,163 @@
+"""`study-runner` end to end: a 40-experiment study with injected faults, Ctrl+C, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.polling import wait_until
+
+SCRIPT = shutil.which("study-runner", path=str(Path(sys.executable).parent))
+
+# One call of an experiment: noted in calls.txt when it completes (so a recomputation shows).
+EXPERIMENT = """
+import json, os, pathlib, sys, time
+model, dataset = sys.argv[1], sys.argv[2]
+name = f"{model}_{dataset}"
+here = pathlib.Path(os.environ["TRAINGUARD_EXPERIMENT_DIR"])
+if pathlib.Path("slow").exists():
+    time.sleep(0.3)
+if model == "broken" and not pathlib.Path("fixed").exists():
+    raise RuntimeError("Error invalid configuration argument at line 380 in file /src/csrc/ops.cu")
+if name == "a_d3":
+    os.kill(os.getpid(), 11)  # a native crash
+if name == "b_d5":
+    time.sleep(600)  # hangs past its timeout
+with open(here / "predictions.jsonl", "a") as fh:
+    fh.write(json.dumps({"idx": 0, "prediction": name}) + "\\n")
+with open("calls.txt", "a") as fh:
+    fh.write(name + "\\n")
+"""
+
+STUDY = """
+name = "faults"
+command = ["{python}", "experiment.py", "{model}", "{dataset}"]
+name_template = "{model}_{dataset}"
+[grid]
+model = ["a", "b", "c", "broken"]
+dataset = ["d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8", "d9"]
+"""
+
+
+class Study:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.out = folder / "faults"
+        self.runners: list[subprocess.Popen[str]] = []
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        assert SCRIPT
+        return subprocess.run([SCRIPT, *args, "-c", "trainguard.toml"], cwd=self.folder,
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        assert SCRIPT
+        runner = subprocess.Popen(
+            [SCRIPT, *args, "-c", "trainguard.toml"], cwd=self.folder,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.runners.append(runner)
+        return runner
+
+    def status(self) -> dict[str, Any]:
+        done = self.cli("status", str(self.out), "--json")
+        assert done.returncode == 0, done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def phases(self) -> dict[str, str]:
+        return {e["name"]: e["phase"] for e in self.status()["experiments"]}
+
+    def calls(self) -> Counter[str]:
+        path = self.folder / "calls.txt"
+        return Counter(path.read_text().split()) if path.exists() else Counter()
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Iterator[Study]:
+    (tmp_path / "experiment.py").write_text(EXPERIMENT)
+    (tmp_path / "STUDY.toml").write_text(STUDY)
+    (tmp_path / "trainguard.toml").write_text("[queue]\nslots = 2\ntask_timeout = 2\n")
+    s = Study(tmp_path)
+    try:
+        yield s
+    finally:
+        for runner in s.runners:
+            if runner.poll() is None:
+                runner.kill()
+            if runner.stdout is not None and not runner.stdout.closed:
+                runner.communicate()
+
+
+def test_a_faulty_study_finishes_what_can_and_resume_fixes_the_rest_without_recomputing(
+    study: Study,
+) -> None:
+    (study.folder / "slow").touch()  # so that Ctrl+C lands mid-study
+    runner = study.start("run", "STUDY.toml")
+    wait_until(lambda: sum(study.calls().values()) >= 6, timeout=60, message="a few done")
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 130, out
+    phases = study.phases()
+    assert "interrupted" in phases.values() and "pending" in phases.values(), phases
+    assert "running" not in phases.values()
+    (study.folder / "slow").unlink()
+
+    done = study.cli("resume", str(study.out))
+    assert done.returncode == 1, done.stdout + done.stderr  # some failed
+    phases = study.phases()
+    failed = sorted(n for n, p in phases.items() if p == "failed")
+    assert failed == ["a_d3", "b_d5", *(f"broken_d{i}" for i in range(10))], phases
+    assert sum(p == "completed" for p in phases.values()) == 40 - len(failed)
+    calls = study.calls()
+    assert set(calls.values()) == {1}, calls  # nothing completed was computed twice
+    error_log = (study.out / "broken_d0" / "error.log").read_text()
+    assert "Error invalid configuration argument at line 380" in error_log
+    assert '"model": "broken"' in error_log and "Traceback (most recent call last)" in error_log
+    assert "SIGSEGV" in (study.out / "a_d3" / "state.json").read_text()
+    b_d5 = json.loads((study.out / "b_d5" / "state.json").read_text())
+    assert b_d5["phase"] == "failed" and "timed out" in b_d5["error"]
+
+    (study.folder / "fixed").touch()  # the broken model is fixed
+    done = study.cli("resume", str(study.out))
+    assert done.returncode == 1  # a_d3 and b_d5 still fail
+    phases = study.phases()
+    assert sorted(n for n, p in phases.items() if p == "failed") == ["a_d3", "b_d5"]
+    calls = study.calls()
+    assert set(calls.values()) == {1} and len(calls) == 38, calls
+
+
+def test_completed_experiments_are_re_run_only_with_force_and_filter(study: Study) -> None:
+    (study.folder / "fixed").touch()
+    study.cli("run", "STUDY.toml")
+    before = study.calls()
+    plan = study.cli("run", "STUDY.toml", "--dry-run").stdout
+    assert "skip c_d0  (completed)" in plan and "run  a_d3  (failed before)" in plan
+    done = study.cli("run", "STUDY.toml", "--force", "--filter", "broken_*")
+    assert done.returncode == 1  # a_d3, b_d5 fail again
+    after = study.calls()
+    assert {n: after[n] - before[n] for n in after if after[n] != before[n]} == {
+        f"broken_d{i}": 1 for i in range(10)
+    }
+
+
+def test_a_bad_study_file_is_exit_78_naming_each_key(study: Study) -> None:
+    (study.folder / "STUDY.toml").write_text(
+        'name = ""\ncommand = ["{python}", "{nope}"]\n[grid]\nmodel = []\n'
+    )
+    done = study.cli("run", "STUDY.toml")
+    assert done.returncode == 78
+    lines = done.stderr.strip().splitlines()
+    assert any("name: required" in line for line in lines), lines
+    assert any("grid.model: must be a non-empty list" in line for line in lines), lines
+    assert any("unknown placeholder {nope}" in line for line in lines), lines
+    assert "Traceback" not in done.stderr
