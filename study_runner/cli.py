@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from study_runner.display import Display
 from study_runner.experiment_dir import PHASES, phase_of, read_state
 from study_runner.run import LEDGER, out_dir, run_study, study_of
 from study_runner.study_file import load_study
@@ -74,17 +75,18 @@ def _dispatch(argv: Sequence[str] | None) -> int:
             study = study_of(out)
         slots = args.slots if args.slots is not None else cfg.queue.slots
         scheduler = args.scheduler if args.scheduler is not None else cfg.queue.scheduler
-        return run_study(
-            study,
-            out,
-            cfg,
-            force=args.filter if getattr(args, "force", False) else None,
-            dry_run=getattr(args, "dry_run", False),
-            backend=args.backend or cfg.queue.backend,
-            scheduler=scheduler,
-            slots=slots,
-            say=lambda line: print(line, flush=True),
-        )
+        with Display() as display:
+            return run_study(
+                study,
+                out,
+                cfg,
+                force=args.filter if getattr(args, "force", False) else None,
+                dry_run=getattr(args, "dry_run", False),
+                backend=args.backend or cfg.queue.backend,
+                scheduler=scheduler,
+                slots=slots,
+                display=display,
+            )
     except sqlite3.Error as exc:
         raise LedgerError(f"{exc}") from None
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from study_runner.display import Display
 from study_runner.experiment_dir import OUTPUT_LOG, phase_of, write_state
 from study_runner.grid import Experiment, expand
 from study_runner.study_file import Study, load_study
@@ -75,8 +76,9 @@ def run_study(
     backend: str,
     scheduler: str,
     slots: str | int,
-    say: Callable[[str], None],
+    display: Display,
 ) -> int:
+    say = display.say
     experiments = expand(study, out)
     ledger_path = out / LEDGER
     if dry_run and not ledger_path.exists():
@@ -99,9 +101,9 @@ def run_study(
         for task in by_id.values():
             if task.name in by_name:
                 write_state(out / task.name, by_name[task.name], task)
-        progress = _Progress(ledger, by_name, out, say)
+        progress = _Progress(ledger, by_name, out, display.progress)
         say(progress.line(prefix=f"study {study.name}: {len(experiments)} experiments in {out}:"))
-        code = _run_manager(ledger, cfg, backend, scheduler, slots, progress.changed)
+        code = _run_manager(ledger, cfg, backend, scheduler, slots, progress.changed, say)
         for task in ledger.tasks():
             if task.name in by_name:
                 write_state(out / task.name, by_name[task.name], task)
@@ -159,16 +161,16 @@ def _run_manager(
     scheduler: str,
     slots: str | int,
     on_change: Callable[[int], None],
+    say: Callable[[str], None],
 ) -> int:
     if backend == "dask":
         from task_queue.run_dask import run_dask
 
-        return run_dask(
-            ledger, cfg, scheduler=scheduler, slots=slots, until_done=True, on_change=on_change
-        )
+        return run_dask(ledger, cfg, scheduler=scheduler, slots=slots, until_done=True,
+                        on_change=on_change, say=say)  # fmt: skip
     from task_queue.run_local import run_local
 
-    return run_local(ledger, cfg, slots=slots, until_done=True, on_change=on_change)
+    return run_local(ledger, cfg, slots=slots, until_done=True, on_change=on_change, say=say)
 
 
 class _Progress:

@@ -41,6 +41,7 @@ def run_dask(
     slots: str | int,
     until_done: bool,
     on_change: Callable[[int], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> int:
     try:
         import distributed
@@ -58,8 +59,8 @@ def run_dask(
             str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()
         )
         where = scheduler or "a local cluster"
-        print(f"task-queue: ledger {ledger.path}; Dask at {where}; workers: {', '.join(names)}",
-              flush=True)  # fmt: skip
+        tell = say or (lambda line: print(line, flush=True))
+        tell(f"task-queue: ledger {ledger.path}; Dask at {where}; workers: {', '.join(names)}")
         wakes: list[Any] = []
         backend = DaskBackend(
             client, Path(ledger.path).parent / "logs", lambda: wakes[0](), gpu_of=gpu_of
@@ -70,7 +71,7 @@ def run_dask(
             host=this_host(),
             scanner=lambda: Scanner(load_rules()),
             until_done=until_done,
-            say=lambda line: print(line, flush=True),
+            say=tell,
             on_change=on_change,
         )
         wakes.append(manager.wake)

@@ -21,6 +21,7 @@ def run_local(
     slots: str | int,
     until_done: bool,
     on_change: Callable[[int], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> int:
     host = this_host()
     node = cfg.queue.nodes.get(host)
@@ -32,14 +33,15 @@ def run_local(
     workers = ", ".join(
         f"{s.name} (GPU {s.gpu})" if s.gpu is not None else f"{s.name} (no GPU)" for s in planned
     )
-    print(f"task-queue: ledger {ledger.path}; workers: {workers}", flush=True)
+    say = say or _say
+    say(f"task-queue: ledger {ledger.path}; workers: {workers}")
     manager = Manager(
         ledger,
         backend,
         host=host,
         scanner=lambda: Scanner(load_rules()),
         until_done=until_done,
-        say=_say,
+        say=say,
         on_change=on_change,
     )
     return manager.run()
