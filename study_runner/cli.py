@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--show-failed", action="store_true", help="each failed one's error")
     status.add_argument("--json", action="store_true")
+    demo = commands.add_parser("demo", help="a small study with failing experiments, finished")
+    demo.add_argument("--keep", action="store_true", help="keep its folder")
     return parser
 
 
@@ -59,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from study_runner.demo import run_demo
+
+        return run_demo(keep=args.keep)
     try:
         if args.command == "status":
             return _status(args.out.resolve(), show_failed=args.show_failed, as_json=args.json)
