@@ -14,6 +14,7 @@ from edge_cases.scenarios import (
     queue,
     runners,
     status,
+    studies,
     watchdog,
 )
 
@@ -27,6 +28,7 @@ ALL: tuple[Scenario, ...] = (
     *crashes.SCENARIOS,
     *queue.SCENARIOS,
     *runners.SCENARIOS,
+    *studies.SCENARIOS,
     *hangs.SCENARIOS,
     *watchdog.SCENARIOS,
 )

@@ -44,6 +44,7 @@ REQUIRED = {
     "task_worker_death",
     "task_runner_death",
     "dask_worker_death",
+    "study_survives_failures",
 }
 
 

@@ -1,0 +1,108 @@
+"""study-runner under fire: experiments that crash in every way, and a resume after a fix.
+
+A study of four experiments on two slots, each a real process: one that completes, one that
+fails with the bitsandbytes CUDA error (until a `fixed` file appears), one that dies of
+SIGSEGV, one that hangs past the queue's task timeout. Each notes in `calls.txt` when it
+completes, so that a recomputation shows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from edge_cases.sandbox import Sandbox
+from edge_cases.scenario import Scenario, expect
+
+EXPERIMENT = """\
+import os, pathlib, sys, time
+kind = sys.argv[1]
+here = pathlib.Path(__file__).resolve().parent
+if kind == "cuda" and not (here / "fixed").exists():
+    raise RuntimeError("Error invalid configuration argument at line 380 in file /src/csrc/ops.cu")
+if kind == "segfault":
+    os.kill(os.getpid(), 11)
+if kind == "hang":
+    time.sleep(600)
+with open(here / "calls.txt", "a") as fh:
+    fh.write(kind + "\\n")
+"""
+
+STUDY = """\
+name = "faults"
+command = ["{python}", "experiment.py", "{kind}"]
+name_template = "{kind}"
+[grid]
+kind = ["ok", "cuda", "segfault", "hang"]
+"""
+
+EXPECTED_ERRORS = {
+    "cuda": "Error invalid configuration argument at line 380",
+    "segfault": "SIGSEGV",
+    "hang": "timed out after 2 s",
+}
+
+
+def _status(sb: Sandbox) -> dict[str, dict[str, Any]]:
+    result = sb.tool("study_runner", "status", str(sb.path("faults")), "--json", config=False)
+    expect(result.returncode == 0, f"study-runner status exit {result.returncode}: {result.stderr}")
+    data = json.loads(result.stdout)
+    return {e["name"]: e for e in data["experiments"]}
+
+
+def _calls(sb: Sandbox) -> Counter[str]:
+    try:
+        return Counter(sb.path("calls.txt").read_text().split())
+    except OSError:
+        return Counter()
+
+
+def study_survives_failures(sb: Sandbox) -> str:
+    sb.base.mkdir(parents=True)
+    sb.config.write_text("[queue]\nslots = 2\ntask_timeout = 2\n")
+    sb.path("experiment.py").write_text(EXPERIMENT)
+    sb.path("STUDY.toml").write_text(STUDY)
+    study = str(sb.path("STUDY.toml"))
+    first = sb.tool("study_runner", "run", study)
+    expect(first.returncode == 1, f"study-runner run exit {first.returncode}, expected 1 "
+           f"(some failed): {(first.stdout + first.stderr)[-300:]}")  # fmt: skip
+    shown = _status(sb)
+    phases = {name: e["phase"] for name, e in shown.items()}
+    expect(phases == {"ok": "completed", "cuda": "failed", "segfault": "failed", "hang": "failed"},
+           f"phases after the run: {phases}")  # fmt: skip
+    for name, words in EXPECTED_ERRORS.items():
+        error = str(shown[name]["error"])
+        expect(words in error, f"{name}'s error is {error!r}, not about {words!r}")
+        log = sb.path(f"faults/{name}/error.log")
+        expect(log.exists(), f"{name} failed without an error.log")
+        expect(f'"kind": "{name}"' in log.read_text(), f"{name}'s error.log lacks its spec")
+    sb.path("fixed").touch()
+    second = sb.tool("study_runner", "resume", str(sb.path("faults")))
+    expect(second.returncode == 1, f"study-runner resume exit {second.returncode}, expected 1 "
+           "(segfault and hang fail again)")  # fmt: skip
+    phases = {name: e["phase"] for name, e in _status(sb).items()}
+    expect(phases["cuda"] == "completed", f"the fixed experiment is {phases['cuda']} after resume")
+    calls = _calls(sb)
+    again = f"completions per experiment {dict(calls)}: something completed was run again"
+    expect(calls == Counter({"ok": 1, "cuda": 1}), again)
+    return (
+        "1 completed, 3 failed (CUDA error, SIGSEGV, timeout), each with error.log; the study "
+        "finished; resume after the fix completed the CUDA one, nothing recomputed"
+    )
+
+
+SCENARIOS = (
+    Scenario(
+        name="study_survives_failures",
+        summary="study-runner: a CUDA error, a segfault and a hang never stop the study",
+        fault="4 experiments: one completes, one raises the bitsandbytes CUDA error, one dies "
+        "of SIGSEGV, one hangs past task_timeout (2 s); then the CUDA one is fixed and resumed",
+        expected="run exits 1 with 1 completed, 3 failed, each with its error and error.log; "
+        "resume completes the fixed one and recomputes nothing",
+        deadline=60,
+        run=study_survives_failures,
+    ),
+)
+
+__all__ = ["SCENARIOS"]
