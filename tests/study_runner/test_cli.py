@@ -161,3 +161,19 @@ def test_a_bad_study_file_is_exit_78_naming_each_key(study: Study) -> None:
     assert any("grid.model: must be a non-empty list" in line for line in lines), lines
     assert any("unknown placeholder {nope}" in line for line in lines), lines
     assert "Traceback" not in done.stderr
+
+
+def test_a_study_runs_on_dask_workers_the_same_way(study: Study) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is part of the dev install")
+    (study.folder / "STUDY.toml").write_text(STUDY.replace(
+        '"d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8", "d9"', '"d0", "d3"'
+    ))  # fmt: skip
+    done = study.cli("run", "STUDY.toml", "--backend", "dask")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Dask at a local cluster" in done.stdout
+    phases = study.phases()
+    assert sorted(n for n, p in phases.items() if p == "failed") == [
+        "a_d3", "broken_d0", "broken_d3",
+    ]  # fmt: skip
+    assert "Error invalid configuration" in (study.out / "broken_d0" / "error.log").read_text()
+    assert study.calls() == Counter({n: 1 for n, p in phases.items() if p == "completed"})
