@@ -104,7 +104,7 @@ class Manager:
             # The ledger cannot record what happens (a full disk, a damaged file): nothing may
             # run unrecorded. Their attempts stay open in the ledger; the next runner closes
             # them as worker_lost and runs their tasks again.
-            self._stop_all("the ledger cannot be written")
+            self._stop_all("the ledger cannot be written", record=False)
             raise
         finally:
             for signum, handler in previous.items():
@@ -292,11 +292,20 @@ class Manager:
         self.say(f"{name}: stopped; tasks {tasks} back to pending" if tasks else f"{name}: stopped")
         return exitcodes.INTERRUPTED
 
-    def _stop_all(self, why: str) -> None:
+    def _stop_all(self, why: str, *, record: bool = True) -> None:
+        """Stop every attempt. One that ended by itself before it was signalled (its exit
+        may be waiting behind the signal in our queue) keeps its own outcome (`record`): a
+        task that finished is done, never run again."""
+        if record:
+            for ended in self.backend.ended():
+                self._ended(ended)
         for running in list(self.backend.running.values()):
             self.backend.stop(running, why)
         for ended in self.backend.ended():
-            self.backend.sweep(ended.running)
+            if record and ended.running.stopping is None:
+                self._ended(ended)  # it exited before the signal reached it
+            else:
+                self.backend.sweep(ended.running)
         self.backend.sweep_escaped()
         self.backend.running.clear()  # what has not ended by now is closed all the same
 

@@ -132,9 +132,12 @@ class LocalBackend:
 
     def stop(self, running: Running, why: str) -> None:
         """SIGTERM the attempt's tree, SIGKILL what is left after STOP_GRACE; its exit then
-        comes through `ended` like any other."""
-        running.stopping = why
+        comes through `ended` like any other. One that has already exited is left as it is
+        (not marked stopped): its own exit status says how it ended."""
         assert running.pid is not None
+        if _exited(running.pid):
+            return
+        running.stopping = why
         child = self._children[running.pid][1]
         # Not reaped yet (only `ended` waits for it), so its pid is still its own: the identity
         # read now is its identity, whatever it has exec'd since the spawn.
@@ -167,6 +170,16 @@ class LocalBackend:
 
     def close(self) -> None:
         pass
+
+
+def _exited(pid: int) -> bool:
+    """Whether our child `pid` has ended (a zombie not yet reaped): WNOWAIT leaves its status
+    for `ended` to collect."""
+    try:
+        found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return found is not None
 
 
 def attempt_header(task: Task, attempt: Attempt, worker: str) -> bytes:

@@ -306,3 +306,25 @@ def test_a_full_disk_stops_the_runner_and_marks_no_task_done_that_it_could_not_r
     assert code == 0, out
     attempts = q.task(task_id)["attempts"]
     assert [a["outcome"] for a in attempts] == ["worker_lost", "ok"]
+
+
+def test_a_task_that_finished_just_before_ctrl_c_is_done_not_run_again(q: Queue) -> None:
+    task_id = q.submit(WAIT_FOR_GO)
+    runner = q.start()
+    wait_until(lambda: list(q.folder.glob("started-*")), message="the attempt")
+    pid = q.task(task_id)["attempts"][0]["pid"]
+    # The runner frozen while the task ends, then Ctrl+C: SIGINT (2) is delivered before the
+    # pending SIGCHLD (17), so the runner hears "stop" before "that one ended".
+    runner.send_signal(signal.SIGSTOP)
+    try:
+        (q.folder / "go").touch()
+        wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                   message="the task ended, not yet reaped")  # fmt: skip
+        runner.send_signal(signal.SIGINT)
+    finally:
+        runner.send_signal(signal.SIGCONT)
+    out, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 130, out
+    task = q.task(task_id)
+    assert task["status"] == "done", task
+    assert [a["outcome"] for a in task["attempts"]] == ["ok"]
