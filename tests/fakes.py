@@ -4,6 +4,8 @@
 classes (taken from the real pynvml), returning real pynvml structs, and raising real
 `pynvml.NVMLError`s wherever a test asks for one. Functions it does not define are missing,
 as in an older pynvml. `FakeAmdsmi` does the same, much smaller, for the amdsmi library.
+`FakeTorch` is the one piece of the torch module the resilient executor touches
+(`torch.cuda.empty_cache()`), for a test machine without torch or a GPU.
 """
 
 from __future__ import annotations
@@ -257,3 +259,19 @@ class FakeAmdsmi:
         if name in gpu.errors:
             raise gpu.errors[name]
         return gpu
+
+
+class FakeTorchCuda:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def empty_cache(self) -> None:
+        self.events.append("empty_cache")
+
+
+class FakeTorch:
+    """What `sys.modules["torch"]` needs for the executor: `cuda.empty_cache()`, which appends
+    "empty_cache" to `events` (a list the test shares with its fake fn, to see the order)."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.cuda = FakeTorchCuda(events)
