@@ -45,6 +45,7 @@ REQUIRED = {
     "task_runner_death",
     "dask_worker_death",
     "study_survives_failures",
+    "executor_cuda_error_at_item_64",
 }
 
 

@@ -183,3 +183,90 @@ def test_a_study_runs_on_dask_workers_the_same_way(study: Study) -> None:
     ]  # fmt: skip
     assert "Error invalid configuration" in (study.out / "broken_d0" / "error.log").read_text()
     assert study.calls() == Counter({n: 1 for n, p in phases.items() if p == "completed"})
+
+
+# The same study with the experiments as users write them: a ResilientExecutor over 12 items,
+# transient errors in random batches, the broken model's every batch raising the bitsandbytes
+# CUDA error (until fixed), a_d3 dying of SIGSEGV mid-run, b_d5 hanging. Each item answered is
+# noted in answered.txt, as "<experiment>:<idx>", when fn returns it.
+WITH_EXECUTOR = """
+import os, pathlib, random, sys, time
+from study_runner import ResilientExecutor
+model, dataset = sys.argv[1], sys.argv[2]
+name = f"{model}_{dataset}"
+root = pathlib.Path.cwd()
+rng = random.Random(name)
+
+def fn(batch):
+    if pathlib.Path("slow").exists():
+        time.sleep(0.05)
+    if name == "a_d3" and 8 in batch:
+        os.kill(os.getpid(), 11)
+    if name == "b_d5" and 8 in batch:
+        time.sleep(600)
+    if model == "broken" and not (root / "fixed").exists():
+        raise RuntimeError(
+            "Error invalid configuration argument at line 380 in file /src/csrc/ops.cu"
+        )
+    if rng.random() < 0.1:
+        raise ConnectionResetError("transient: connection reset by peer")
+    with open(root / "answered.txt", "a") as fh:
+        fh.write("".join(f"{name}:{i}\\n" for i in batch))
+    return [f"{name} answer {i}" for i in batch]
+
+ex = ResilientExecutor(batch_size=4, max_consecutive_failures=5)
+ex.run(list(range(12)), fn)
+if ex.aborted:
+    sys.exit(f"aborted: {ex.aborted}")
+"""
+
+
+def _answered(study: Study) -> Counter[str]:
+    path = study.folder / "answered.txt"
+    return Counter(line.split(":")[0] for line in path.read_text().split()) if path.exists() \
+        else Counter()  # fmt: skip
+
+
+def test_a_study_of_executor_experiments_finishes_and_resume_recomputes_only_the_fixed(
+    study: Study,
+) -> None:
+    (study.folder / "experiment.py").write_text(WITH_EXECUTOR)
+    (study.folder / "slow").touch()
+    runner = study.start("run", "STUDY.toml")
+    wait_until(lambda: len(_answered(study)) >= 4, timeout=60, message="a few experiments on")
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 130, out
+    phases = study.phases()
+    assert "interrupted" in phases.values() and "running" not in phases.values(), phases
+    (study.folder / "slow").unlink()
+
+    done = study.cli("resume", str(study.out))
+    assert done.returncode == 1, done.stdout + done.stderr
+    phases = study.phases()
+    failed = sorted(n for n, p in phases.items() if p == "failed")
+    assert failed == ["a_d3", "b_d5", *(f"broken_d{i}" for i in range(10))], phases
+    broken = study.out / "broken_d4"
+    error_log = (broken / "error.log").read_text()
+    assert "aborted: 5 consecutive failures" in error_log, error_log
+    assert "Error invalid configuration argument at line 380" in error_log  # the logged one
+    records = [json.loads(line) for line in (broken / "predictions.jsonl").read_text().split("\n")
+               if line]  # fmt: skip
+    assert records and all(r["prediction"].startswith(("[ERROR", "[ABORTED")) for r in records)
+    a_d3 = (study.out / "a_d3" / "predictions.jsonl").read_text()
+    partial = [json.loads(line)["idx"] for line in a_d3.split("\n") if line]
+    assert partial and 8 not in partial  # what a_d3 answered before it died is kept
+    state = json.loads((study.out / "c_d2" / "state.json").read_text())
+    assert (state["phase"], state["total_questions"]) == ("completed", 12)
+
+    (study.folder / "fixed").touch()
+    before = _answered(study)
+    done = study.cli("resume", str(study.out))
+    assert done.returncode == 1  # a_d3, b_d5 still fail
+    phases = study.phases()
+    assert sorted(n for n, p in phases.items() if p == "failed") == ["a_d3", "b_d5"]
+    gained = _answered(study) - before
+    # Only the fixed model's experiments computed anything, and a_d3 (rerun, it dies again at
+    # the same item) only what it had not answered: items answered earlier are never redone.
+    assert set(gained) - {"a_d3"} == {f"broken_d{i}" for i in range(10)}, gained
+    assert all(gained[f"broken_d{i}"] >= 1 for i in range(10))
