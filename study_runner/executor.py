@@ -3,8 +3,9 @@
 One CUDA error at item 64 of 100 used to lose the whole evaluation. Here a failed batch is
 retried smaller (CUDA OOM / CUDA error) or item by item, an item that still fails is recorded
 as an error and the run goes on, a run that fails over and over stops early with what it has,
-and every prediction is on disk before the next batch starts, so a rerun computes only what
-is missing. What counts as a CUDA error or a non-retryable one is the crash detector's call.
+and every prediction goes to an append-only file, fsynced batch by batch, so a rerun computes
+only what is missing. What counts as a CUDA error or a non-retryable one is the crash
+detector's call.
 
 Example, with a Hugging Face pipeline::
 
@@ -38,7 +39,7 @@ from typing import Any, Generic, TypeVar
 
 from study_runner.batch_policy import Decision, decide
 from study_runner.failure import Failure, FailureClassifier, OutputError
-from study_runner.flusher import Flusher
+from study_runner.record_writer import Chunk, RecordWriter
 from study_runner.results_file import (
     Record,
     ResultsFile,
@@ -63,9 +64,11 @@ class ResilientExecutor:
     """Runs `fn` over `items` in batches; see the module docstring for why and how.
 
     `results`: the JSON-lines file of records (default: `$TRAINGUARD_EXPERIMENT_DIR/
-    predictions.jsonl`, set by study-runner). `fsync_interval`: seconds between fsyncs of it
-    (0: after every batch; None: only when `run` ends). The fsync runs on a thread of its own
-    while the next batch computes; the records themselves are written before it starts.
+    predictions.jsonl`, set by study-runner). `fsync_interval`: a writer thread appends each
+    batch's records and fsyncs them while the next batch computes, at most once per this many
+    seconds (0: after every batch). None: no thread; each batch's records are appended before
+    the next batch starts and fsynced only when `run` ends. Either way all is written and
+    fsynced when `run` returns or raises.
     """
 
     def __init__(
@@ -146,14 +149,14 @@ class _Run(Generic[T]):
         self.fn = fn
         self.latest = latest
         self.todo = todo
-        self.complete = len(items) - len(todo)
+        self.complete_before = len(items) - len(todo)  # recorded by earlier runs
         self.consecutive = 0
         self.batch_size = ex.batch_size
         self.state = state_file()
         if self.state is not None:
-            write_state_counters(self.state, complete=self.complete, total=len(items))
+            write_state_counters(self.state, complete=self.complete_before, total=len(items))
         self.file = ResultsFile(ex.results)
-        self.flusher = Flusher(self._sync, ex.fsync_interval)
+        self.writer = RecordWriter(self.file, self._after_sync, ex.fsync_interval)
 
     def loop(self) -> None:
         pos = 0
@@ -184,20 +187,20 @@ class _Run(Generic[T]):
                 free_gpu_memory()
 
     def _attempt(self, part: list[int]) -> Failure | None:
-        """One call of fn; its records written before the next call, or why it failed."""
+        """One call of fn; its records handed to the writer, or why it failed."""
         try:
             predictions = _as_list(self.fn([self.items[i] for i in part]), len(part))
-            try:
-                data = encode_predictions(part, predictions)
-            except (TypeError, ValueError) as exc:
-                raise OutputError(f"fn returned a prediction JSON cannot hold: {exc}") from None
+            chunk: Chunk = (part, predictions)
+            if not all(type(p) is str for p in predictions):
+                try:  # only strings are sure to encode: others are checked here, as fn's error
+                    chunk = encode_predictions(part, predictions)
+                except (TypeError, ValueError) as exc:
+                    raise OutputError(f"fn returned a prediction JSON cannot hold: {exc}") from None
         except Exception as exc:
             return self.classifier.classify(exc)
-        self.file.append(data)
+        self.writer.put(chunk, len(part))
         for i, prediction in zip(part, predictions, strict=True):
             self.latest[i] = prediction_record(i, prediction)
-        self.complete += len(part)
-        self.flusher.request()
         return None
 
     def _decide(self, failure: Failure, part: list[int]) -> Decision:
@@ -228,18 +231,18 @@ class _Run(Generic[T]):
         free_gpu_memory()
 
     def _record(self, records: list[Record]) -> None:
-        self.file.append(encode(records))
+        self.writer.put(encode(records), 0)
         self.latest.update((r["idx"], r) for r in records)
-        self.flusher.request()
 
-    def _sync(self) -> None:
-        os.fsync(self.file.fd)
+    def _after_sync(self, written: int) -> None:
+        """On the writer's thread, after an fsync: count what is durable, nothing more."""
         if self.state is not None:
-            write_state_counters(self.state, complete=self.complete, total=len(self.items))
+            complete = self.complete_before + written
+            write_state_counters(self.state, complete=complete, total=len(self.items))
 
     def close(self) -> None:
         try:
-            self.flusher.close()
+            self.writer.close()
         finally:
             self.file.close()
 

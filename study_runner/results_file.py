@@ -56,9 +56,14 @@ def is_failed(record: Record) -> bool:
 _encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
+# The one str UTF-8 cannot hold, a lone surrogate (a model's broken decode), becomes the six
+# characters `\udXXX`: inside a JSON string that is its escape, so it reads back exactly.
+_UTF8 = ("utf-8", "backslashreplace")
+
+
 def encode(records: Iterable[Record]) -> bytes:
     """The lines to append; raises TypeError / ValueError for a prediction JSON cannot hold."""
-    return "".join([_encode(r) + "\n" for r in records]).encode("utf-8")
+    return "".join([_encode(r) + "\n" for r in records]).encode(*_UTF8)
 
 
 def encode_predictions(idxs: Iterable[int], predictions: Iterable[Any]) -> bytes:
@@ -69,7 +74,7 @@ def encode_predictions(idxs: Iterable[int], predictions: Iterable[Any]) -> bytes
             f'{{"idx": {i}, "prediction": {_encode(p)}}}\n'
             for i, p in zip(idxs, predictions, strict=True)
         ]
-    ).encode("utf-8")
+    ).encode(*_UTF8)
 
 
 def read_latest(path: Path) -> dict[int, Record]:

@@ -187,15 +187,19 @@ def test_a_rerun_computes_only_the_items_without_a_prediction(results):
     assert ex.aborted is None
 
 
-def test_each_batch_is_in_the_file_before_the_next_batch_runs(results):
-    on_disk_at_call: list[set[int]] = []
+def test_each_batch_reaches_the_file_while_the_next_one_runs(results):
+    seen: list[object] = []
 
     def fn(batch: list[int]) -> list[int]:
-        on_disk_at_call.append(set(read_latest(results)))
+        before = set(range(batch[0]))  # the items of the batches before this one
+        try:  # written by the writer's thread, not at the end of the run
+            seen.append(wait_until(lambda: set(read_latest(results)) == before, timeout=5))
+        except DeadlineExceeded:
+            seen.append(sorted(read_latest(results)))
         return batch
 
     ResilientExecutor(batch_size=3, results=results).run(range(9), fn)
-    assert on_disk_at_call == [set(), {0, 1, 2}, {0, 1, 2, 3, 4, 5}]
+    assert seen == [True, True, True]
 
 
 def test_a_truncated_last_line_is_ignored_and_the_next_append_starts_on_a_new_line(results):
@@ -229,6 +233,27 @@ def test_a_wrong_number_of_predictions_is_an_error_of_that_batch(tmp_path):
     records = empty.run(range(2), lambda batch: [])
     assert all("fn returned 0 prediction(s) for 1 item(s)" in r["error"] for r in records)
     assert all(r["prediction"].startswith("[ERROR: ") for r in records)
+
+
+def test_a_prediction_json_cannot_hold_is_an_error_of_that_batch(results):
+    def fn(batch: list[int]) -> list[object]:
+        return [{"answer": i} if i != 2 else {"answer": {2, 3}} for i in batch]
+
+    records = ResilientExecutor(batch_size=4, results=results).run(range(4), fn)
+    assert [r["prediction"] for r in records if "error" not in r] == [
+        {"answer": 0},
+        {"answer": 1},
+        {"answer": 3},
+    ]
+    assert "fn returned a prediction JSON cannot hold" in records[2]["error"]
+    assert read_latest(results) == {r["idx"]: r for r in records}  # no half-written line
+
+
+def test_any_string_is_recorded_and_read_back_exactly(results):
+    odd = ['ü\n"{}', "a\ud800b", "\x00", "日本語"]  # a lone surrogate: a broken decode
+    records = ResilientExecutor(batch_size=4, results=results).run(odd, lambda batch: batch)
+    assert [r["prediction"] for r in records] == odd
+    assert [read_latest(results)[i]["prediction"] for i in range(4)] == odd
 
 
 def test_state_json_counters_stay_current_and_its_other_keys_stay(tmp_path, monkeypatch):
@@ -307,10 +332,16 @@ def test_the_error_and_its_traceback_are_logged_before_the_retry(results, study_
     assert f"RuntimeError: {OOM}" in first
 
 
-def test_fsync_only_at_the_end_still_leaves_every_record_on_disk(results):
-    records = ResilientExecutor(batch_size=2, results=results, fsync_interval=None).run(
-        range(5), lambda batch: batch
-    )
+def test_without_the_thread_each_batch_is_written_before_the_next_starts(results):
+    on_disk_at_call: list[set[int]] = []
+
+    def fn(batch: list[int]) -> list[int]:
+        on_disk_at_call.append(set(read_latest(results)))
+        return batch
+
+    ex = ResilientExecutor(batch_size=3, results=results, fsync_interval=None)
+    records = ex.run(range(9), fn)
+    assert on_disk_at_call == [set(), {0, 1, 2}, {0, 1, 2, 3, 4, 5}]
     assert read_latest(results) == {r["idx"]: r for r in records}
 
 
