@@ -35,12 +35,12 @@ RUNNER_DIED = "its runner died"
 # outlives the task's own process unless something kills it. Written atomically: the scenario
 # reads it while the task runs.
 TASK = """\
-import json, os, pathlib, subprocess, sys, time
+import json, os, pathlib, subprocess, sys, threading, time
 
+POLL = 0.02
 here = pathlib.Path(__file__).resolve().parent
 if sys.argv[1:] == ["helper"]:
-    time.sleep(600)
-    sys.exit(0)
+    threading.Event().wait()  # until killed
 task, attempt = os.environ["TRAINGUARD_TASK_ID"], os.environ["TRAINGUARD_ATTEMPT"]
 helper = subprocess.Popen([sys.executable, __file__, "helper"])
 note = {
@@ -52,8 +52,11 @@ note = {
 aside = here / f".started-{task}-{attempt}.tmp"
 aside.write_text(json.dumps(note))
 os.replace(aside, here / f"started-{task}-{attempt}.json")
+deadline = time.monotonic() + 120
 while not (here / "go").exists():
-    time.sleep(0.02)
+    if time.monotonic() > deadline:
+        raise SystemExit("no go file within 120 s")
+    time.sleep(POLL)
 helper.kill()
 helper.wait()
 with open(here / "done.txt", "a") as fh:

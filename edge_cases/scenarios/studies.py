@@ -16,7 +16,7 @@ from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 
 EXPERIMENT = """\
-import os, pathlib, sys, time
+import os, pathlib, sys, threading, time
 kind = sys.argv[1]
 here = pathlib.Path(__file__).resolve().parent
 if kind == "cuda" and not (here / "fixed").exists():
@@ -24,7 +24,7 @@ if kind == "cuda" and not (here / "fixed").exists():
 if kind == "segfault":
     os.kill(os.getpid(), 11)
 if kind == "hang":
-    time.sleep(600)
+    threading.Event().wait()  # until killed
 with open(here / "calls.txt", "a") as fh:
     fh.write(kind + "\\n")
 """

@@ -20,18 +20,19 @@ SCRIPT = shutil.which("study-runner", path=str(Path(sys.executable).parent))
 
 # One call of an experiment: noted in calls.txt when it completes (so a recomputation shows).
 EXPERIMENT = """
-import json, os, pathlib, sys, time
+import json, os, pathlib, sys, threading, time
+WORK_SECONDS = 0.3  # with `slow`: each experiment computes this long, so Ctrl+C lands mid-study
 model, dataset = sys.argv[1], sys.argv[2]
 name = f"{model}_{dataset}"
 here = pathlib.Path(os.environ["TRAINGUARD_EXPERIMENT_DIR"])
 if pathlib.Path("slow").exists():
-    time.sleep(0.3)
+    time.sleep(WORK_SECONDS)
 if model == "broken" and not pathlib.Path("fixed").exists():
     raise RuntimeError("Error invalid configuration argument at line 380 in file /src/csrc/ops.cu")
 if name == "a_d3":
     os.kill(os.getpid(), 11)  # a native crash
 if name == "b_d5":
-    time.sleep(600)  # hangs past its timeout
+    threading.Event().wait()  # hangs past its timeout, until it is killed
 with open(here / "predictions.jsonl", "a") as fh:
     fh.write(json.dumps({"idx": 0, "prediction": name}) + "\\n")
 with open("calls.txt", "a") as fh:
@@ -190,7 +191,8 @@ def test_a_study_runs_on_dask_workers_the_same_way(study: Study) -> None:
 # CUDA error (until fixed), a_d3 dying of SIGSEGV mid-run, b_d5 hanging. Each item answered is
 # noted in answered.txt, as "<experiment>:<idx>", when fn returns it.
 WITH_EXECUTOR = """
-import os, pathlib, random, sys, time
+import os, pathlib, random, sys, threading, time
+BATCH_SECONDS = 0.05
 from study_runner import ResilientExecutor
 model, dataset = sys.argv[1], sys.argv[2]
 name = f"{model}_{dataset}"
@@ -199,11 +201,11 @@ rng = random.Random(name)
 
 def fn(batch):
     if pathlib.Path("slow").exists():
-        time.sleep(0.05)
+        time.sleep(BATCH_SECONDS)  # a forward pass's time
     if name == "a_d3" and 8 in batch:
         os.kill(os.getpid(), 11)
     if name == "b_d5" and 8 in batch:
-        time.sleep(600)
+        threading.Event().wait()  # hangs until killed
     if model == "broken" and not (root / "fixed").exists():
         raise RuntimeError(
             "Error invalid configuration argument at line 380 in file /src/csrc/ops.cu"

@@ -17,10 +17,14 @@ pytest.importorskip("distributed", reason="the dask extra is part of the dev ins
 # Notes its own pid in started-<task id>, waits for a `go` file, then succeeds.
 WAIT_FOR_GO = (
     "import os, pathlib, time\n"
+    "POLL = 0.02\n"
     "started = pathlib.Path(f\"started-{os.environ['TRAINGUARD_TASK_ID']}\")\n"
     "started.write_text(f\"{os.getpid()} {os.environ['TRAINGUARD_WORKER']}\")\n"
+    "deadline = time.monotonic() + 120\n"
     "while not pathlib.Path('go').exists():\n"
-    "    time.sleep(0.02)\n"
+    "    if time.monotonic() > deadline:\n"
+    "        raise SystemExit('no go file within 120 s')\n"
+    "    time.sleep(POLL)\n"
 )
 
 

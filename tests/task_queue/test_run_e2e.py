@@ -32,9 +32,13 @@ FLAKY = (
 # Waits for a `go` file, then notes its task id in done.txt: how often each task succeeded.
 WAIT_FOR_GO = (
     "import os, pathlib, time\n"
+    "POLL = 0.02\n"
     "pathlib.Path(f\"started-{os.environ['TRAINGUARD_TASK_ID']}\").touch()\n"
+    "deadline = time.monotonic() + 120\n"
     "while not pathlib.Path('go').exists():\n"
-    "    time.sleep(0.02)\n"
+    "    if time.monotonic() > deadline:\n"
+    "        raise SystemExit('no go file within 120 s')\n"
+    "    time.sleep(POLL)\n"
     "with open('done.txt', 'a') as fh:\n"
     "    fh.write(os.environ['TRAINGUARD_TASK_ID'] + '\\n')\n"
 )
@@ -157,7 +161,8 @@ def test_a_non_retryable_crash_fails_after_one_attempt(q: Queue) -> None:
 def test_an_attempt_past_its_timeout_is_stopped_recorded_as_timeout_and_retried(
     q: Queue,
 ) -> None:
-    task_id = q.submit("import time; time.sleep(60)", "--timeout", "0.5", "--max-retries", "2")
+    hang = "import threading; threading.Event().wait()"
+    task_id = q.submit(hang, "--timeout", "0.5", "--max-retries", "2")
     code, out = q.run()
     assert code == 1, out
     task = q.task(task_id)

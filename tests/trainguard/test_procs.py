@@ -526,11 +526,11 @@ def test_descendants_lists_the_worker_of_a_daemon(
     code = (
         "import subprocess, sys, threading, time\n"
         "def spawn():\n"
-        "    subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, time; "
-        "subprocess.Popen([sys.executable, \\'-c\\', \\'import time; time.sleep(60)\\']); "
-        "time.sleep(60)'])\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, threading; "
+        "subprocess.Popen([sys.executable, \\'-c\\', \\'import threading; "
+        "threading.Event().wait()\\']); threading.Event().wait()'])\n"
         "threading.Thread(target=spawn).start()\n"
-        "time.sleep(60)\n"
+        "threading.Event().wait()\n"
     )
     parent = children.run([sys.executable, "-c", code])
     found = wait_until(
