@@ -19,7 +19,7 @@ from study_runner.experiment_dir import PHASES, phase_of, read_state
 from study_runner.run import LEDGER, out_dir, run_study, study_of
 from study_runner.study_file import load_study
 from task_queue.ledger import Ledger, LedgerError
-from trainguard.argparsing import base_parser, run_cli
+from trainguard.argparsing import base_parser, config_option, run_cli
 from trainguard.config import load_config
 from trainguard.errors import UsageError
 
@@ -28,8 +28,7 @@ PROG = "study-runner"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser(PROG, "Run a study of many experiments; one failing never stops it.")
-    config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS)
+    config = config_option(also_top_level=True)
     backend = argparse.ArgumentParser(add_help=False)
     backend.add_argument("--backend", choices=("local", "dask"))
     backend.add_argument("--scheduler", metavar="ADDR")

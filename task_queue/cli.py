@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from task_queue.ledger import Ledger, LedgerError, Task, TaskSpec, TaskStatus, runner_lock
-from trainguard.argparsing import base_parser, run_cli
+from trainguard.argparsing import base_parser, config_option, run_cli
 from trainguard.config import Config, load_config
 from trainguard.errors import UsageError
 
@@ -25,9 +25,7 @@ NO_WORKER = 69  # EX_UNAVAILABLE: no worker or scheduler reachable, or none can 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser(PROG, "Run tasks on workers; a failed task is retried on another one.")
-    # `-c` also after the subcommand's name: SUPPRESS keeps a top-level `-c` when it is absent.
-    config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("-c", "--config", metavar="PATH", default=argparse.SUPPRESS)
+    config = config_option(also_top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     submit = commands.add_parser("submit", parents=[config], help="add tasks; prints their ids")

@@ -18,12 +18,16 @@ def base_parser(prog: str, description: str, *, config: bool = True) -> argparse
     return parser
 
 
-def config_option() -> argparse.ArgumentParser:
+def config_option(*, also_top_level: bool = False) -> argparse.ArgumentParser:
+    """`-c PATH` for a subcommand. `also_top_level`: the tool's parser has `-c` too (the
+    runners take it before or after the subcommand); SUPPRESS keeps the top-level value when
+    the subcommand is given none."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
         "-c",
         "--config",
         metavar="PATH",
+        default=argparse.SUPPRESS if also_top_level else None,
         help="trainguard.toml to use (default: ./trainguard.toml, then $TRAINGUARD_CONFIG)",
     )
     return parent
