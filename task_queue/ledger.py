@@ -514,6 +514,50 @@ class Ledger:
             )
             _refresh(db, [row[0]])
 
+    def fail_done(self, task_id: int, *, category: str, error: str) -> bool:
+        """A task whose last attempt exited 0 but did not deliver (a pipeline phase without
+        its declared outputs): that attempt becomes `failed` with `error`, not retryable, and
+        the task `failed`. False when the task is not `done`."""
+        now = utc_now_iso()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT a.id FROM attempts AS a JOIN tasks AS t ON t.id = a.task_id "
+                "WHERE t.id = ? AND t.status = 'done' ORDER BY a.number DESC LIMIT 1",
+                (task_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "UPDATE attempts SET outcome = 'failed', category = ?, retryable = 0, error = ? "
+                "WHERE id = ?",
+                (category, error, row[0]),
+            )
+            db.execute(
+                "UPDATE tasks SET status = 'failed', updated_at = ? WHERE id = ?", (now, task_id)
+            )
+            _refresh(db, [task_id])
+        return True
+
+    def refuse(self, task_id: int, *, worker: str, host: str, error: str) -> None:
+        """A pending task its step's preflight refused: an attempt that started nothing
+        (outcome `failed`, category `preflight`, not counted), and the task `cancelled` (the
+        runner asks again next time; a refusal is no verdict on the task)."""
+        now = utc_now_iso()
+        with self._write() as db:
+            number = 1 + int(
+                db.execute(
+                    "SELECT COALESCE(MAX(number), 0) FROM attempts WHERE task_id = ?", (task_id,)
+                ).fetchone()[0]
+            )
+            db.execute(
+                "INSERT INTO attempts (task_id, number, worker, host, started_at, ended_at, "
+                "outcome, counted, category, retryable, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'failed', 0, 'preflight', 1, ?)",
+                (task_id, number, worker, host, now, now, error),
+            )
+            _set_status(db, [task_id], "cancelled")
+            _refresh(db, [task_id])
+
     def close_running(self, end: AttemptEnd) -> list[int]:
         """Close every attempt still open (its runner died, or is stopping) with `end`; their
         tasks go back to pending, unless cancelled meanwhile. Returns those put back."""

@@ -44,6 +44,22 @@ class _Wake:
     """A child exited (SIGCHLD), or a remote attempt ended: ask the backend what ended."""
 
 
+def recover_left(ledger: Ledger, say: Callable[[str], None]) -> list[int]:
+    """Attempts a dead runner left open: their processes stopped, then closed as worker_lost
+    (not counted) and their tasks back to pending; returns those tasks."""
+    left = ledger.open_attempts()
+    if not left:
+        return []
+    killed = kill_left_by_dead_runner([a.token or "" for a in left])
+    if killed:
+        say(f"stopped {len(killed)} processes left by a dead runner: {killed}")
+    tasks = ledger.close_running(AttemptEnd("worker_lost", error=RUNNER_DIED, counted=False))
+    closed = ", ".join(str(a.task_id) for a in left)
+    again = f"; back to pending: {tasks}" if tasks else ""
+    say(f"attempts of tasks {closed} were left by a dead runner: worker_lost{again}")
+    return tasks
+
+
 class Manager:
     def __init__(
         self,
@@ -156,20 +172,7 @@ class Manager:
     # --- start and end of attempts ----------------------------------------------------------
 
     def _recover(self) -> None:
-        """Attempts a dead runner left open: their processes stopped, then closed as
-        worker_lost and their tasks back to pending (retried, not counted)."""
-        left = self.ledger.open_attempts()
-        if not left:
-            return
-        killed = kill_left_by_dead_runner([a.token or "" for a in left])
-        if killed:
-            self.say(f"stopped {len(killed)} processes left by a dead runner: {killed}")
-        tasks = self.ledger.close_running(
-            AttemptEnd("worker_lost", error=RUNNER_DIED, counted=False)
-        )
-        closed = ", ".join(str(a.task_id) for a in left)
-        again = f"; back to pending: {tasks}" if tasks else ""
-        self.say(f"attempts of tasks {closed} were left by a dead runner: worker_lost{again}")
+        recover_left(self.ledger, self.say)
 
     def _dispatch(self) -> None:
         for worker in self.backend.free():

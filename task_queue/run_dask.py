@@ -109,7 +109,7 @@ def _cluster(
         }
         for slot in planned
     }
-    gpus = {slot.name: (None if slot.gpu is None else str(slot.gpu)) for slot in planned}
+    gpus = {slot.name: slot.visible for slot in planned}
     scheduler_spec = {
         "cls": distributed.Scheduler,
         "options": {"dashboard_address": None, "host": "127.0.0.1"},

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from crash_detector.rules import load_rules
 from crash_detector.scanner import Scanner
-from task_queue.backends.local import LocalBackend, plan_slots, this_host, visible_gpus
+from task_queue.backends.local import (
+    LocalBackend,
+    plan_slots,
+    this_host,
+    visible_gpus,
+    whole_machine,
+)
 from task_queue.ledger import Ledger
 from task_queue.manager import Manager
 from trainguard.config import Config
@@ -22,19 +28,25 @@ def run_local(
     until_done: bool,
     on_change: Callable[[int], None] | None = None,
     say: Callable[[str], None] | None = None,
+    one_worker: bool = False,
 ) -> int:
+    """Run the ledger's tasks on this machine's GPU slots (`slots`), or with `one_worker` on a
+    single worker that sees every GPU not excluded (the pipeline's phases)."""
     host = this_host()
     node = cfg.queue.nodes.get(host)
     excluded = [*cfg.health.excluded_gpus, *(node.excluded_gpus if node else [])]
-    planned = plan_slots(
-        slots, host=host, visible=visible_gpus(os.environ, _nvml_count()), excluded=excluded
-    )
+    visible = visible_gpus(os.environ, _nvml_count())
+    if one_worker:
+        planned = [whole_machine(host=host, visible=visible, excluded=excluded)]
+    else:
+        planned = plan_slots(slots, host=host, visible=visible, excluded=excluded)
     backend = LocalBackend(planned, Path(ledger.path).parent / "logs")
-    workers = ", ".join(
-        f"{s.name} (GPU {s.gpu})" if s.gpu is not None else f"{s.name} (no GPU)" for s in planned
-    )
     say = say or _say
-    say(f"task-queue: ledger {ledger.path}; workers: {workers}")
+    if not one_worker:
+        workers = ", ".join(
+            f"{s.name} (GPU {s.visible})" if s.gpus else f"{s.name} (no GPU)" for s in planned
+        )
+        say(f"task-queue: ledger {ledger.path}; workers: {workers}")
     manager = Manager(
         ledger,
         backend,

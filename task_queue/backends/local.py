@@ -32,11 +32,16 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when an attempt is stopp
 
 @dataclass(frozen=True)
 class Slot:
-    """A worker of the local backend: `<host>/slot<N>`, with the GPU it may use (None: no GPU
+    """A worker of the local backend: `<host>/slot<N>`, with the GPUs it may use (none: no GPU
     on this machine, and the attempt sees none)."""
 
     name: str
-    gpu: int | None
+    gpus: tuple[int, ...]
+
+    @property
+    def visible(self) -> str:
+        """Its GPUs as `CUDA_VISIBLE_DEVICES` lists them."""
+        return ",".join(str(gpu) for gpu in self.gpus)
 
 
 def plan_slots(
@@ -47,9 +52,15 @@ def plan_slots(
     gpus = [g for g in visible if g not in set(excluded)]
     count = max(1, len(gpus)) if slots == "auto" else int(slots)
     return [
-        Slot(f"{host}/slot{index}", gpus[index % len(gpus)] if gpus else None)
+        Slot(f"{host}/slot{index}", (gpus[index % len(gpus)],) if gpus else ())
         for index in range(count)
     ]
+
+
+def whole_machine(*, host: str, visible: Sequence[int], excluded: Sequence[int]) -> Slot:
+    """One worker that sees every visible GPU not in `excluded` (a pipeline's phases run one at
+    a time, and a training phase may use them all)."""
+    return Slot(f"{host}/all", tuple(g for g in visible if g not in set(excluded)))
 
 
 def visible_gpus(env: Mapping[str, str], nvml_count: int | None) -> list[int]:
@@ -91,7 +102,7 @@ class LocalBackend:
 
     def start(self, worker: str, task: Task, attempt: Attempt, token: str) -> Running:
         slot = self.slots[worker]
-        gpu = "" if slot.gpu is None or task.gpus == 0 else str(slot.gpu)
+        gpu = slot.visible if task.gpus else ""
         env = {
             **task.env,
             "CUDA_VISIBLE_DEVICES": gpu,
@@ -145,8 +156,8 @@ class LocalBackend:
         stop_process_tree(identity, sig=signal.SIGTERM, timeout=STOP_GRACE, token=running.token)
 
     def gpu_state(self, ended: Ended) -> Any:
-        gpu = self.slots[ended.running.worker].gpu
-        return None if gpu is None else read_gpu_state([gpu])
+        gpus = self.slots[ended.running.worker].gpus
+        return read_gpu_state(list(gpus)) if gpus else None
 
     def sweep(self, running: Running) -> list[str]:
         """Kill what an ended attempt left in our process tree: orphans re-parented to us (a

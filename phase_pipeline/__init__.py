@@ -1,0 +1,1 @@
+"""phase-pipeline: ordered phases with dependencies, a human-editable state file, resume."""

@@ -1,0 +1,3 @@
+from phase_pipeline.cli import main
+
+raise SystemExit(main())
