@@ -94,8 +94,11 @@ def load_pipeline(path: Path) -> Pipeline:
     for key in sorted(set(data) - _TOP_KEYS):
         bad(key, "unknown key (known: name, version, [[phases]])")
     name = data.get("name")
-    if not isinstance(name, str) or not _NAME.match(name.strip()):
-        bad("name", 'required: the pipeline\'s name (letters, digits, _ . -), e.g. "latentwire"')
+    if name is None:
+        bad("name", 'required: the pipeline\'s name, e.g. "latentwire"')
+        name = ""
+    elif not isinstance(name, str) or not _NAME.match(name.strip()):
+        bad("name", f"must be letters, digits, _ . - (it names the run's folder; got {name!r})")
         name = ""
     version = data.get("version", "")
     if not isinstance(version, (str, int, float)) or isinstance(version, bool):
@@ -115,14 +118,14 @@ def load_pipeline(path: Path) -> Pipeline:
 
 def _phase(index: int, entry: dict[str, Any], bad: Callable[[str, str], None]) -> Phase:
     where = f"phases[{index}]"
-    for key in sorted(set(entry) - _PHASE_KEYS):
-        bad(f"{where}.{key}", f"unknown key (known: {', '.join(sorted(_PHASE_KEYS))})")
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         bad(f"{where}.name", f"required: letters, digits, _ . - (got {name!r})")
         name = f"#{index}"
     else:
         where = f"phases[{index}] ({name})"
+    for key in sorted(set(entry) - _PHASE_KEYS):
+        bad(f"{where}.{key}", f"unknown key (known: {', '.join(sorted(_PHASE_KEYS))})")
     command = entry.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         bad(f"{where}.command", 'required: an argv list, e.g. ["{python}", "train.py"]')

@@ -101,7 +101,7 @@ OWN_SUGGESTIONS = {
     "timeout": "it ran past its `timeout` in PIPELINE.toml: read the end of its output for "
     "where it stopped moving; if it was only slow, raise the phase's timeout",
     "missing_outputs": "it exited 0 without leaving what `outputs` / `provides_checkpoint` "
-    "declare: check where it writes (they are relative to the run dir, {run_dir})",
+    "declare: check where it writes (they are relative to the run dir)",
 }
 
 

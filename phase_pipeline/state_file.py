@@ -134,9 +134,10 @@ def parse_state(text: str, label: str, phase_names: Sequence[str] | None = None)
             "(a state file starts with [metadata])"
         ) from None
     except configparser.ParsingError as exc:
-        lineno, line = exc.errors[0]  # configparser keeps the line's repr
+        lineno = exc.errors[0][0]
+        line = text.splitlines()[lineno - 1].strip()
         raise StateFileError(
-            f"{label}:{lineno}: cannot parse {line.strip()}: write key=value (a truncated file?)"
+            f"{label}:{lineno}: cannot parse {line!r}: write key=value (a truncated file?)"
         ) from None
     except (configparser.DuplicateOptionError, configparser.DuplicateSectionError) as exc:
         raise StateFileError(f"{label}:{exc.lineno}: {exc.message.split(': ', 1)[-1]}") from None

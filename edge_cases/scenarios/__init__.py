@@ -10,6 +10,7 @@ from edge_cases.scenarios import (
     disk,
     gpu,
     hangs,
+    pipelines,
     processes,
     queue,
     runners,
@@ -29,6 +30,7 @@ ALL: tuple[Scenario, ...] = (
     *queue.SCENARIOS,
     *runners.SCENARIOS,
     *studies.SCENARIOS,
+    *pipelines.SCENARIOS,
     *hangs.SCENARIOS,
     *watchdog.SCENARIOS,
 )

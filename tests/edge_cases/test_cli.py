@@ -46,6 +46,8 @@ REQUIRED = {
     "dask_worker_death",
     "study_survives_failures",
     "executor_cuda_error_at_item_64",
+    "pipeline_runner_killed",
+    "pipeline_phase_without_outputs",
 }
 
 
