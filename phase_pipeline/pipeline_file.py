@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import re
 import string
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainguard.config import read_toml
 from trainguard.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 PLACEHOLDERS = frozenset({"python", "run_dir", "checkpoint"})
 # A phase's name is a key of the state file's [phases]: no `=`, `:`, brackets or spaces.
@@ -75,17 +70,7 @@ class Pipeline:
 
 def load_pipeline(path: Path) -> Pipeline:
     label = str(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{label}: no such pipeline file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{label}: is a folder, not a PIPELINE.toml") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{label}: cannot read: {reason or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+    data = read_toml(path, "pipeline file")
     problems: list[str] = []
 
     def bad(key: str, message: str) -> None:

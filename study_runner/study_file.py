@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import re
 import string
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainguard.config import read_toml
 from trainguard.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 FIXED_PLACEHOLDERS = frozenset({"python", "experiment_dir"})
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -38,15 +33,7 @@ class Study:
 
 def load_study(path: Path) -> Study:
     label = str(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{label}: no such study file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{label}: cannot read: {reason or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+    data = read_toml(path, "study file")
     problems: list[str] = []
 
     def bad(key: str, message: str) -> None:

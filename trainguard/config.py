@@ -406,7 +406,7 @@ def load_config(
     data: dict[str, Any] = {}
     label = str(source) if source is not None else "defaults"
     if source is not None:
-        data = _read_toml(source)
+        data = read_toml(source)
     env_keys = _apply_env_overrides(data, environ, label)
     from pydantic import ValidationError
 
@@ -447,13 +447,15 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     return Config(**values)
 
 
-def _read_toml(source: Path) -> dict[str, Any]:
+def read_toml(source: Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a table (trainguard.toml, STUDY.toml, PIPELINE.toml), or ConfigError
+    saying in one line why it cannot be read."""
     try:
         raw = source.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{source}: config file not found") from None
+        raise ConfigError(f"{source}: {what} not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{source}: is a directory, not a config file") from None
+        raise ConfigError(f"{source}: is a directory, not a {what}") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
     try:
