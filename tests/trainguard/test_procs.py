@@ -55,17 +55,33 @@ class Children:
         return [sys.executable, str(CHILDREN / script), *map(str, args)]
 
     def start(
-        self, script: str, *args: object, token: str | None = None, new_session: bool = False
+        self,
+        script: str,
+        *args: object,
+        token: str | None = None,
+        new_session: bool = False,
+        own_group: bool = False,
     ) -> subprocess.Popen[bytes]:
-        return self.run(self.argv(script, *args), token=token, new_session=new_session)
+        argv = self.argv(script, *args)
+        return self.run(argv, token=token, new_session=new_session, own_group=own_group)
 
     def run(
-        self, argv: list[str], *, token: str | None = None, new_session: bool = False
+        self,
+        argv: list[str],
+        *,
+        token: str | None = None,
+        new_session: bool = False,
+        own_group: bool = False,
     ) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}
         if token is not None:
             env[OWNER_ENV] = token
-        popen = subprocess.Popen(argv, env=env, start_new_session=new_session)
+        popen = subprocess.Popen(
+            argv,
+            env=env,
+            start_new_session=new_session,
+            preexec_fn=os.setpgrp if own_group else None,
+        )
         self.popens.append(popen)
         return popen
 
@@ -743,7 +759,9 @@ def test_stop_process_tree_continues_a_stopped_daemon_so_that_its_sigterm_handle
 
 def test_a_stop_signal_is_not_undone_by_sigcont(children: Children, kill_path: str) -> None:
     # SIGCONT discards a pending SIGTSTP: sent after it, the process would never stop.
-    popen = children.start("exits_on_sigterm.py", "child.ready")
+    # The child leads its own group in pytest's session: the kernel discards SIGTSTP sent to
+    # an orphaned group, which pytest's own group is when pytest runs under setsid (some CI).
+    popen = children.start("exits_on_sigterm.py", "child.ready", own_group=True)
     ready_pid(Path("child.ready"))
     report = kill_tree(
         [psutil.Process(popen.pid)], sig=signal.SIGTSTP, timeout=0.2, kill_after=False
