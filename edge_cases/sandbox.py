@@ -42,6 +42,9 @@ from trainguard.config import EXAMPLE_COMMAND
 from trainguard.procs import find_marked
 from trainguard.watchdog_status import WatchdogStatus, read_watchdog_status
 
+# A runner's throwaway queue writes kilobytes: its preflight asks for 1 GB free, not the 50 GB
+# of a training workspace, so that a runner scenario tests its fault, not the machine's disk.
+RUNNER_DISK = "[health]\ndisk_min_free_gb = 1\n"
 TOOL_TIMEOUT = 30.0
 
 # Small numbers so a fault shows within seconds; the template's own are tuned for humans.

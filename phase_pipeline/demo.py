@@ -97,6 +97,8 @@ def run_demo(*, keep: bool = False) -> int:
 def _demo(root: Path) -> int:
     (root / "phase.py").write_text(PHASE_SCRIPT)
     (root / "PIPELINE.toml").write_text(PIPELINE)
+    # The demo writes kilobytes: its preflight needs 1 GB free, not a training run's 50 GB.
+    (root / "trainguard.toml").write_text("[health]\ndisk_min_free_gb = 1\n")
     (root / "batch_size.txt").write_text("64\n")
     print(f"phase-pipeline demo: 4 phases in {root}")
     print("   training -> statistical_eval and linear_probe (on its checkpoint) -> aggregate;")

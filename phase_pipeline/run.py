@@ -38,14 +38,15 @@ from phase_pipeline.state_file import (
     state_file_of,
     write_state,
 )
-from task_queue.backends.local import this_host, whole_machine
+from task_queue.backends.local import whole_machine
 from task_queue.ledger import Ledger, Task, TaskSpec, runner_lock
-from task_queue.manager import recover_left
+from task_queue.manager import NO_WORKER, recover_left
 from task_queue.run_local import run_local
 from task_queue.step_preflight import check_step_files
 from trainguard import exitcodes
 from trainguard.config import Config
 from trainguard.errors import UsageError
+from trainguard.host import this_host
 from trainguard.timestamps import utc_now_iso
 
 LEDGER = "ledger.db"
@@ -284,6 +285,14 @@ class _Runner:
         )
         took = _took(time.monotonic() - started)
         task = ledger.task(task_id)
+        if code == NO_WORKER and task is not None and task.status == "pending":
+            # Preflight refused it before it started (a node unreachable, the disk full, its
+            # GPU unhealthy): nothing ran; the resume runs it.
+            last = task.attempts[-1] if task.attempts else None
+            why = last.error if last is not None and last.error else "no worker could take it"
+            ledger.cancel([task_id])
+            self._save(self.state.with_phase(phase.name, "pending"))
+            return PhaseResult("refused", refusal=why)
         interrupted = code == exitcodes.INTERRUPTED
         if task is None or (interrupted and task.status != "done"):
             # Stopped part-way: not failed, not done; the resume runs it again.

@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--show-failed", action="store_true", help="each failed one's error")
     status.add_argument("--json", action="store_true")
+    optuna = commands.add_parser("optuna", help="where a persistent Optuna study stands")
+    optuna.add_argument("name", metavar="NAME")
+    optuna.add_argument(
+        "--storage",
+        metavar="PATH_OR_URL",
+        help="a journal file, SQLite file or URL (default: optuna/NAME.journal)",
+    )
+    optuna.add_argument("--json", action="store_true")
     demo = commands.add_parser("demo", help="a small study with failing experiments, finished")
     demo.add_argument("--keep", action="store_true", help="keep its folder")
     return parser
@@ -64,6 +72,10 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         from study_runner.demo import run_demo
 
         return run_demo(keep=args.keep)
+    if args.command == "optuna":
+        from study_runner.optuna_view import show
+
+        return show(args.name, args.storage, as_json=args.json)
     try:
         if args.command == "status":
             return _status(args.out.resolve(), show_failed=args.show_failed, as_json=args.json)

@@ -58,7 +58,8 @@ def run_demo(*, keep: bool = False) -> int:
 def _demo(root: Path) -> int:
     (root / "evaluate.py").write_text(EXPERIMENT)
     (root / "STUDY.toml").write_text(STUDY)
-    (root / "trainguard.toml").write_text("[queue]\nslots = 2\n")
+    # The demo writes kilobytes: its preflight needs 1 GB free, not a training run's 50 GB.
+    (root / "trainguard.toml").write_text("[queue]\nslots = 2\n[health]\ndisk_min_free_gb = 1\n")
     print(f"study-runner demo: 8 experiments (2 models x 2 quantizations x 2 datasets) in {root}")
     checks: list[tuple[str, bool]] = []
 

@@ -20,6 +20,8 @@ class Experiment:
     name: str  # also its folder's name under OUT
     params: dict[str, Any]  # one value per grid key
     argv: tuple[str, ...]
+    inputs: tuple[str, ...] = ()  # STUDY.toml [preflight] inputs, placeholders filled
+    ramdisk: tuple[str, ...] = ()
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params, "argv": list(self.argv)}
@@ -47,7 +49,9 @@ def expand(study: Study, out: Path) -> list[Experiment]:
         seen[name] = params
         fill = {**text, "python": sys.executable, "experiment_dir": str(out / name)}
         argv = tuple(arg.format_map(fill) for arg in study.command)
-        experiments.append(Experiment(name, params, argv))
+        inputs = tuple(entry.format_map(fill) for entry in study.preflight.inputs)
+        ramdisk = tuple(entry.format_map(fill) for entry in study.preflight.ramdisk)
+        experiments.append(Experiment(name, params, argv, inputs, ramdisk))
     return experiments
 
 

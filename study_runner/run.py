@@ -16,6 +16,7 @@ from study_runner.experiment_dir import OUTPUT_LOG, phase_of, write_state
 from study_runner.grid import Experiment, expand
 from study_runner.study_file import Study, load_study
 from task_queue.ledger import Ledger, Task, TaskSpec, runner_lock
+from task_queue.preflight import StepFiles
 from trainguard import exitcodes
 from trainguard.atomicio import read_json, write_json_atomic
 from trainguard.config import Config
@@ -103,7 +104,8 @@ def run_study(
                 write_state(out / task.name, by_name[task.name], task)
         progress = _Progress(ledger, by_name, out, display.progress)
         say(progress.line(prefix=f"study {study.name}: {len(experiments)} experiments in {out}:"))
-        code = _run_manager(ledger, cfg, backend, scheduler, slots, progress.changed, say)
+        code = _run_manager(ledger, cfg, backend, scheduler, slots, progress.changed, say,
+                            study, by_name)  # fmt: skip
         for task in ledger.tasks():
             if task.name in by_name:
                 write_state(out / task.name, by_name[task.name], task)
@@ -162,15 +164,26 @@ def _run_manager(
     slots: str | int,
     on_change: Callable[[int], None],
     say: Callable[[str], None],
+    study: Study,
+    experiments: dict[str, Experiment],
 ) -> int:
+    def step_files(task: Task) -> StepFiles | None:
+        exp = experiments.get(task.name)
+        if exp is None or not (exp.inputs or exp.ramdisk):
+            return None
+        return StepFiles(study.folder, exp.inputs, exp.ramdisk)
+
+    nodes = study.preflight.nodes
     if backend == "dask":
         from task_queue.run_dask import run_dask
 
         return run_dask(ledger, cfg, scheduler=scheduler, slots=slots, until_done=True,
-                        on_change=on_change, say=say)  # fmt: skip
+                        on_change=on_change, say=say, step_files=step_files,
+                        nodes=nodes)  # fmt: skip
     from task_queue.run_local import run_local
 
-    return run_local(ledger, cfg, slots=slots, until_done=True, on_change=on_change, say=say)
+    return run_local(ledger, cfg, slots=slots, until_done=True, on_change=on_change, say=say,
+                     step_files=step_files, nodes=nodes)  # fmt: skip
 
 
 class _Progress:

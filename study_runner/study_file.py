@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,18 @@ _KNOWN = {"name", "command", "name_template", "max_retries", "grid", "preflight"
 
 
 @dataclass(frozen=True)
+class StudyPreflight:
+    """STUDY.toml's optional [preflight]: checked before each experiment starts."""
+
+    nodes: tuple[str, ...] = ()  # ssh targets, besides trainguard.toml's [preflight] nodes
+    inputs: tuple[str, ...] = ()  # files (or globs) each experiment reads; grid placeholders
+    ramdisk: tuple[str, ...] = ()  # files that must be staged in RAM; grid placeholders
+
+
+_PREFLIGHT_KEYS = ("nodes", "inputs", "ramdisk")
+
+
+@dataclass(frozen=True)
 class Study:
     path: Path  # the STUDY.toml; experiments run in its folder
     name: str
@@ -25,6 +38,7 @@ class Study:
     name_template: str
     max_retries: int  # attempts after the first one (0: one attempt)
     grid: dict[str, tuple[Any, ...]]  # key -> values, in file order
+    preflight: StudyPreflight = StudyPreflight()
 
     @property
     def folder(self) -> Path:
@@ -90,6 +104,7 @@ def load_study(path: Path) -> Study:
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         bad("max_retries", f"must be an integer >= 0 (got {retries!r})")
         retries = 0
+    preflight = _preflight(data.get("preflight", {}), allowed - {"python"}, bad)
     if problems:
         raise ConfigError(problems[0], problems=problems)
     assert isinstance(name, str)
@@ -100,7 +115,34 @@ def load_study(path: Path) -> Study:
         name_template=template,
         max_retries=retries,
         grid=grid,
+        preflight=preflight,
     )
+
+
+def _preflight(raw: Any, allowed: Collection[str], bad: Any) -> StudyPreflight:
+    if not isinstance(raw, dict):
+        bad("preflight", "must be a table: [preflight] with nodes, inputs, ramdisk")
+        return StudyPreflight()
+    for key in sorted(set(raw) - set(_PREFLIGHT_KEYS)):
+        bad(f"preflight.{key}", f"unknown key (known: {', '.join(_PREFLIGHT_KEYS)})")
+    found: dict[str, tuple[str, ...]] = {}
+    for key in _PREFLIGHT_KEYS:
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            bad(f"preflight.{key}", "must be a list of non-empty strings")
+            continue
+        for index, entry in enumerate(value):
+            where = f"preflight.{key}[{index}]"
+            if key == "nodes":
+                if entry.startswith("-") or any(c.isspace() for c in entry):
+                    bad(where, f"{entry!r} is not an ssh destination (host, user@host)")
+                continue
+            for field in _fields(entry, where, bad):
+                if field not in allowed:
+                    known = ", ".join("{" + k + "}" for k in sorted(allowed))
+                    bad(where, f"unknown placeholder {{{field}}} (known: {known})")
+        found[key] = tuple(value)
+    return StudyPreflight(**found)
 
 
 def _fields(text: str, where: str, bad: Any) -> list[str]:

@@ -31,7 +31,11 @@ T = TypeVar("T")
 SLOTS = 2
 MAX_RETRIES = 3
 DEADLINE_S = 60.0  # for each wait; the whole demo takes a few seconds
-CONFIG = f"[queue]\nslots = {SLOTS}\nmax_retries = {MAX_RETRIES}\ntask_timeout = 120\n"
+# The demo writes kilobytes: its preflight needs 1 GB free, not the 50 GB a training run does.
+CONFIG = (
+    f"[queue]\nslots = {SLOTS}\nmax_retries = {MAX_RETRIES}\ntask_timeout = 120\n"
+    "[health]\ndisk_min_free_gb = 1\n"
+)
 
 DOWNLOAD = """\
 import os, sys

@@ -1,21 +1,24 @@
 """The state of an attempt's GPU when it failed, for the ledger: temperature, memory, what the
-driver reports wrong (ECC, row remapping, a GPU that fell off the bus), who holds memory.
+driver reports wrong (ECC, row remapping, a GPU that fell off the bus, SMU errors, Xids in the
+kernel log), who holds memory, and which of those problems appeared while the attempt ran.
 
-Read with health-check's vendor readers (NVML; `rocm-smi` for AMD), only after a failure: an
-NVML session costs tens of milliseconds, and a successful attempt needs none.
+Read with health-check's GPU survey (NVML; `rocm-smi` for AMD; the kernel log for Xids), only
+after a failure: a reading costs tens of milliseconds, and a successful attempt needs none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from typing import Any
 
-from health_check.checks.amd import read_amd
+from health_check.checks.gpu import survey
 from health_check.checks.gpu_model import GpuReading
-from health_check.checks.nvidia import read_nvidia
+from health_check.result import Status
+from trainguard.config import HealthSection
 
 AMD_TIMEOUT = 5.0
+_BUDGET = AMD_TIMEOUT / 0.4  # the survey gives rocm-smi 40 % of its budget
 
 
 def read_gpu_state(
@@ -23,19 +26,32 @@ def read_gpu_state(
     *,
     nvml: Any | None = None,
     rocm_smi: tuple[str, ...] = ("rocm-smi",),
+    kernel_log: Callable[[], str] | None = None,
+    before: Collection[str] = (),
+    health: HealthSection | None = None,
 ) -> dict[str, Any] | None:
-    """The GPUs `indexes` (None: every GPU) as {"gpus": [...], "notes": [...]}; None where
-    this machine has no GPU a vendor tool answers for."""
-    readings: list[GpuReading] = []
-    notes: list[str] = []
-    for scan in (read_nvidia(nvml), read_amd(rocm_smi, AMD_TIMEOUT)):
-        if scan.present:
-            readings += scan.gpus
-            notes += [f.text for f in scan.findings]
-    if not readings and not notes:
+    """The GPUs `indexes` (None: every GPU) as {"gpus": [...], "notes": [...], "new_errors":
+    [...]}; `new_errors` are the WARNING / CRITICAL findings on them that were not in `before`
+    (the findings when the attempt started). None where no vendor tool answers for a GPU."""
+    graded = health or HealthSection(rocm_smi_command=list(rocm_smi))
+    found = survey(graded, budget=_BUDGET, ours=lambda _pid: True, nvml=nvml, kernel_log=kernel_log)
+    notes = [f.text for f in found.findings]
+    if not found.gpus and not notes:
         return None
-    chosen = [g for g in readings if indexes is None or g.index in indexes]
-    return {"gpus": [_brief(g) for g in chosen], "notes": notes}
+    chosen = [g for g in found.gpus if indexes is None or g.index in indexes]
+    now = findings_of(chosen)
+    return {
+        "gpus": [_brief(g) for g in chosen],
+        "notes": notes,
+        "new_errors": sorted(now - set(before)),
+    }
+
+
+def findings_of(gpus: Collection[GpuReading]) -> frozenset[str]:
+    """ "GPU1: Xid 79: ..." for every WARNING or CRITICAL finding on `gpus`."""
+    return frozenset(
+        f"{gpu.label}: {f.text}" for gpu in gpus for f in gpu.findings if f.status != Status.OK
+    )
 
 
 def _brief(gpu: GpuReading) -> dict[str, Any]:

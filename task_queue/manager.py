@@ -11,20 +11,23 @@ import logging
 import queue
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any
 
+import psutil
+
 from crash_detector.scanner import Scanner
 from task_queue.attempt_diagnosis import diagnose_attempt
-from task_queue.backends.base import Backend, Ended
+from task_queue.backends.base import Backend, Ended, Running
 from task_queue.backends.local import kill_left_by_dead_runner
-from task_queue.ledger import AttemptEnd, Ledger, LedgerError
+from task_queue.ledger import Attempt, AttemptEnd, Ledger, LedgerError, Task, TaskStatus
+from task_queue.preflight import Preflight, Refusal, StepFiles, Verdict
 from task_queue.retry_policy import judge
 from trainguard import exitcodes
 from trainguard.child_process import SpawnError, become_subreaper, new_token
-from trainguard.procs import decode_wait_status
+from trainguard.procs import decode_wait_status, has_owner_mark
 
 log = logging.getLogger("task_queue")
 
@@ -71,6 +74,9 @@ class Manager:
         until_done: bool,
         say: Callable[[str], None] = print,
         on_change: Callable[[int], None] | None = None,
+        preflight: Preflight | None = None,
+        step_files: Callable[[Task], StepFiles | None] | None = None,
+        exclude_gpu_on: Collection[str] = (),
     ) -> None:
         self.ledger = ledger
         self.backend = backend
@@ -86,6 +92,12 @@ class Manager:
         self.next_look = 0.0
         self.stopping: int | None = None  # the signal that ends the run
         self.next_escaped_sweep = 0.0
+        self.preflight = preflight
+        self.step_files = step_files or (lambda _task: None)
+        self.exclude_gpu_on = frozenset(exclude_gpu_on)
+        # Why the run cannot go on (a node unreachable, the disk full, no GPU left): nothing
+        # more starts, and the run ends with 69 once what runs has ended.
+        self.refused: str | None = None
 
     @property
     def scanner(self) -> Scanner:
@@ -105,6 +117,9 @@ class Manager:
                 self._dispatch()
                 if not self.backend.running and self.backend.unswept:
                     self._sweep_escaped()  # idle: the scan delays no attempt now
+                if self.refused is not None and not self.backend.running:
+                    self.say(f"preflight refused the run: {self.refused}")
+                    return NO_WORKER
                 if self.until_done and self._all_settled():
                     return self._final_code()
                 if self.until_done and not self.backend.running:
@@ -176,6 +191,8 @@ class Manager:
 
     def _dispatch(self) -> None:
         for worker in self.backend.free():
+            if self.refused is not None:
+                return
             token = new_token()  # in the ledger before any process carries it
             claimed = self.ledger.claim(
                 worker,
@@ -187,6 +204,10 @@ class Manager:
             if claimed is None:
                 continue  # none this worker may take; the next one may
             task, attempt = claimed
+            verdict = self._preflight(worker, task)
+            if verdict is not None and not verdict.passed:
+                self._refused(task, attempt, worker, verdict.refusals)
+                continue
             try:
                 running = self.backend.start(worker, task, attempt, token)
             except SpawnError as exc:
@@ -194,6 +215,8 @@ class Manager:
                     "failed", category="config_error", retryable=False, error=str(exc),
                 ), worker, task.name, task.max_retries)  # fmt: skip
                 continue
+            if verdict is not None:
+                running.gpu_baseline = verdict.gpu_findings
             if running.pid is not None:
                 self.ledger.started(
                     attempt.id,
@@ -207,12 +230,72 @@ class Manager:
                 f"task {task.id} ({task.name}) attempt {attempt.number} on {worker}: started{where}"
             )
 
+    def _preflight(self, worker: str, task: Task) -> Verdict | None:
+        """The checks before `task` starts on `worker`; None when there is no preflight."""
+        if self.preflight is None:
+            return None
+        gpus = self.backend.gpus_of(worker) if task.gpus else ()
+        return self.preflight.check(
+            step=f"task {task.id} ({task.name})",
+            worker=worker,
+            gpus=gpus or (),
+            files=self.step_files(task),
+            ours=self._ours,
+        )
+
+    def _ours(self, pid: int) -> bool:
+        """Whether `pid` belongs to one of the attempts running now (for GPU findings)."""
+        tokens = [r.token for r in self.backend.running.values()]
+        try:
+            proc = psutil.Process(pid)
+            return any(has_owner_mark(proc, token) for token in tokens)
+        except psutil.Error:
+            return False
+
+    def _refused(
+        self, task: Task, attempt: Attempt, worker: str, refusals: Sequence[Refusal]
+    ) -> None:
+        """Record a refusal as an attempt that started nothing (not counted): a step's own
+        files fail it (a retry or resume runs it again); a GPU takes its worker out of the run;
+        anything else ends the run."""
+        first = refusals[0]
+        error = "; ".join(r.line for r in refusals)
+        status: TaskStatus = "failed" if first.scope == "step" else "pending"
+        end = AttemptEnd("failed", category="preflight", retryable=True, error=error,
+                         counted=False)  # fmt: skip
+        self.ledger.finish(attempt.id, end, task_status=status)
+        then = {"step": "failed (resume or retry runs it again)", "gpu": "back to pending",
+                "run": "back to pending"}[first.scope]  # fmt: skip
+        self.say(f"task {task.id} ({task.name}) on {worker}: preflight refused: {error} -> {then}")
+        self.on_change(task.id)
+        if first.scope == "run":
+            self.refused = first.line
+        elif first.scope == "gpu":
+            self._retire(worker, first.line)
+
+    def _retire(self, worker: str, why: str) -> None:
+        """Take `worker` out of the run; what else it runs (a Dask worker's next attempt, sent
+        ahead) is stopped, not counted, and runs elsewhere."""
+        self.backend.retire(worker)
+        for running in list(self.backend.running.values()):
+            if running.worker == worker and running.stopping is None:
+                self.say(f"task {running.task.id} on {worker}: stopped, to run elsewhere")
+                self.backend.stop(running, "interrupted")
+        left = self.backend.workers()
+        self.say(f"{worker} takes no more tasks in this run ({why}); workers left: "
+                 f"{', '.join(left) or 'none'}")  # fmt: skip
+        if not left:
+            self.refused = f"no worker left: the GPU of each was taken out of this run ({why})"
+
     def _ended(self, ended: Ended) -> None:
         running, code = ended.running, ended.code
         how = decode_wait_status(code) if code is not None else f"lost: {ended.lost}"
         left = self.backend.sweep(running)
         if left:
             self.say(f"task {running.task.id}: stopped processes it left: {left}")
+        if ended.refused is not None:  # its worker's own preflight (Dask) started nothing
+            self._refused(running.task, running.attempt, running.worker, [ended.refused])
+            return
         if running.stopping == "timeout":
             end = AttemptEnd(
                 "timeout",
@@ -247,8 +330,40 @@ class Manager:
                 traceback_tail=found.traceback_tail,
                 gpu_state=self.backend.gpu_state(ended),
             )
+        after = self.backend.after_attempt(running) if code is not None else {}
+        after.update(ended.after or {})
+        if after:
+            end = replace(end, gpu_state={**(end.gpu_state or {}), **after})
+            self._tell_after(running, after)
         task = running.task
         self._record(task.id, running.attempt.id, end, running.worker, task.name, task.max_retries)
+        self._exclude_gpu(running, end)
+
+    def _tell_after(self, running: Running, after: dict[str, Any]) -> None:
+        where = f"task {running.task.id} on {running.worker}"
+        if after.get("gpu_leftovers_killed"):
+            self.say(f"{where}: killed processes of ours still holding GPU memory: "
+                     f"{after['gpu_leftovers_killed']}")  # fmt: skip
+        if after.get("gpu_held_by_others"):
+            self.say(f"{where}: GPU memory still held by others: {after['gpu_held_by_others']}")
+        hook = after.get("post_task")
+        if hook and (hook.get("error") or hook.get("exit_code")):
+            what = hook.get("error") or f"exited {hook['exit_code']}"
+            self.say(f"{where}: post_task {hook['argv']}: {what}")
+
+    def _exclude_gpu(self, running: Running, end: AttemptEnd) -> None:
+        """[queue] exclude_gpu_on: a crash of those categories, or (for gpu_hardware) GPU
+        errors that appeared while the attempt ran, take its worker's GPU out of the run."""
+        if not self.exclude_gpu_on or running.worker not in self.backend.workers():
+            return
+        if self.backend.gpus_of(running.worker) == ():
+            return  # a worker without a GPU: nothing to take out
+        state = end.gpu_state if isinstance(end.gpu_state, dict) else {}
+        new_errors = [e for e in state.get("new_errors", ()) if "CRITICAL" in e or "Xid" in e]
+        if end.category in self.exclude_gpu_on:
+            self._retire(running.worker, f"its attempt crashed with {end.category}")
+        elif "gpu_hardware" in self.exclude_gpu_on and new_errors and end.outcome != "ok":
+            self._retire(running.worker, f"GPU errors appeared while it ran: {new_errors[0]}")
 
     def _record(
         self, task_id: int, attempt_id: int, end: AttemptEnd, worker: str, name: str,

@@ -10,18 +10,41 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from health_check.checks.gpu import Survey, survey
+from task_queue.gpu_cleanup import clean_gpus, run_post_task
 from task_queue.gpu_state import read_gpu_state, visible_indexes
+from task_queue.preflight import GPU_BUDGET, judge_gpus
 from trainguard.child_process import SpawnError, spawn_child
+from trainguard.config import HealthSection
 from trainguard.process_tree import kill_tree
 from trainguard.procs import find_any_marked
 from trainguard.timestamps import utc_now_iso
 
 TAIL_BYTES = 256 * 1024  # of its own output, sent back for the manager to classify
 STOP_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerChecks:
+    """What a worker checks before and does after each attempt (plain data, sent with it)."""
+
+    gpu: bool = False  # preflight of the worker's GPUs ([preflight] checks has "gpu")
+    excluded: tuple[int, ...] = ()  # GPUs never used on the worker's host
+    excluded_by_host: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # manager's
+    post_task: tuple[str, ...] = ()
+    post_task_timeout: float = 60.0
+    rocm_smi: tuple[str, ...] = ("rocm-smi",)
+    cache_seconds: float = 5.0  # a GPU reading is reused this long by the next attempt
+
+
+_last_reading: list[tuple[float, Survey]] = []  # this worker's latest GPU reading
 
 
 def run_attempt(
@@ -32,13 +55,31 @@ def run_attempt(
     token: str,
     log_file: str,
     header: bytes,
+    checks: WorkerChecks | None = None,
 ) -> dict[str, Any]:
-    """Run the attempt to its end on this worker: {"code", "pid", "log_offset", "tail"}, or
-    {"spawn_error": reason} when its program cannot be started here."""
+    """Run the attempt to its end on this worker: {"code", "pid", "log_offset", "tail",
+    "gpu_state", "after"}; {"spawn_error": reason} when its program cannot be started here;
+    {"refused": line, "gpus": [...]} when its GPU is excluded or unhealthy (nothing ran)."""
     import distributed
 
+    checks = checks or WorkerChecks()
     worker = distributed.get_worker()
     full_env = {**env, "TRAINGUARD_WORKER": str(worker.name)}
+    pinned = full_env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    indexes = visible_indexes(pinned)
+    excluded = sorted(set(indexes or ()) & set(checks.excluded))
+    if excluded:
+        return {
+            "refused": f"gpu: worker {worker.name} is pinned to excluded GPU "
+            f"{','.join(map(str, excluded))} ([health] / [queue.nodes] excluded_gpus of "
+            f"{socket.gethostname()}): start it on another GPU",
+            "gpus": excluded,
+        }
+    baseline: frozenset[str] = frozenset()
+    if checks.gpu and indexes:
+        refusals, baseline = judge_gpus(_reading(checks), indexes, [])
+        if refusals:
+            return {"refused": refusals[0].line, "gpus": list(refusals[0].gpus)}
     try:
         child = spawn_child(
             list(argv),
@@ -60,17 +101,40 @@ def run_attempt(
     # by the manager's later token sweep (`kill_tokens`).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
+    after: dict[str, Any] = {}
+    if indexes != []:  # the GPUs this worker is pinned to (every GPU if it is not pinned)
+        killed, others = clean_gpus(indexes, token)
+        if killed:
+            after["gpu_leftovers_killed"] = killed
+        if others:
+            after["gpu_held_by_others"] = others
+    if checks.post_task:
+        after["post_task"] = run_post_task(
+            checks.post_task, indexes, timeout=checks.post_task_timeout, log_file=Path(log_file)
+        )
     gpu_state = None
-    if code != 0:  # the GPUs this worker is pinned to (every GPU if it is not pinned)
-        pinned = full_env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
-        gpu_state = read_gpu_state(visible_indexes(pinned))
+    if code != 0:
+        health = HealthSection(rocm_smi_command=list(checks.rocm_smi))
+        gpu_state = read_gpu_state(indexes, before=baseline, health=health)
     return {
         "code": code,
         "pid": child.pid,
         "log_offset": child.log_offset,
         "tail": _tail(Path(log_file), child.log_offset),
         "gpu_state": gpu_state,
+        "after": after,
     }
+
+
+def _reading(checks: WorkerChecks) -> Survey:
+    """This machine's GPUs, read at most once per `cache_seconds` (one thread per worker)."""
+    now = time.monotonic()
+    if _last_reading and now - _last_reading[0][0] < checks.cache_seconds:
+        return _last_reading[0][1]
+    health = HealthSection(rocm_smi_command=list(checks.rocm_smi))
+    found = survey(health, budget=GPU_BUDGET, ours=lambda _pid: True)
+    _last_reading[:] = [(now, found)]
+    return found
 
 
 def kill_tokens(tokens: Sequence[str], *, polite: bool = True) -> list[str]:

@@ -10,20 +10,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from crash_detector.rules import load_rules
 from crash_detector.scanner import Scanner
 from task_queue.backends.dask import DaskBackend
-from task_queue.backends.local import plan_slots, this_host, visible_gpus
-from task_queue.ledger import Ledger
+from task_queue.backends.local import plan_slots, visible_gpus
+from task_queue.ledger import Ledger, Task
 from task_queue.manager import NO_WORKER, Manager
-from task_queue.remote_attempt import no_allowed_failures, trainguard_version
+from task_queue.preflight import StepFiles, runner_preflight
+from task_queue.remote_attempt import WorkerChecks, no_allowed_failures, trainguard_version
 from trainguard import __version__
 from trainguard.config import Config
 from trainguard.errors import TrainguardError
+from trainguard.host import this_host
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler
 WORKER_WAIT = 30.0  # seconds to wait for a first worker
@@ -42,7 +44,11 @@ def run_dask(
     until_done: bool,
     on_change: Callable[[int], None] | None = None,
     say: Callable[[str], None] | None = None,
+    step_files: Callable[[Task], StepFiles | None] | None = None,
+    nodes: Sequence[str] = (),
 ) -> int:
+    """Run the ledger's tasks on Dask workers. Preflight: ssh, disk and the step's files here,
+    before each task; each worker checks its own GPU before, and cleans it after, each one."""
     try:
         import distributed
     except ImportError:
@@ -63,7 +69,11 @@ def run_dask(
         tell(f"task-queue: ledger {ledger.path}; Dask at {where}; workers: {', '.join(names)}")
         wakes: list[Any] = []
         backend = DaskBackend(
-            client, Path(ledger.path).parent / "logs", lambda: wakes[0](), gpu_of=gpu_of
+            client,
+            Path(ledger.path).parent / "logs",
+            lambda: wakes[0](),
+            gpu_of=gpu_of,
+            checks=worker_checks(cfg),
         )
         manager = Manager(
             ledger,
@@ -73,6 +83,9 @@ def run_dask(
             until_done=until_done,
             say=tell,
             on_change=on_change,
+            preflight=runner_preflight(cfg, Path(ledger.path), nodes=nodes),
+            step_files=step_files,
+            exclude_gpu_on=cfg.queue.exclude_gpu_on,
         )
         wakes.append(manager.wake)
         return manager.run()
@@ -97,8 +110,7 @@ def _cluster(
             client.close()
         return
     host = this_host()
-    node = cfg.queue.nodes.get(host)
-    excluded = [*cfg.health.excluded_gpus, *(node.excluded_gpus if node else [])]
+    excluded = cfg.excluded_gpus(host)
     planned = plan_slots(
         slots, host=host, visible=visible_gpus(os.environ, None), excluded=excluded
     )
@@ -135,6 +147,19 @@ def _wait_for_a_worker(client: Any, scheduler: str) -> None:
         raise NoWorker(
             f"no Dask worker joined the scheduler at {scheduler} within {WORKER_WAIT:g} s"
         ) from None
+
+
+def worker_checks(cfg: Config) -> WorkerChecks:
+    """What each worker checks before, and does after, every attempt."""
+    return WorkerChecks(
+        gpu="gpu" in cfg.preflight.checks,
+        excluded=tuple(cfg.health.excluded_gpus),
+        excluded_by_host={host: tuple(cfg.excluded_gpus(host)) for host in cfg.queue.nodes},
+        post_task=tuple(cfg.queue.post_task),
+        post_task_timeout=cfg.queue.post_task_timeout,
+        rocm_smi=tuple(cfg.health.rocm_smi_command),
+        cache_seconds=cfg.preflight.cache_seconds,
+    )
 
 
 def _check_versions(client: Any) -> None:

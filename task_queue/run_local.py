@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from crash_detector.rules import load_rules
 from crash_detector.scanner import Scanner
 from task_queue.backends.local import (
+    AfterAttempt,
     LocalBackend,
     plan_slots,
-    this_host,
     visible_gpus,
     whole_machine,
 )
-from task_queue.ledger import Ledger
+from task_queue.ledger import Ledger, Task
 from task_queue.manager import Manager
+from task_queue.preflight import StepFiles, runner_preflight
 from trainguard.config import Config
+from trainguard.host import this_host
 
 
 def run_local(
@@ -29,18 +32,29 @@ def run_local(
     on_change: Callable[[int], None] | None = None,
     say: Callable[[str], None] | None = None,
     one_worker: bool = False,
+    step_files: Callable[[Task], StepFiles | None] | None = None,
+    nodes: Sequence[str] = (),
+    nvml: Any | None = None,
 ) -> int:
     """Run the ledger's tasks on this machine's GPU slots (`slots`), or with `one_worker` on a
-    single worker that sees every GPU not excluded (the pipeline's phases)."""
+    single worker that sees every GPU not excluded (the pipeline's phases). Before each task,
+    preflight (with `step_files`, the task's own files; `nodes`, ssh targets besides
+    [preflight] nodes); after each, GPU cleanup and [queue] post_task. `nvml`: a pynvml-like
+    module (None: import pynvml)."""
     host = this_host()
-    node = cfg.queue.nodes.get(host)
-    excluded = [*cfg.health.excluded_gpus, *(node.excluded_gpus if node else [])]
+    excluded = cfg.excluded_gpus(host)
     visible = visible_gpus(os.environ, _nvml_count())
     if one_worker:
         planned = [whole_machine(host=host, visible=visible, excluded=excluded)]
     else:
         planned = plan_slots(slots, host=host, visible=visible, excluded=excluded)
-    backend = LocalBackend(planned, Path(ledger.path).parent / "logs")
+    after = AfterAttempt(
+        post_task=tuple(cfg.queue.post_task),
+        post_task_timeout=cfg.queue.post_task_timeout,
+        nvml=nvml,
+        health=cfg.health,
+    )
+    backend = LocalBackend(planned, Path(ledger.path).parent / "logs", after)
     say = say or _say
     if not one_worker:
         workers = ", ".join(
@@ -55,6 +69,9 @@ def run_local(
         until_done=until_done,
         say=say,
         on_change=on_change,
+        preflight=runner_preflight(cfg, Path(ledger.path), nodes=nodes, nvml=nvml),
+        step_files=step_files,
+        exclude_gpu_on=cfg.queue.exclude_gpu_on,
     )
     return manager.run()
 

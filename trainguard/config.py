@@ -223,6 +223,8 @@ HEALTH_CHECKS = (
     "orphans",
 )
 PREFLIGHT_CHECKS = ("ssh", "inputs", "ramdisk")
+# What the runners check before every task, experiment and phase ([preflight] checks).
+STEP_CHECKS = ("ssh", "gpu", "inputs", "ramdisk", "disk_space")
 
 
 def _known_checks(value: dict[str, float]) -> dict[str, float]:
@@ -291,6 +293,27 @@ class HealthSection(_Section):
     ramdisk_files: list[str] = field(default_factory=list)  # names inside ramdisk_dir
 
 
+def _step_checks(value: list[str]) -> list[str]:
+    for name in value:
+        if name not in STEP_CHECKS:
+            raise ValueError(f"{name!r}: unknown check (known: {', '.join(STEP_CHECKS)})")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreflightSection(_Section):
+    """What the runners check before each task, experiment and phase (and the ssh targets of
+    `health-check --preflight`)."""
+
+    # ssh destinations, anything ssh takes: "host", "user@host", "ssh://host:2222"
+    nodes: Annotated[list[str], _Rule(_ssh_targets)] = field(default_factory=list)
+    checks: Annotated[list[str], _Rule(_step_checks)] = field(
+        default_factory=lambda: list(STEP_CHECKS)
+    )
+    # Seconds a passing ssh / gpu / disk result is reused by the next steps (0: never).
+    cache_seconds: Annotated[float, Ge(0)] = 5
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CrashDetectorSection(_Section):
     logs: list[str] = field(default_factory=lambda: ["logs/*.log"])
@@ -349,6 +372,19 @@ def _slots(value: str | int) -> str | int:
     return value
 
 
+def _post_task_placeholders(value: list[str]) -> list[str]:
+    if value and not value[0].strip():
+        raise ValueError("the program (item 0) is empty")
+    return _check_placeholders(value, frozenset({"gpus"}))
+
+
+def _crash_categories(value: list[str]) -> list[str]:
+    for name in value:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not a crash category such as gpu_hardware")
+    return value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueNode(_Section):
     excluded_gpus: Annotated[list[int], _Rule(_gpu_indexes)] = field(default_factory=list)
@@ -365,6 +401,14 @@ class QueueSection(_Section):
     max_retries: Annotated[int, Ge(1)] = 3
     task_timeout: Annotated[float, Gt(0)] = 7200  # seconds an attempt may run
     nodes: dict[str, QueueNode] = field(default_factory=dict)  # per host: excluded_gpus
+    # Run after every attempt on a GPU worker (argv, never a shell; {gpus}: its GPU indexes),
+    # e.g. ["rocm-smi", "--resetclocks"]; killed after post_task_timeout seconds.
+    post_task: Annotated[list[str], _Rule(_post_task_placeholders)] = field(default_factory=list)
+    post_task_timeout: Annotated[float, Gt(0)] = 60
+    # Crash categories after which the attempt's GPUs take no more tasks in this run.
+    exclude_gpu_on: Annotated[list[str], _Rule(_crash_categories)] = field(
+        default_factory=lambda: ["gpu_hardware"]
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -380,6 +424,17 @@ class Config(_Section):
     alerts: AlertsSection = field(default_factory=AlertsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     queue: QueueSection = field(default_factory=QueueSection)
+    preflight: PreflightSection = field(default_factory=PreflightSection)
+
+    def excluded_gpus(self, host: str) -> list[int]:
+        """GPU indexes never handed to a task on `host`: [health] excluded_gpus and that
+        host's [queue.nodes."HOST"] excluded_gpus."""
+        node = self.queue.nodes.get(host)
+        return sorted({*self.health.excluded_gpus, *(node.excluded_gpus if node else ())})
+
+    def ssh_nodes(self) -> list[str]:
+        """[preflight] nodes, then the older spelling [health] nodes, each once."""
+        return list(dict.fromkeys([*self.preflight.nodes, *self.health.nodes]))
 
 
 def find_config_path(

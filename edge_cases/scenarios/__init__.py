@@ -11,6 +11,7 @@ from edge_cases.scenarios import (
     gpu,
     hangs,
     pipelines,
+    preflight,
     processes,
     queue,
     runners,
@@ -31,6 +32,7 @@ ALL: tuple[Scenario, ...] = (
     *runners.SCENARIOS,
     *studies.SCENARIOS,
     *pipelines.SCENARIOS,
+    *preflight.SCENARIOS,
     *hangs.SCENARIOS,
     *watchdog.SCENARIOS,
 )

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from edge_cases.reaper import alive, cmdline
-from edge_cases.sandbox import Sandbox
+from edge_cases.sandbox import RUNNER_DISK, Sandbox
 from edge_cases.scenario import Scenario, expect
 from phase_pipeline.state_file import STATE_FILE, read_state
 
@@ -57,7 +57,7 @@ if not (here / f"{name}.no-outputs").exists():
 def _create_pipeline(sb: Sandbox, name: str, phases: dict[str, list[str]]) -> Path:
     """A PIPELINE.toml of `phases` (name -> what it depends on), each declaring NAME.out."""
     sb.base.mkdir(parents=True)
-    sb.config.write_text("[queue]\nslots = 1\n")
+    sb.config.write_text(f"[queue]\nslots = 1\n{RUNNER_DISK}")
     sb.path("phase.py").write_text(PHASE)
     lines = [f'name = "{name}"', 'version = "1.0"']
     for phase, needs in phases.items():

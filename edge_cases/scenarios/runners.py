@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 from edge_cases.reaper import alive, cmdline
-from edge_cases.sandbox import Sandbox
+from edge_cases.sandbox import RUNNER_DISK, Sandbox
 from edge_cases.scenario import Scenario, ScenarioSkipped, expect
 from trainguard.procs import find_any_marked
 from trainguard.timestamps import parse_iso_utc
@@ -70,7 +70,7 @@ with open(here / "done.txt", "a") as fh:
 def _create_queue(sb: Sandbox, tasks: int) -> list[int]:
     """A queue of `tasks` waiting tasks on two slots; their ids."""
     sb.base.mkdir(parents=True)
-    sb.config.write_text(f"[queue]\nslots = {SLOTS}\n")
+    sb.config.write_text(f"[queue]\nslots = {SLOTS}\n{RUNNER_DISK}")
     script = sb.base / "task.py"
     script.write_text(TASK)
     argv = [sys.executable, str(script)]

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from edge_cases.sandbox import Sandbox
+from edge_cases.sandbox import RUNNER_DISK, Sandbox
 from edge_cases.scenario import Scenario, expect
 
 EXPERIMENT = """\
@@ -60,7 +60,7 @@ def _calls(sb: Sandbox) -> Counter[str]:
 
 def study_survives_failures(sb: Sandbox) -> str:
     sb.base.mkdir(parents=True)
-    sb.config.write_text("[queue]\nslots = 2\ntask_timeout = 2\n")
+    sb.config.write_text(f"[queue]\nslots = 2\ntask_timeout = 2\n{RUNNER_DISK}")
     sb.path("experiment.py").write_text(EXPERIMENT)
     sb.path("STUDY.toml").write_text(STUDY)
     study = str(sb.path("STUDY.toml"))
@@ -132,7 +132,7 @@ def _predictions(sb: Sandbox) -> dict[int, str]:
 
 def executor_cuda_error_at_item_64(sb: Sandbox) -> str:
     sb.base.mkdir(parents=True)
-    sb.config.write_text("[queue]\nslots = 1\n")
+    sb.config.write_text(f"[queue]\nslots = 1\n{RUNNER_DISK}")
     sb.path("evaluation.py").write_text(EVALUATION)
     sb.path("STUDY.toml").write_text(EVAL_STUDY)
     first = sb.tool("study_runner", "run", str(sb.path("STUDY.toml")))

@@ -20,8 +20,9 @@ How a GPU is graded (`[health]` keys in brackets):
 | an Xid in the kernel log                                                 | `xid.XIDS` |
 | a reading the GPU does not support (NOT_SUPPORTED, "N/A", 0xFFFFFFFF)    | OK (N/A) |
 
-A GPU is healthy unless it has a CRITICAL finding. GPUs in [excluded_gpus] are reported with
-their findings but never change the status. With no GPU at all the check is OK when
+A GPU is healthy unless it has a CRITICAL finding. GPUs in [excluded_gpus] (and in this
+host's [queue.nodes."HOST"] excluded_gpus) are reported as excluded, with their findings, but
+never change the status. With no GPU at all the check is OK when
 [gpus_expected] is 0 ("no GPU expected") and CRITICAL otherwise. A process is ours when its
 environment carries the watchdog's owner token, or it descends from the supervised daemon.
 """
@@ -29,6 +30,8 @@ environment carries the watchdog's owner token, or it descends from the supervis
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -46,6 +49,7 @@ from health_check.context import Context
 from health_check.result import CheckResult, Metric, Status, worst
 from health_check.supervision import read_supervision
 from trainguard.config import HealthSection
+from trainguard.host import this_host
 from trainguard.procs import descendants, has_owner_mark
 from trainguard.workspace import Workspace
 
@@ -53,23 +57,49 @@ NAME = "gpu"
 TEMP_MARGIN_C = 5.0  # WARNING this close to the temperature limit
 
 
-def probe(ctx: Context) -> CheckResult:
-    health = ctx.ws.config.health
-    # Subprocesses get part of the check's own deadline, so that a hung rocm-smi is reported
-    # as such (CRITICAL) before the runner gives up on the whole check (UNKNOWN).
-    budget = health.check_timeouts.get(NAME, health.check_timeout)
-    nvidia = read_nvidia(ctx.nvml)
+@dataclass(frozen=True)
+class Survey:
+    """Every GPU of this machine, graded; findings that belong to no one GPU; what was read."""
+
+    gpus: list[GpuReading]
+    findings: list[Finding]
+    scans: list[VendorScan]
+    details: list[str]
+
+
+def survey(
+    health: HealthSection,
+    *,
+    budget: float,
+    ours: Callable[[int], bool],
+    nvml: Any | None = None,
+    kernel_log: Callable[[], str] | None = None,
+) -> Survey:
+    """Read NVIDIA (NVML) and AMD (rocm-smi / amdsmi) GPUs, attribute kernel-log Xids, grade.
+
+    Subprocesses get part of `budget`, so that a hung rocm-smi is reported as such (CRITICAL)
+    before a caller's own deadline runs out."""
+    nvidia = read_nvidia(nvml)
     amd = read_amd(health.rocm_smi_command, timeout=budget * 0.4)
     scans = [nvidia, amd]
     gpus = [gpu for scan in scans for gpu in scan.gpus]
     findings = [finding for scan in scans for finding in scan.findings]
     details: list[str] = []
     if nvidia.present:
-        details.append(_attribute_xids(ctx, nvidia.gpus, findings, timeout=budget * 0.2))
-    ours = _ownership(ctx.ws)
+        details.append(_attribute_xids(kernel_log, nvidia.gpus, findings, timeout=budget * 0.2))
     for gpu in gpus:
         _grade(gpu, health, ours)
-    return _result(health, gpus, findings, scans, details)
+    return Survey(gpus, findings, scans, details)
+
+
+def probe(ctx: Context) -> CheckResult:
+    health = ctx.ws.config.health
+    budget = health.check_timeouts.get(NAME, health.check_timeout)
+    found = survey(
+        health, budget=budget, ours=_ownership(ctx.ws), nvml=ctx.nvml, kernel_log=ctx.kernel_log
+    )
+    excluded = set(ctx.ws.config.excluded_gpus(this_host()))
+    return _result(health, excluded, found)
 
 
 def _grade(gpu: GpuReading, health: HealthSection, ours: Callable[[int], bool]) -> None:
@@ -99,11 +129,15 @@ def _temp_limit(gpu: GpuReading, health: HealthSection) -> float:
 
 
 def _attribute_xids(
-    ctx: Context, gpus: list[GpuReading], findings: list[Finding], *, timeout: float
+    kernel_log: Callable[[], str] | None,
+    gpus: list[GpuReading],
+    findings: list[Finding],
+    *,
+    timeout: float,
 ) -> str:
     """Add each Xid in the kernel log to its GPU (or to the check); say what was scanned."""
     try:
-        text = ctx.kernel_log() if ctx.kernel_log is not None else read_kernel_log(timeout)
+        text = kernel_log() if kernel_log is not None else read_kernel_log(timeout)
     except KernelLogUnavailable as exc:
         return f"Xid scan unavailable: {exc}"
     events = parse_xids(text)
@@ -155,14 +189,8 @@ def _describe(pid: int, used: int | None) -> str:
     return f"pid {pid} ({who}{size})"
 
 
-def _result(
-    health: HealthSection,
-    gpus: list[GpuReading],
-    findings: list[Finding],
-    scans: list[VendorScan],
-    details: list[str],
-) -> CheckResult:
-    excluded = set(health.excluded_gpus)
+def _result(health: HealthSection, excluded: set[int], found: Survey) -> CheckResult:
+    gpus, findings, scans, details = found.gpus, found.findings, found.scans, found.details
     counted = [gpu for gpu in gpus if gpu.index not in excluded]
     healthy = [gpu for gpu in counted if gpu.status != Status.CRITICAL]
     expected = health.gpus_expected

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -131,32 +132,40 @@ def command(ssh_command: list[str], node: str, connect_timeout: int) -> list[str
     ]
 
 
-def _describe(answer: Answer) -> str:
+def describe(answer: Answer) -> str:
+    """One line: how the node answered."""
     if answer.outcome == REACHABLE:
         return f"{answer.node}: reachable in {answer.seconds:.2f} s"
     tail = f": {answer.message}" if answer.message else ""
     return f"{answer.node}: {answer.outcome} after {answer.seconds:.1f} s{tail}"
 
 
-def probe(ctx: Context) -> CheckResult:
-    health = ctx.ws.config.health
-    nodes = list(dict.fromkeys(health.nodes))  # a node listed twice is probed once
+def ask_all(nodes: Sequence[str], ssh_command: Sequence[str], ssh_timeout: float) -> list[Answer]:
+    """Probe every node at once; the answers in the order of `nodes`."""
     if not nodes:
-        return CheckResult("ssh", Status.OK, "no nodes configured")
+        return []
     # ssh takes whole seconds; the kill deadline keeps the probe inside ssh_timeout + margin.
-    connect_timeout = max(1, math.ceil(health.ssh_timeout))
-    budget = health.ssh_timeout + KILL_MARGIN_S
+    connect_timeout = max(1, math.ceil(ssh_timeout))
+    budget = ssh_timeout + KILL_MARGIN_S
     with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="ssh") as pool:
-        answers = list(
+        return list(
             pool.map(
-                lambda node: ask(command(health.ssh_command, node, connect_timeout), node, budget),
+                lambda node: ask(command(list(ssh_command), node, connect_timeout), node, budget),
                 nodes,
             )
         )
+
+
+def probe(ctx: Context) -> CheckResult:
+    health = ctx.ws.config.health
+    nodes = ctx.ws.config.ssh_nodes()  # [preflight] nodes and [health] nodes, each once
+    if not nodes:
+        return CheckResult("ssh", Status.OK, "no nodes configured")
+    answers = ask_all(nodes, health.ssh_command, health.ssh_timeout)
     reachable = [a for a in answers if a.outcome == REACHABLE]
     metrics = [Metric("ssh_nodes_reachable", len(reachable)), Metric("ssh_nodes", len(nodes))]
     metrics += [Metric("ssh_latency", round(a.seconds, 3), "s", label=a.node) for a in reachable]
-    details = [_describe(a) for a in answers]
+    details = [describe(a) for a in answers]
     status = worst(a.status for a in answers)
     if status == Status.OK:
         slowest = max(a.seconds for a in answers)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from task_queue.ledger import Attempt, Task
+from task_queue.preflight import Refusal
 
 
 @dataclass
@@ -23,6 +24,9 @@ class Running:
     log_offset: int  # where its own output begins in `log_file`
     deadline: float  # monotonic time its timeout ends
     stopping: str | None = None  # "timeout" | "cancelled" | "interrupted" once we stopped it
+    # Findings on its GPUs when it started (preflight): what is new at its end appeared while
+    # it ran.
+    gpu_baseline: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Ended:
     tail: bytes | None = None  # the end of its output, when its log is on another machine
     lost: str | None = None
     gpu_state: Any = None  # read where it ran, when it failed there
+    after: dict[str, Any] | None = None  # GPU cleanup and post_task, done where it ran
+    refused: Refusal | None = None  # the worker's own preflight refused it: nothing ran
 
 
 class Backend(Protocol):
@@ -72,6 +78,19 @@ class Backend(Protocol):
 
     def gpu_state(self, ended: Ended) -> Any:
         """The state of the GPU the attempt ran on, after it failed (None: no GPU there)."""
+        ...
+
+    def gpus_of(self, worker: str) -> tuple[int, ...] | None:
+        """The GPUs `worker` hands its attempts, where this machine can check them (None: on
+        another machine, checked there)."""
+        ...
+
+    def retire(self, worker: str) -> None:
+        """Take `worker` out of this run (its GPU failed): it gets no more attempts."""
+        ...
+
+    def after_attempt(self, running: Running) -> dict[str, Any]:
+        """GPU cleanup and the post_task hook, after its end; what happened, for the ledger."""
         ...
 
     def sweep(self, running: Running) -> list[str]:

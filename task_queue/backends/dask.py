@@ -16,13 +16,15 @@ import queue
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from task_queue.backends.base import Ended, Running, Wake
 from task_queue.backends.local import attempt_header
 from task_queue.ledger import Attempt, Task
-from task_queue.remote_attempt import kill_tokens, run_attempt
+from task_queue.preflight import Refusal
+from task_queue.remote_attempt import WorkerChecks, kill_tokens, run_attempt
 from trainguard.child_process import SpawnError
 
 DEPTH = 2  # attempts handed to one worker at once: one running, one waiting its turn
@@ -40,8 +42,11 @@ class DaskBackend:
         wake: Wake,
         *,
         gpu_of: Callable[[str], str | None] = lambda _name: None,
+        checks: WorkerChecks | None = None,
     ) -> None:
         self.client = client
+        self.checks = checks or WorkerChecks()
+        self._retired: set[str] = set()  # workers whose GPU was taken out of this run
         self.log_dir = log_dir
         self.wake = wake
         self.gpu_of = gpu_of  # the GPU a worker of our own LocalCluster is pinned to
@@ -71,7 +76,7 @@ class DaskBackend:
         return self._workers
 
     def workers(self) -> list[str]:
-        return sorted(self._by_name())
+        return sorted(name for name in self._by_name() if name not in self._retired)
 
     def free(self) -> list[str]:
         """Each worker up to DEPTH times: one attempt running, the next already there, so
@@ -114,6 +119,11 @@ class DaskBackend:
             token=token,
             log_file=str(log_file),
             header=attempt_header(task, attempt, worker),
+            checks=replace(
+                self.checks,
+                gpu=self.checks.gpu and task.gpus > 0,
+                excluded=self.excluded_on(str(info.get("host", ""))),
+            ),
             key=f"task-{task.id}-attempt-{attempt.number}-{token[:8]}",
             workers=[info["address"]],
             allow_other_workers=False,
@@ -160,10 +170,17 @@ class DaskBackend:
         if error is None:
             if "spawn_error" in result:
                 return Ended(running, 127, tail=str(result["spawn_error"]).encode())
+            if "refused" in result:
+                refusal = Refusal("gpu", str(result["refused"]), "gpu", tuple(result["gpus"]))
+                return Ended(running, None, refused=refusal)
             running.pid = result["pid"]
             running.log_offset = result["log_offset"]
             return Ended(
-                running, int(result["code"]), tail=result["tail"], gpu_state=result["gpu_state"]
+                running,
+                int(result["code"]),
+                tail=result["tail"],
+                gpu_state=result["gpu_state"],
+                after=result.get("after"),
             )
         self._lost[running.token] = LOST_SWEEPS
         self._workers = None  # a worker may be gone: ask again
@@ -184,6 +201,19 @@ class DaskBackend:
 
     def gpu_state(self, ended: Ended) -> Any:
         return ended.gpu_state  # read on the worker's machine by `run_attempt`
+
+    def gpus_of(self, worker: str) -> tuple[int, ...] | None:
+        return None  # checked on the worker's machine, by `run_attempt`
+
+    def retire(self, worker: str) -> None:
+        self._retired.add(worker)
+
+    def after_attempt(self, running: Running) -> dict[str, Any]:
+        return {}  # done on the worker's machine, by `run_attempt` (`Ended.after`)
+
+    def excluded_on(self, host: str) -> tuple[int, ...]:
+        """GPUs never handed out on `host` ([health] and [queue.nodes."HOST"] excluded_gpus)."""
+        return tuple(self.checks.excluded_by_host.get(host.split(".")[0], self.checks.excluded))
 
     def sweep(self, running: Running) -> list[str]:
         """Its process group was killed on the worker (`run_attempt`); what left the group is

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,9 +18,12 @@ from typing import Any
 import psutil
 
 from task_queue.backends.base import Ended, Running
+from task_queue.gpu_cleanup import clean_gpus, run_post_task
 from task_queue.gpu_state import read_gpu_state
 from task_queue.ledger import Attempt, Task
 from trainguard.child_process import Child, reap_children, spawn_child
+from trainguard.config import HealthSection
+from trainguard.host import this_host
 from trainguard.orphan_sweep import kill_orphans, reparented
 from trainguard.process_tree import stop_process_tree
 from trainguard.procs import find_any_marked, identify
@@ -72,27 +74,38 @@ def visible_gpus(env: Mapping[str, str], nvml_count: int | None) -> list[int]:
     return list(range(nvml_count or 0))
 
 
-def this_host() -> str:
-    return socket.gethostname().split(".")[0] or "localhost"
+@dataclass(frozen=True)
+class AfterAttempt:
+    """What runs after each attempt on a slot: GPU cleanup (always, on a GPU slot) and the
+    `[queue] post_task` hook."""
+
+    post_task: tuple[str, ...] = ()
+    post_task_timeout: float = 60.0
+    nvml: Any | None = None  # a pynvml-like module; None: import pynvml
+    health: HealthSection | None = None  # grades the GPU state of a failed attempt
 
 
 class LocalBackend:
     subreaper = True
 
-    def __init__(self, slots: Sequence[Slot], log_dir: Path) -> None:
+    def __init__(
+        self, slots: Sequence[Slot], log_dir: Path, after: AfterAttempt | None = None
+    ) -> None:
         self.slots = {slot.name: slot for slot in slots}
         self.log_dir = log_dir
+        self.after = after or AfterAttempt()
         self.running: dict[int, Running] = {}  # by attempt id
         self._children: dict[int, tuple[Running, Child]] = {}  # by pid
         self._unswept: set[str] = set()  # tokens of ended attempts not yet swept for
         self._base_env = dict(os.environ)  # copied once: thousands of spawns share it
+        self._retired: set[str] = set()  # workers whose GPU was taken out of this run
 
     def workers(self) -> list[str]:
-        return list(self.slots)
+        return [name for name in self.slots if name not in self._retired]
 
     def free(self) -> list[str]:
         busy = {r.worker for r in self.running.values()}
-        return [name for name in self.slots if name not in busy]
+        return [name for name in self.workers() if name not in busy]
 
     def host_of(self, worker: str) -> str:
         return this_host()
@@ -157,7 +170,38 @@ class LocalBackend:
 
     def gpu_state(self, ended: Ended) -> Any:
         gpus = self.slots[ended.running.worker].gpus
-        return read_gpu_state(list(gpus)) if gpus else None
+        if not gpus:
+            return None
+        return read_gpu_state(
+            list(gpus),
+            nvml=self.after.nvml,
+            before=ended.running.gpu_baseline,
+            health=self.after.health,
+        )
+
+    def gpus_of(self, worker: str) -> tuple[int, ...] | None:
+        return self.slots[worker].gpus
+
+    def retire(self, worker: str) -> None:
+        self._retired.add(worker)
+
+    def after_attempt(self, running: Running) -> dict[str, Any]:
+        gpus = self.slots[running.worker].gpus
+        record: dict[str, Any] = {}
+        if gpus:
+            killed, others = clean_gpus(gpus, running.token, nvml=self.after.nvml)
+            if killed:
+                record["gpu_leftovers_killed"] = killed
+            if others:
+                record["gpu_held_by_others"] = others
+        if self.after.post_task:
+            record["post_task"] = run_post_task(
+                self.after.post_task,
+                gpus,
+                timeout=self.after.post_task_timeout,
+                log_file=running.log_file,
+            )
+        return record
 
     def sweep(self, running: Running) -> list[str]:
         """Kill what an ended attempt left in our process tree: orphans re-parented to us (a

@@ -48,6 +48,8 @@ REQUIRED = {
     "executor_cuda_error_at_item_64",
     "pipeline_runner_killed",
     "pipeline_phase_without_outputs",
+    "preflight_unreachable_node",
+    "preflight_study_missing_input",
 }
 
 

@@ -27,6 +27,7 @@ from health_check.result import CheckResult, Status
 from tests.fakes import GIB, FakeGpu, FakeNvml
 from tests.polling import wait_until
 from trainguard.config import load_config
+from trainguard.host import this_host
 from trainguard.procs import OWNER_ENV, identify
 from trainguard.workspace import Workspace
 
@@ -137,6 +138,23 @@ def test_excluded_gpus_are_reported_but_never_fail(tmp_path: Path, nvml: Any) ->
     assert all(f"GPU{index} nvidia" in " ".join(result.details) for index in range(count))
     if isinstance(nvml, FakeNvml):
         assert any(d.startswith("GPU1 (excluded): 2 volatile uncorrected") for d in result.details)
+
+
+def test_gpus_excluded_for_this_host_in_the_queue_are_reported_as_excluded(tmp_path: Path) -> None:
+    fake = two_gpus(ecc_volatile_uncorrected=2)
+    path = tmp_path / "trainguard.toml"
+    path.write_text(
+        f"[health]\nrocm_smi_command = {json.dumps(NO_ROCM_SMI)}\ngpus_expected = 1\n"
+        f'[queue.nodes."{this_host()}"]\nexcluded_gpus = [1]\n'
+        '[queue.nodes."another-rig"]\nexcluded_gpus = [0]\n'
+    )
+    ctx = Context(Workspace(load_config(path, env={})), nvml=fake, kernel_log=lambda: "")
+    result = gpu.probe(ctx)
+    assert (result.status, result.summary) == (
+        Status.OK,
+        "1 of 1 GPUs healthy: GPU0 40°C 10% mem (1 excluded)",
+    )
+    assert any(d.startswith("GPU1 (excluded): 2 volatile uncorrected") for d in result.details)
 
 
 @pytest.mark.gpu

@@ -111,6 +111,23 @@ def test_ssh_reachable_nodes_are_ok_and_asked_in_batch_mode(
         assert call[:4] == ["-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
 
 
+def test_ssh_reads_the_preflight_nodes_and_the_older_health_nodes_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "argv.jsonl"
+    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
+    path = tmp_path / "trainguard.toml"
+    path.write_text(
+        f'[health]\nnodes = ["reachable-old", "reachable-both"]\n'
+        f"ssh_command = {json.dumps(FAKE_SSH)}\n"
+        '[preflight]\nnodes = ["reachable-new", "reachable-both"]\n'
+    )
+    result = ssh.probe(Context(Workspace(load_config(path, env={}))))
+    assert result.summary.startswith("all 3 node(s) reachable"), result.details
+    calls = [json.loads(line)[-2] for line in log.read_text().splitlines()]
+    assert sorted(calls) == ["reachable-both", "reachable-new", "reachable-old"]
+
+
 def test_ssh_auth_failure_is_critical_with_ssh_own_words(tmp_path: Path) -> None:
     ctx = context(tmp_path, nodes=["reachable-a", "denied-b"], ssh_command=FAKE_SSH)
     result = ssh.probe(ctx)

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.polling import wait_until
+from tests.ssh_targets import needs_ssh, refusing_node
 
 SCRIPT = shutil.which("phase-pipeline", path=str(Path(sys.executable).parent))
 PHASES = ["training", "stats", "probe", "aggregate"]
@@ -473,6 +474,26 @@ def test_a_missing_input_refuses_the_phase_before_it_starts_exit_69(pipe: Pipe) 
     (pipe.folder / "data").mkdir()
     (pipe.folder / "data" / "train.bin").write_bytes(b"tokens")
     assert pipe.resume().returncode == 0
+    assert pipe.calls() == Counter(dict.fromkeys(PHASES, 1))
+
+
+@needs_ssh
+def test_an_unreachable_node_refuses_the_phase_exit_69_and_the_resume_goes_on(
+    pipe: Pipe,
+) -> None:
+    with refusing_node() as node:
+        (pipe.folder / "trainguard.toml").write_text(
+            f'[health]\nssh_timeout = 3\n[preflight]\nnodes = ["{node}"]\n'
+        )
+        done = pipe.cli("run", "PIPELINE.toml")
+    assert done.returncode == 69, done.stdout + done.stderr
+    assert f"PREFLIGHT REFUSED phase training (nothing was started): ssh: {node}: refused" in (
+        done.stdout
+    )
+    assert not pipe.calls() and pipe.phases()["training"] == "pending"
+    (pipe.folder / "trainguard.toml").write_text("")
+    resumed = pipe.resume()
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert pipe.calls() == Counter(dict.fromkeys(PHASES, 1))
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import time
 
 import psutil
 import pytest
 
 from tests.polling import wait_until
+from tests.task_queue.test_preflight_e2e import POST_TASK, XID_ON_GPU0
 from tests.task_queue.test_run_e2e import FLAKY, Queue, q  # noqa: F401 - the fixture
 
 pytest.importorskip("distributed", reason="the dask extra is part of the dev install")
@@ -83,3 +86,26 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_on_dask_a_gpu_hardware_crash_retires_its_worker_and_post_task_runs_there(
+    q: Queue,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the local cluster pins one per worker
+    post = json.dumps([sys.executable, "-c", POST_TASK, "{gpus}"])
+    (q.folder / "trainguard.toml").write_text(
+        f'[health]\ndisk_min_free_gb = 0\n[queue]\nslots = "auto"\npost_task = {post}\n'
+    )
+    ids = [q.submit(XID_ON_GPU0)]
+    code, out = q.run("--backend", "dask")
+    assert code == 0, out
+    assert "/slot0 takes no more tasks in this run (its attempt crashed with gpu_hardware)" in out
+    first = q.task(ids[0])["attempts"]
+    assert [(a["worker"].split("/")[1], a["outcome"]) for a in first] == [
+        ("slot0", "failed"), ("slot1", "ok"),
+    ]  # fmt: skip
+    assert (q.folder / "ran-on.txt").read_text().split() == ["1"]
+    # The hook ran on the worker after every attempt, with that worker's GPU.
+    assert sorted((q.folder / "post.txt").read_text().split()) == ["0", "1"]
+    assert first[0]["gpu_state"]["post_task"]["exit_code"] == 0

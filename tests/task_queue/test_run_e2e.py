@@ -285,8 +285,10 @@ def test_bad_task_input_is_a_one_line_error(q: Queue) -> None:
 def test_a_full_disk_stops_the_runner_and_marks_no_task_done_that_it_could_not_record(
     q: Queue, small_tmpfs: Path
 ) -> None:
+    # Preflight's disk check would refuse the run on an 8 MiB disk: here the ledger meets it.
     (q.folder / "trainguard.toml").write_text(
         f'[queue]\nslots = 1\nledger = "{small_tmpfs / "ledger.db"}"\n'
+        '[preflight]\nchecks = ["ssh", "gpu"]\n'
     )
     filler = small_tmpfs / "filler"
     # The first attempt fills the ledger's disk, then succeeds: its success cannot be recorded.

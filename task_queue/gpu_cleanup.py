@@ -1,0 +1,91 @@
+"""After each attempt: no process of ours may still hold memory on its GPUs, and the
+`[queue] post_task` hook runs.
+
+A leftover is a process NVML lists on one of the attempt's GPUs that is proven ours: our user,
+and the attempt's owner token in its environment (a pid recycled since the listing carries no
+token; the kill pins the process by pidfd, so it can never reach a newcomer). Leftovers are
+SIGKILLed (headless: what they held is lost with the attempt anyway) and recorded. Processes of
+anyone else on that GPU are reported, never touched. AMD process lists are not read: there the
+token sweep that follows every attempt is what finds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from health_check.checks.nvidia import read_nvidia_processes
+from trainguard.orphan_sweep import kill_orphans
+from trainguard.procs import has_owner_mark
+
+KILL_TIMEOUT = 5.0
+
+
+def clean_gpus(
+    gpus: Sequence[int] | None, token: str, *, nvml: Any | None = None
+) -> tuple[list[str], list[str]]:
+    """Kill what the attempt marked `token` left on `gpus` (None: every GPU): (killed, others
+    still there)."""
+    scan = read_nvidia_processes(nvml)
+    if not scan.present:
+        return [], []
+    ours: dict[int, psutil.Process] = {}
+    others: list[str] = []
+    for gpu in scan.gpus:
+        if gpus is not None and gpu.index not in gpus:
+            continue
+        for pid, used in gpu.processes:
+            size = f", {used / 2**30:.1f} GiB" if used else ""
+            try:
+                proc = psutil.Process(pid)
+                mine = proc.uids().real == os.getuid() and has_owner_mark(proc, token)
+            except psutil.Error:
+                continue  # gone since the listing: it holds nothing now
+            if mine:
+                ours[pid] = proc
+            else:
+                others.append(f"{gpu.label}: pid {pid}{size} (not this attempt's)")
+    if not ours:
+        return [], others
+    swept = kill_orphans(list(ours.values()), timeout=KILL_TIMEOUT)
+    return list(swept.names), others
+
+
+def run_post_task(
+    template: Sequence[str], gpus: Sequence[int] | None, *, timeout: float, log_file: Path
+) -> dict[str, Any]:
+    """Run the hook (argv; `{gpus}` becomes "0,1", "" for every GPU), its output appended to
+    the attempt's log; killed with its process group after `timeout` s. What happened, for the
+    ledger."""
+    visible = ",".join(map(str, gpus or ()))
+    argv = [arg.replace("{gpus}", visible) for arg in template]
+    record: dict[str, Any] = {"argv": argv}
+    try:
+        with open(log_file, "ab") as log:
+            log.write(f"=== post_task: {argv}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: a timeout kills what it started too
+            )
+    except OSError as exc:
+        record["error"] = f"cannot run: {exc.strerror or exc}"
+        return record
+    try:
+        record["exit_code"] = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # not reaped yet: the group id is still its own
+        proc.wait()
+        record["error"] = f"timed out after {timeout:g} s and was killed"
+    return record
