@@ -5,8 +5,8 @@ A leftover is a process NVML lists on one of the attempt's GPUs that is proven o
 and the attempt's owner token in its environment (a pid recycled since the listing carries no
 token; the kill pins the process by pidfd, so it can never reach a newcomer). Leftovers are
 SIGKILLed (headless: what they held is lost with the attempt anyway) and recorded. Processes of
-anyone else on that GPU are reported, never touched. AMD process lists are not read: there the
-token sweep that follows every attempt is what finds them.
+anyone else on that GPU are reported, never touched. AMD process lists come from amdsmi; with
+rocm-smi alone there is none, and the token sweep that follows every attempt finds ours.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from health_check.checks.amd import read_amd_processes
 from health_check.checks.nvidia import read_nvidia_processes
 from trainguard.orphan_sweep import kill_orphans
 from trainguard.procs import has_owner_mark
@@ -29,19 +30,23 @@ KILL_TIMEOUT = 5.0
 
 
 def clean_gpus(
-    gpus: Sequence[int] | None, token: str, *, nvml: Any | None = None
+    gpus: Sequence[int] | None,
+    token: str,
+    *,
+    nvml: Any | None = None,
+    amdsmi: Any | None = None,
 ) -> tuple[list[str], list[str]]:
     """Kill what the attempt marked `token` left on `gpus` (None: every GPU): (killed, others
-    still there)."""
-    scan = read_nvidia_processes(nvml)
-    if not scan.present:
-        return [], []
+    still there). NVIDIA through NVML, AMD through amdsmi (`nvml`, `amdsmi`: the modules, None
+    to import them)."""
+    listed = [(gpu.label, gpu.index, gpu.processes) for gpu in read_nvidia_processes(nvml).gpus]
+    listed += [(f"GPU{i}", i, procs) for i, procs in read_amd_processes(amdsmi).items()]
     ours: dict[int, psutil.Process] = {}
     others: list[str] = []
-    for gpu in scan.gpus:
-        if gpus is not None and gpu.index not in gpus:
+    for label, index, processes in listed:
+        if gpus is not None and index not in gpus:
             continue
-        for pid, used in gpu.processes:
+        for pid, used in processes:
             size = f", {used / 2**30:.1f} GiB" if used else ""
             try:
                 proc = psutil.Process(pid)
@@ -51,7 +56,7 @@ def clean_gpus(
             if mine:
                 ours[pid] = proc
             else:
-                others.append(f"{gpu.label}: pid {pid}{size} (not this attempt's)")
+                others.append(f"{label}: pid {pid}{size} (not this attempt's)")
     if not ours:
         return [], others
     swept = kill_orphans(list(ours.values()), timeout=KILL_TIMEOUT)

@@ -8,7 +8,8 @@ after a failure: a reading costs tens of milliseconds, and a successful attempt 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import re
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -18,6 +19,7 @@ from health_check.result import Status
 from trainguard.config import HealthSection
 
 AMD_TIMEOUT = 5.0
+_HEAT = re.compile(r": CRITICAL: \d+°C: ")
 _BUDGET = AMD_TIMEOUT / 0.4  # the survey gives rocm-smi 40 % of its budget
 
 
@@ -48,10 +50,20 @@ def read_gpu_state(
 
 
 def findings_of(gpus: Collection[GpuReading]) -> frozenset[str]:
-    """ "GPU1: Xid 79: ..." for every WARNING or CRITICAL finding on `gpus`."""
+    """`GPU1: CRITICAL: Xid 79: ...` for every CRITICAL finding on `gpus`, and every Xid or SMU
+    one (memory in use, foreign processes: what training does, not errors)."""
     return frozenset(
-        f"{gpu.label}: {f.text}" for gpu in gpus for f in gpu.findings if f.status != Status.OK
+        f"{gpu.label}: {f.status.name}: {f.text}"
+        for gpu in gpus
+        for f in gpu.findings
+        if f.status == Status.CRITICAL or f.text.startswith(("Xid", "SMU"))
     )
+
+
+def hardware_errors(new_errors: Iterable[str]) -> list[str]:
+    """The CRITICAL ones of `new_errors` that a hot GPU does not explain: a GPU that fell off
+    the bus, an SMU that stopped answering, uncorrectable ECC, a fatal Xid."""
+    return [e for e in new_errors if ": CRITICAL: " in e and not _HEAT.search(e)]
 
 
 def _brief(gpu: GpuReading) -> dict[str, Any]:

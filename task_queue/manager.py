@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -22,6 +23,7 @@ from crash_detector.scanner import Scanner
 from task_queue.attempt_diagnosis import diagnose_attempt
 from task_queue.backends.base import Backend, Ended, Running
 from task_queue.backends.local import kill_left_by_dead_runner
+from task_queue.gpu_state import hardware_errors
 from task_queue.ledger import Attempt, AttemptEnd, Ledger, LedgerError, Task, TaskStatus
 from task_queue.preflight import Preflight, Refusal, StepFiles, Verdict
 from task_queue.retry_policy import judge
@@ -240,6 +242,7 @@ class Manager:
             worker=worker,
             gpus=gpus or (),
             files=self.step_files(task),
+            folder=Path(task.cwd),
             ours=self._ours,
         )
 
@@ -359,7 +362,7 @@ class Manager:
         if self.backend.gpus_of(running.worker) == ():
             return  # a worker without a GPU: nothing to take out
         state = end.gpu_state if isinstance(end.gpu_state, dict) else {}
-        new_errors = [e for e in state.get("new_errors", ()) if "CRITICAL" in e or "Xid" in e]
+        new_errors = hardware_errors(state.get("new_errors", ()))
         if end.category in self.exclude_gpu_on:
             self._retire(running.worker, f"its attempt crashed with {end.category}")
         elif "gpu_hardware" in self.exclude_gpu_on and new_errors and end.outcome != "ok":

@@ -110,9 +110,11 @@ class Preflight:
         worker: str,
         gpus: Sequence[int] = (),
         files: StepFiles | None = None,
+        folder: Path | None = None,
         ours: Callable[[int], bool] = lambda _pid: False,
     ) -> Verdict:
-        """Everything the step needs, in order of cost; what refuses the run stops the rest."""
+        """Everything the step needs, in order of cost; what refuses the run stops the rest.
+        `folder`: where the step runs (its filesystem is checked too)."""
         started = self.clock()
         refusals: list[Refusal] = []
         warnings: list[str] = []
@@ -121,8 +123,8 @@ class Preflight:
         if "ssh" in self.checks and self.nodes:
             refusals += self._ssh(checked)
         if "disk_space" in self.checks and not refusals:
-            folder = [files.folder] if files is not None else []
-            refusals += self._disk([*self.disk_paths, *folder], checked, warnings)
+            extra = [p.folder for p in (files,) if p is not None] + [f for f in (folder,) if f]
+            refusals += self._disk([*self.disk_paths, *extra], checked, warnings)
         if "gpu" in self.checks and gpus and not refusals:
             refused, findings = self._gpu(gpus, ours, checked, warnings)
             refusals += refused

@@ -30,6 +30,7 @@ class FakeGpu:
     shutdown: int = 95
     mem_used: int = 8 * GIB
     mem_total: int = 80 * GIB
+    util: int = 0  # % of the last sample period its kernels ran
     ecc_volatile_uncorrected: int = 0
     retired_pages_pending: bool = False
     remapped_rows: tuple[int, int, int, int] = (0, 0, 0, 0)  # corr, unc, pending, failure
@@ -121,6 +122,12 @@ class FakeNvml:
         memory.total, memory.used = gpu.mem_total, gpu.mem_used
         memory.free = gpu.mem_total - gpu.mem_used
         return memory
+
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> Any:
+        gpu = self._gpu("nvmlDeviceGetUtilizationRates", handle)
+        rates = pynvml.c_nvmlUtilization_t()
+        rates.gpu, rates.memory = gpu.util, 0
+        return rates
 
     def nvmlDeviceGetTotalEccErrors(
         self, handle: FakeHandle, error_type: int, counter_type: int
@@ -215,6 +222,7 @@ class FakeAmdGpu:
     vram_used: int = 1024  # amdsmi counts in MB; only the ratio matters
     vram_total: int = 65536
     errors: dict[str, AmdSmiException] = field(default_factory=dict)
+    procs: list[tuple[int, int]] = field(default_factory=list)  # (pid, VRAM bytes)
 
 
 class FakeAmdsmi:
@@ -248,6 +256,14 @@ class FakeAmdsmi:
         if names[sensor] not in gpu.temps:
             raise AmdSmiLibraryException(2, "AMDSMI_STATUS_NOT_SUPPORTED - Feature not supported")
         return gpu.temps[names[sensor]]
+
+    def amdsmi_get_gpu_process_list(self, handle: int) -> list[dict[str, Any]]:
+        """As amdsmi 6 and later answer: a dict per process."""
+        gpu = self._gpu("amdsmi_get_gpu_process_list", handle)
+        return [
+            {"name": "python", "pid": pid, "mem": vram, "memory_usage": {"vram_mem": vram}}
+            for pid, vram in gpu.procs
+        ]
 
     def amdsmi_get_gpu_vram_usage(self, handle: int) -> dict[str, int]:
         gpu = self._gpu("amdsmi_get_gpu_vram_usage", handle)

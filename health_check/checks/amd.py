@@ -124,6 +124,7 @@ def _card(index: int, values: dict[str, Any]) -> GpuReading:
     reading.temp_c = next((t for t in temps if t is not None), None)
     if reading.temp_c is None:
         reading.unavailable.append("temperature")
+    reading.util_pct = _number(values.get("GPU use (%)"))
     used, total = _number(values.get(_VRAM_USED)), _number(values.get(_VRAM_TOTAL))
     if used is None or not total:
         reading.unavailable.append("memory")
@@ -184,6 +185,51 @@ def read_amdsmi(amdsmi: Any | None, notes: list[str] | None = None) -> VendorSca
         return scan
     finally:
         amdsmi.amdsmi_shut_down()
+
+
+def read_amd_processes(amdsmi: Any | None = None) -> dict[int, list[tuple[int, int | None]]]:
+    """The processes on each AMD GPU, by index: [(pid, VRAM bytes or None)], through amdsmi
+    (`amdsmi` None: import it); {} without amdsmi or an AMD GPU. rocm-smi has no per-GPU
+    process list worth parsing, so a machine with rocm-smi only lists none."""
+    if amdsmi is None:
+        try:
+            import amdsmi as module
+        except ImportError:
+            return {}
+        amdsmi = module
+    try:
+        amdsmi.amdsmi_init()
+    except amdsmi.AmdSmiException:
+        return {}
+    found: dict[int, list[tuple[int, int | None]]] = {}
+    try:
+        for index, handle in enumerate(amdsmi.amdsmi_get_processor_handles()):
+            try:
+                listed = amdsmi.amdsmi_get_gpu_process_list(handle)
+            except amdsmi.AmdSmiException:
+                continue
+            found[index] = [p for p in (_amd_process(amdsmi, handle, e) for e in listed) if p]
+    except amdsmi.AmdSmiException:
+        pass
+    finally:
+        amdsmi.amdsmi_shut_down()
+    return found
+
+
+def _amd_process(amdsmi: Any, handle: Any, entry: Any) -> tuple[int, int | None] | None:
+    """(pid, VRAM bytes) of one process list entry: a dict (amdsmi >= 6), or a process handle
+    to ask about (older amdsmi)."""
+    info = entry
+    if not isinstance(entry, dict):
+        try:
+            info = amdsmi.amdsmi_get_gpu_process_info(handle, entry)
+        except (amdsmi.AmdSmiException, AttributeError):
+            return None
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+        return None
+    usage = info.get("memory_usage")
+    vram = usage.get("vram_mem") if isinstance(usage, dict) else info.get("mem")
+    return info["pid"], int(vram) if isinstance(vram, int) else None
 
 
 def _amdsmi_device(amdsmi: Any, index: int, handle: Any) -> GpuReading:

@@ -29,6 +29,7 @@ class GpuReading:
     shutdown_c: float | None = None
     mem_used: int | None = None  # bytes
     mem_total: int | None = None
+    util_pct: float | None = None  # how busy its compute units were lately
     findings: list[Finding] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)  # readings the GPU does not support
     processes: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, bytes used)

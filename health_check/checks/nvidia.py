@@ -102,6 +102,9 @@ def _read_device(nvml: Any, index: int, reading: GpuReading) -> None:
     memory = _call(nvml, reading, "memory", ["nvmlDeviceGetMemoryInfo"], handle)
     if memory is not None:
         reading.mem_used, reading.mem_total = int(memory.used), int(memory.total)
+    util = _call(nvml, reading, "utilisation", ["nvmlDeviceGetUtilizationRates"], handle)
+    if util is not None:
+        reading.util_pct = float(util.gpu)
     _read_memory_errors(nvml, handle, reading)
     reasons = _call(
         nvml,

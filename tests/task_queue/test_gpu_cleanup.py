@@ -16,7 +16,7 @@ import pytest
 from task_queue.gpu_cleanup import clean_gpus
 from task_queue.ledger import Ledger, TaskSpec
 from task_queue.run_local import run_local
-from tests.fakes import GIB, FakeGpu, FakeNvml
+from tests.fakes import GIB, AmdSmiLibraryException, FakeAmdGpu, FakeAmdsmi, FakeGpu, FakeNvml
 from tests.polling import wait_until
 from trainguard.config import load_config
 from trainguard.procs import OWNER_ENV
@@ -67,18 +67,32 @@ def test_a_leftover_of_ours_on_the_attempts_gpu_is_killed_and_others_are_left(
         FakeGpu(bus_id=BUS0, compute_procs=[(ours.pid, 2 * GIB), (other.pid, GIB)]),
         FakeGpu(bus_id=BUS1, compute_procs=[(elsewhere.pid, GIB)]),
     ])  # fmt: skip
-    killed, others = clean_gpus([0], "attempt-token", nvml=nvml)
+    killed, others = clean_gpus([0], "attempt-token", nvml=nvml, amdsmi=NO_AMD)
     assert [name.split(" ", 1)[0] for name in killed] == [str(ours.pid)]
     assert others == [f"GPU0: pid {other.pid}, 1.0 GiB (not this attempt's)"]
     assert ours.wait(timeout=10) == -9
     assert other.poll() is None and elsewhere.poll() is None  # not ours, or not its GPU
 
 
-def test_no_nvidia_gpu_means_nothing_to_clean(started: Started) -> None:
+NO_NVIDIA = FakeNvml(errors={"nvmlInit": 12})  # NVML_ERROR_LIBRARY_NOT_FOUND
+NO_AMD = FakeAmdsmi([], init_error=AmdSmiLibraryException(8, "AMDSMI_STATUS_INIT_ERROR"))
+
+
+def test_no_gpu_means_nothing_to_clean(started: Started) -> None:
     ours = started.sleeper("ours", "attempt-token")
-    nvml = FakeNvml(errors={"nvmlInit": 12})  # NVML_ERROR_LIBRARY_NOT_FOUND
-    assert clean_gpus([0], "attempt-token", nvml=nvml) == ([], [])
+    assert clean_gpus([0], "attempt-token", nvml=NO_NVIDIA, amdsmi=NO_AMD) == ([], [])
     assert ours.poll() is None
+
+
+def test_a_leftover_of_ours_on_an_amd_gpu_is_killed(started: Started) -> None:
+    ours = started.sleeper("ours", "attempt-token")
+    other = started.sleeper("other", "another-attempts-token")
+    amdsmi = FakeAmdsmi([FakeAmdGpu(), FakeAmdGpu(procs=[(ours.pid, GIB), (other.pid, GIB)])])
+    killed, others = clean_gpus([1], "attempt-token", nvml=NO_NVIDIA, amdsmi=amdsmi)
+    assert [name.split(" ", 1)[0] for name in killed] == [str(ours.pid)]
+    assert others == [f"GPU1: pid {other.pid}, 1.0 GiB (not this attempt's)"]
+    assert ours.wait(timeout=10) == -9 and other.poll() is None
+    assert amdsmi.live == 0  # shut down again
 
 
 WRITE_TOKEN = "import os, pathlib; pathlib.Path('token').write_text(os.environ['TRAINGUARD_OWNER'])"
