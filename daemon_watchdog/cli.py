@@ -23,8 +23,8 @@ PROG = "daemon-watchdog"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = base_parser(PROG, "Supervise a long-running training daemon.", config=False)
-    with_config = [config_option()]
+    parser = base_parser(PROG, "Supervise a long-running training daemon.")
+    with_config = [config_option(also_top_level=True)]  # -c before or after the subcommand
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     init = commands.add_parser(
         "init", help="create a workspace wired to the example training daemon"
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "config", parents=with_config, help="validate the config; print it with every default"
     )
-    show.add_argument("--json", action="store_true", help="print JSON instead of TOML-like text")
+    show.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     demo = commands.add_parser(
         "demo", help="a short supervised run with one real crash, then a report"
     )
@@ -85,11 +85,9 @@ def _show_config(path: str | None, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"base_dir = {json.dumps(data.pop('base_dir'))}")
-    for section, keys in data.items():
-        print(f"\n[{section}]")
-        for key, value in keys.items():
-            print(f"{key} = {json.dumps(value)}")
+    import tomli_w
+
+    print(tomli_w.dumps(data), end="")
     return 0
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
@@ -21,6 +22,7 @@ from trainguard.atomicio import write_json_atomic
 from trainguard.errors import TrainguardError
 from trainguard.process_tree import kill_tree, stop_process_tree
 from trainguard.procs import ProcessIdentity, locate
+from trainguard.timestamps import parse_iso_utc
 from trainguard.watchdog_status import (
     WatchdogStatus,
     read_watchdog_status,
@@ -51,8 +53,9 @@ def show_status(ws: Workspace, *, as_json: bool) -> int:
         print(json.dumps({**status.to_json(), "watchdog_alive": alive}, indent=2))
         return code
     last = status.last_progress
-    print(f"state:    {status.state}" + ("  (watchdog not running: stale)" if stale else ""))
-    print(f"daemon:   pid {status.daemon_pid} since {status.daemon_started_at}")
+    why = f": {status.state_reason}" if status.state_reason else ""
+    print(f"state:    {status.state}{why}" + ("  (watchdog not running: stale)" if stale else ""))
+    print(f"daemon:   {_daemon_line(status, stale=stale)}")
     if last is not None:
         print(f"progress: step {last.step} ({last.phase}) at {last.at}")
     else:
@@ -70,6 +73,29 @@ def show_status(ws: Workspace, *, as_json: bool) -> int:
     if status.fatal_reason:
         print(f"FATAL:    {status.fatal_reason}")
     return code
+
+
+def _daemon_line(status: WatchdogStatus, *, stale: bool) -> str:
+    """What is true of the daemon, in words: never a bare None."""
+    if status.daemon_pid is not None:
+        since = f" since {status.daemon_started_at}" if status.daemon_started_at else ""
+        return f"pid {status.daemon_pid}{since}"
+    if stale:
+        return "none recorded (the watchdog that wrote this is gone)"
+    if status.state == State.BACKOFF.value:
+        due = parse_iso_utc(status.restart_at)
+        if due is None:
+            return "none running: backing off before the restart"
+        left = (due - datetime.now(timezone.utc)).total_seconds()
+        when = f"in {left:.0f} s" if left >= 0.5 else "now"
+        return f"none running: backing off, restart {when} (at {status.restart_at})"
+    words = {
+        State.STARTING.value: "starting (choosing the checkpoint to resume from)",
+        State.STOPPED.value: "none running: finished or stopped (no restart)",
+        State.FATAL.value: "none running: FATAL, no more restarts (`daemon-watchdog restart` "
+        "starts it again once the cause is fixed)",
+    }
+    return words.get(status.state, "none running")
 
 
 def stop(ws: Workspace, *, timeout: float) -> int:

@@ -43,6 +43,8 @@ def run_demo(*, keep: bool = False) -> int:
             print(f"workspaces kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+            print(f"the demo's workspaces in {root} are removed; `daemon-watchdog demo --keep` "
+                  "keeps them to look at")  # fmt: skip
 
 
 def _demo(root: Path, started: list[subprocess.Popen[bytes]]) -> int:
@@ -50,7 +52,8 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]]) -> int:
     config = init_workspace(ws, job=JOB)
     reference = root / "reference"
     init_workspace(reference, job=JOB)
-    print(f"1. workspace {ws}: example trainer, {JOB['total_steps']} steps, checkpoint every 10")
+    print(f"1. a workspace ({ws.name}): example trainer, {JOB['total_steps']} steps, checkpoint "
+          "every 10")  # fmt: skip
     started.append(_start_reference(reference))
     env = {
         **os.environ,
@@ -100,7 +103,7 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]]) -> int:
     print(f"6. training finished: watchdog state {state}, exit {code}")
     print(f"7. final weights identical to an uninterrupted run: {'yes' if same else 'NO'}")
     history = (ws / ".crash_history.jsonl").read_text().splitlines()
-    print(f"8. crash history: {len(history)} record(s) in {ws / '.crash_history.jsonl'}")
+    print(f"8. crash history: {len(history)} record(s) in .crash_history.jsonl")
     ok = same and code == 0 and not orphans_alive and state == "STOPPED"
     print("demo: OK" if ok else "demo: FAILED")
     return 0 if ok else 1

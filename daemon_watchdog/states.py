@@ -94,13 +94,17 @@ def check_transition(old: State, new: State) -> None:
 
 
 def status_exit_code(state: State | None) -> int:
-    """Exit code of `daemon-watchdog status`: 0 healthy, 1 in flux, 2 not running, 3 unknown."""
+    """Exit code of `daemon-watchdog status`: 0 healthy, 1 in flux, 2 FATAL, 3 unknown,
+    4 STOPPED (finished, or stopped by the operator): a script tells a finished run from a
+    failed one."""
     if state is None:
         return 3
     if state is State.RUNNING:
         return 0
-    if state in TERMINAL:
+    if state is State.FATAL:
         return 2
+    if state is State.STOPPED:
+        return 4
     # STARTING, BACKOFF, HUNG and STOPPING. The contract's table omits STOPPING; it is
     # transient like the others (the daemon is on its way to BACKOFF or STOPPED), so it is 1.
     return 1

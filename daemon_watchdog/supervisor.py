@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +134,7 @@ class Supervisor:
         self.run_progress_file_seen = False
         self.last_progress_at: str | None = None
         self.restart_at: float | None = None  # monotonic time the backoff ends
+        self.state_reason: str | None = None
         self.stopping_for: str | None = None  # "hang" | "operator" | "restart" while STOPPING
         self.restart_requests = 0  # operator restarts handled: `restart` waits for its own
         self.hang_reason = ""
@@ -945,6 +946,7 @@ class Supervisor:
             check_transition(self.state, new)
         old = self.state.value if self.state else "-"
         self.state = new
+        self.state_reason = reason
         log.info("state %s -> %s: %s", old, new.value, reason)
         self._publish(durable=durable)
         if not self.ready_sent and (self.daemon is not None or new in TERMINAL):
@@ -992,6 +994,8 @@ class Supervisor:
             fatal_reason=self.fatal_reason,
             restart_requests=self.restart_requests,
             reload_note=self.reload_note,
+            state_reason=self.state_reason,
+            restart_at=self._restart_at_wall(),
             liveness=liveness,
             liveness_note=note,
         )
@@ -1003,6 +1007,14 @@ class Supervisor:
             if strict:
                 raise
             log.error("cannot write %s: %s", self.ws.state_file, exc)
+
+    def _restart_at_wall(self) -> str | None:
+        """The end of the backoff, as a wall-clock time a person can read."""
+        if self.restart_at is None or self.state != State.BACKOFF:
+            return None
+        left = max(0.0, self.restart_at - time.monotonic())
+        when = datetime.now(timezone.utc) + timedelta(seconds=left)
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def _ping(self) -> None:
         """WATCHDOG=1 from the loop itself: if it wedges, the pings stop and systemd restarts

@@ -31,10 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--test",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="NAME",
-        help="run only this scenario (repeatable; globs such as 'daemon_*' allowed)",
+        help="run only these scenarios (`--test a b`, or repeated; globs such as 'daemon_*')",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(

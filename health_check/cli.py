@@ -21,8 +21,9 @@ from health_check.context import Context
 from health_check.result import CheckResult, Status, worst
 from health_check.runner import apply_fixes, run_checks
 from trainguard.alerts import Alert, Alerter
-from trainguard.argparsing import base_parser, run_cli
+from trainguard.argparsing import Parser, base_parser, run_cli
 from trainguard.config import HEALTH_CHECKS, PREFLIGHT_CHECKS, load_config
+from trainguard.errors import ConfigError
 from trainguard.errors import UsageError as _UsageError
 from trainguard.timestamps import utc_now_iso
 from trainguard.workspace import Workspace
@@ -35,10 +36,12 @@ class UsageError(_UsageError):
     exit_code = UNKNOWN
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(Parser):
+    """Bad usage is UNKNOWN (3) to Nagios, not CRITICAL (2)."""
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
+        raise UsageError(message)
 
 
 def _names(text: str) -> list[str]:
@@ -92,7 +95,11 @@ def _handle(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.dry_run and not args.fix:
         raise UsageError("--dry-run only makes sense with --fix")
-    ws = Workspace(load_config(args.config))
+    try:
+        ws = Workspace(load_config(args.config))
+    except ConfigError as exc:
+        _unusable_config(args, exc)
+        raise
     ctx = Context(ws, read_only=args.dry_run)
     results = run_checks(ctx, _selected(args))
     if args.fix:
@@ -117,6 +124,20 @@ def _handle(argv: Sequence[str] | None) -> int:
             print(f"{PROG}: cannot write {args.prometheus}: {exc.strerror or exc}", file=sys.stderr)
             status = worst([status, Status.UNKNOWN])
     return int(status)
+
+
+def _unusable_config(args: argparse.Namespace, exc: ConfigError) -> None:
+    """A config that cannot be read is UNKNOWN: a Nagios line on stdout (the error itself goes
+    to stderr, and under --json as JSON), and the --prometheus file rewritten with UNKNOWN, so
+    that a stale OK never outlives a broken config."""
+    results = [CheckResult("config", Status.UNKNOWN, exc.lines()[0])]
+    if not args.json:
+        print(report.nagios_line(results), flush=True)
+    if args.prometheus:
+        try:
+            report.write_prometheus(results, Path(args.prometheus), now=time.time())
+        except OSError as err:
+            print(f"{PROG}: cannot write {args.prometheus}: {err.strerror or err}", file=sys.stderr)
 
 
 def _fix_logger(ws: Workspace) -> Callable[[str], None]:

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from trainguard import __version__
-from trainguard.errors import error_boundary
+from trainguard.errors import UsageError, error_boundary
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose bad usage is a UsageError (exit 2): the usage line on stderr, then the
+    error as every other error (`prog: ...`, and under --json a JSON object on stdout).
+    Subcommand parsers are of the same class (argparse makes them of the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        raise UsageError(f"{command}{message}")
 
 
 def base_parser(prog: str, description: str, *, config: bool = True) -> argparse.ArgumentParser:
     """The top-level parser; tools with subcommands pass `config=False` and give each
     subcommand `config_option()` as a parent, so `-c` goes after the subcommand's name."""
     parents = [config_option()] if config else []
-    parser = argparse.ArgumentParser(prog=prog, description=description, parents=parents)
+    parser = Parser(prog=prog, description=description, parents=parents)
     parser.add_argument("--version", action="version", version=f"{prog} (trainguard) {__version__}")
     return parser
 
@@ -41,8 +54,11 @@ def run_cli(
     config_exit_code: int | None = None,
     json_errors: bool = False,
 ) -> int:
-    """Run `handler(argv)` inside the error boundary; return the process exit code."""
+    """Run `handler(argv)` inside the error boundary; return the process exit code. A command
+    line with `--json` gets its errors as JSON on stdout too (`{"error", "exit_code"}`)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    json_errors = json_errors or "--json" in words
     result = [1]
     with error_boundary(prog, result, config_exit_code=config_exit_code, json_errors=json_errors):
-        result[0] = handler(argv)
+        result[0] = handler(words)
     return result[0]

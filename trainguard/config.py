@@ -18,7 +18,7 @@ import signal
 import string
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -575,12 +575,28 @@ _BOUND_CTX = {
 }
 
 
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    """`; did you mean max_restarts?` for a key close to one its table has."""
+    import difflib
+
+    table: Any = Config
+    for part in loc[:-1]:
+        found = {f.name: f for f in fields(table)}.get(part) if is_dataclass(table) else None
+        if found is None or not isinstance(found.default_factory, type):
+            return ""  # a table of free keys (queue.nodes, phase_timeouts): nothing to offer
+        table = found.default_factory
+    if not is_dataclass(table):
+        return ""
+    close = difflib.get_close_matches(loc[-1], [f.name for f in fields(table)], n=1, cutoff=0.7)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def _describe(error: Mapping[str, Any], label: str, env_keys: Mapping[tuple[str, ...], str]) -> str:
     loc = tuple(str(part) for part in error["loc"])
     path = ".".join(part if not part.isdigit() else f"[{part}]" for part in loc).replace(".[", "[")
     kind = error["type"]
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        message = "unknown key"
+        message = "unknown key" + _did_you_mean(loc)
     elif kind == "dataclass_type":
         message = f"must be a table (got {error['input']!r})"
     elif kind == "missing":

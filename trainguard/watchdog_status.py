@@ -112,6 +112,8 @@ class WatchdogStatus:
     liveness: str | None = None
     liveness_note: str | None = None
     reload_note: str | None = None  # what the last SIGHUP (config reload) applied, when
+    state_reason: str | None = None  # why the watchdog entered its state, in words
+    restart_at: str | None = None  # in BACKOFF: when the next start is due (ISO-8601 UTC)
     updated_at: str | None = None
     problems: tuple[str, ...] = ()  # fields that could not be read (not written back)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know
@@ -143,6 +145,8 @@ class WatchdogStatus:
             "liveness": self.liveness,
             "liveness_note": self.liveness_note,
             "reload_note": self.reload_note,
+            "state_reason": self.state_reason,
+            "restart_at": self.restart_at,
             "updated_at": self.updated_at,
         }
 
@@ -197,6 +201,8 @@ class WatchdogStatus:
             liveness=_str(data.get("liveness")),
             liveness_note=_str(data.get("liveness_note")),
             reload_note=_str(data.get("reload_note")),
+            state_reason=_str(data.get("state_reason")),
+            restart_at=_str(data.get("restart_at")),
             updated_at=_str(data.get("updated_at")),
             problems=tuple(problems),
             extra={k: v for k, v in data.items() if k not in known},

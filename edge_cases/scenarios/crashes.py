@@ -9,7 +9,7 @@ from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 from edge_cases.state_file import resumed_step
 
-STATUS_DONE = 2  # `daemon-watchdog status` for FATAL or STOPPED
+STATUS_FATAL = 2  # `daemon-watchdog status` in FATAL (STOPPED is 4)
 
 
 def daemon_sigkill(sb: Sandbox) -> str:
@@ -67,7 +67,7 @@ def crash_loop_goes_fatal(sb: Sandbox) -> str:
     sb.deadline.wait_for(lambda: not sb.daemons(), "no daemon left running", within=10)
     expect(watchdog.poll() is None, "the watchdog must stay up in FATAL to report")
     shown = sb.tool("daemon_watchdog", "status")
-    expect(shown.returncode == STATUS_DONE, f"`status` exit {shown.returncode} in FATAL")
+    expect(shown.returncode == STATUS_FATAL, f"`status` exit {shown.returncode} in FATAL")
     return f"FATAL after 2 restarts: {reason}"
 
 

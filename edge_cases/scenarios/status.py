@@ -29,7 +29,7 @@ REQUIRED_KEYS = (
 RESTART_KEYS = ("at", "reason", "category", "exit_code")
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)")
 STATUS_RUNNING = 0
-STATUS_DONE = 2  # FATAL or STOPPED
+STATUS_DONE = 4  # STOPPED (finished or stopped by the operator); FATAL is 2
 
 
 def _missing_keys(data: object) -> list[str]:

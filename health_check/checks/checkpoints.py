@@ -46,7 +46,14 @@ def probe(ctx: Context) -> CheckResult:
     numbered = [i for i in valid if i.step is not None] + older
     beyond = max(0, len(numbered) - cfg.keep_last)
     newest = valid[-1] if valid else None
-    metrics = [Metric("checkpoints_valid", len(valid)), Metric("checkpoints_invalid", len(invalid))]
+    counted = [c for c in older if not c.staged]
+    metrics = [
+        Metric("checkpoints_valid", len(valid)),
+        Metric("checkpoints_invalid", len(invalid)),
+        # Older than the newest valid one: counted by name, not opened (a restart never uses
+        # them while a newer one is valid).
+        Metric("checkpoints_older_unchecked", len(counted)),
+    ]
     details = [f"invalid: {i.path.name}: {i.reason}" for i in invalid]
     details += [f"staged leftover: {i.path.name}" for i in staged]
     details += [f"in flight (being written): {i.path.name}" for i in in_flight]
@@ -74,7 +81,11 @@ def probe(ctx: Context) -> CheckResult:
     if newest is not None:
         age = max(0.0, now - newest.mtime)
         metrics.append(Metric("checkpoint_newest_age_s", round(age, 1), "s"))
-        summary = f"newest valid: {newest.path.name}, {age / 60:.0f} min old; {len(valid)} valid"
+        also = f" and {len(counted)} older ones counted, not opened" if counted else ""
+        summary = (
+            f"newest valid: {newest.path.name}, {age / 60:.0f} min old; {len(valid)} checked "
+            f"valid{also}"
+        )
         limit = ws.config.health.checkpoint_max_age
         if limit and training and age > limit:
             problems.append(f"newest valid is {age:.0f} s old (> {limit:g} s)")

@@ -92,7 +92,7 @@ def test_every_state_is_reachable_from_starting_and_can_reach_a_terminal_state()
         (State.HUNG, 1),
         (State.STOPPING, 1),
         (State.FATAL, 2),
-        (State.STOPPED, 2),
+        (State.STOPPED, 4),
         (None, 3),
     ],
 )

@@ -466,7 +466,7 @@ def test_stop_ends_daemon_and_watchdog_and_leaves_nothing(run: Run) -> None:
     assert watchdog.wait(10) == 0
     assert not any(_alive(p) for p in tree)
     assert run.status()["state"] == "STOPPED"
-    assert _status_exit(run) == 2
+    assert _status_exit(run) == 4  # stopped, not failed (FATAL is 2)
 
 
 def _cli(run: Run, *args: str) -> subprocess.CompletedProcess[str]:
@@ -492,7 +492,7 @@ def test_stop_with_the_watchdog_dead_stops_its_daemon_and_records_stopped(run: R
     status = run.status()
     assert status["state"] == "STOPPED" and status["daemon_pid"] is None
     assert not (run.base / ".daemon.pid").exists()  # it would name a stranger once reused
-    assert _status_exit(run) == 2
+    assert _status_exit(run) == 4
     again = _cli(run, "stop")  # nothing left to do, and nothing to correct
     assert again.returncode == 0 and again.stdout.strip() == "no watchdog and no daemon running"
 

@@ -102,3 +102,20 @@ def test_lightning_ckpt_files_are_seen_validated_and_pruned(
         "last.ckpt",
         "quarantine",
     ]
+
+
+def test_the_summary_says_how_many_were_checked_and_how_many_only_counted(
+    example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = example.base / "checkpoints"
+    for step in (10, 20, 30, 40):
+        make_checkpoint(folder, step)
+    settle(folder)
+    run = example.health(capsys, "--only", "checkpoints", "--json")
+    check = run.check("checkpoints")
+    assert check["status"] == "OK", check
+    # The newest is valid: the three older ones are counted by name, never opened.
+    assert "newest valid: checkpoint-40" in check["summary"]
+    assert "1 checked valid and 3 older ones counted, not opened" in check["summary"]
+    metrics = {m["name"]: m["value"] for m in check["metrics"]}
+    assert (metrics["checkpoints_valid"], metrics["checkpoints_older_unchecked"]) == (1, 3)

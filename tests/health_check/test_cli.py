@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -94,10 +95,32 @@ def test_bad_config_is_unknown_not_ex_config(
     config = tmp_path / "trainguard.toml"
     config.write_text("[health]\ncheck_timeout = -1\nbogus = 1\n")
     assert main(["-c", str(config)]) == 3
-    err = capsys.readouterr().err.splitlines()
-    assert err == [
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
         f"health-check: {config}: health.check_timeout: must be > 0.0 (got -1)",
         f"health-check: {config}: health.bogus: unknown key",
+    ]
+    # Nagios reads stdout's first line.
+    assert (
+        out == f"HEALTH UNKNOWN - config: {config}: health.check_timeout: must be > 0.0 (got -1)\n"
+    )
+
+
+def test_a_broken_config_replaces_a_stale_ok_prometheus_file_with_unknown(
+    example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "health.prom"
+    example.health(capsys, "--prometheus", str(out))  # a good run first
+    example.config.write_text(example.config.read_text() + "\n[healht]\n")
+    assert main(["-c", str(example.config), "--prometheus", str(out), "--json"]) == 3
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["exit_code"] == 3
+    assert printed["error"].endswith("healht: unknown key; did you mean health?")
+    families = {f.name: f for f in text_string_to_metric_families(out.read_text())}
+    (overall,) = families["trainguard_health_status"].samples
+    assert overall.value == 3
+    assert [s.labels["check"] for s in families["trainguard_health_check_status"].samples] == [
+        "config"
     ]
 
 

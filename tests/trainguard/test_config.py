@@ -181,3 +181,12 @@ def test_placeholders_with_conversions_or_specs_are_refused(tmp_path: Path, arg:
     cfg = tmp_path / "trainguard.toml"
     cfg.write_text(f'[daemon]\ncommand = ["python3", "{arg}"]\n')
     assert any("write placeholders plainly" in line for line in _problems(cfg))
+
+
+def test_a_misspelled_key_or_section_gets_a_suggestion(tmp_path: Path) -> None:
+    cfg = tmp_path / "trainguard.toml"
+    cfg.write_text("[watchdog]\nmax_restart = 3\n[helth]\n[queue]\nzzz = 1\n")
+    lines = _problems(cfg)
+    assert f"{cfg}: watchdog.max_restart: unknown key; did you mean max_restarts?" in lines
+    assert f"{cfg}: helth: unknown key; did you mean health?" in lines
+    assert f"{cfg}: queue.zzz: unknown key" in lines  # nothing close: no guess
