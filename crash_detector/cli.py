@@ -30,6 +30,9 @@ from trainguard.errors import UsageError
 from trainguard.workspace import Workspace
 
 PROG = "crash-detector"
+EXIT_CODES = """\
+  0  no crash found      1  a crash found
+  2  bad command line or unreadable input      78  bad config or rules file"""
 MAX_WINDOW_HOURS = 24 * 366 * 10  # ten years: `now - window` must stay a valid date
 RECORDED_SHOWN = 10  # the watchdog's newest crashes shown next to what the logs say
 
@@ -52,7 +55,9 @@ def _hours(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = base_parser(PROG, "Classify why a training run crashed, from its logs.")
+    parser = base_parser(
+        PROG, "Classify why a training run crashed, from its logs.", exit_codes=EXIT_CODES
+    )
     parser.add_argument(
         "paths", nargs="*", metavar="PATH", help="log files or folders (their *.log)"
     )
@@ -70,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-history", action="store_true", help="do not append to the crash history"
     )
-    parser.add_argument("--recurring-window", type=_hours, default=24.0, metavar="HOURS")
-    parser.add_argument("--recurring-min", type=_positive, default=3, metavar="N")
+    parser.add_argument(
+        "--recurring-window", type=_hours, default=24.0, metavar="HOURS",
+        help="a crash category seen --recurring-min times within this many hours is recurring",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recurring-min", type=_positive, default=3, metavar="N",
+        help="occurrences within --recurring-window that make a category recurring (default 3)",
+    )  # fmt: skip
     parser.add_argument("--engine", choices=ENGINES, default="auto", help=argparse.SUPPRESS)
     return parser
 

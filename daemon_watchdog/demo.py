@@ -36,18 +36,16 @@ def run_demo(*, keep: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="trainguard-demo-"))
     started: list[subprocess.Popen[bytes]] = []
     try:
-        return _demo(root, started)
+        return _demo(root, started, keep=keep)
     finally:
         _stop(started)
         if keep:
             print(f"workspaces kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-            print(f"the demo's workspaces in {root} are removed; `daemon-watchdog demo --keep` "
-                  "keeps them to look at")  # fmt: skip
 
 
-def _demo(root: Path, started: list[subprocess.Popen[bytes]]) -> int:
+def _demo(root: Path, started: list[subprocess.Popen[bytes]], *, keep: bool) -> int:
     ws = root / "supervised"
     config = init_workspace(ws, job=JOB)
     reference = root / "reference"
@@ -105,6 +103,8 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]]) -> int:
     history = (ws / ".crash_history.jsonl").read_text().splitlines()
     print(f"8. crash history: {len(history)} record(s) in .crash_history.jsonl")
     ok = same and code == 0 and not orphans_alive and state == "STOPPED"
+    if not keep:
+        print("   (its workspaces are removed now: `daemon-watchdog demo --keep` keeps them)")
     print("demo: OK" if ok else "demo: FAILED")
     return 0 if ok else 1
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,74 @@ history_file = ".crash_history.jsonl"
 """
 
 
+# For the user's own trainer (`init DIR --command ARGV...`): the defaults of a real run (a hang
+# is 10 minutes without progress), liveness by the progress file if the trainer writes one
+# (trainguard.progress, the Hugging Face callback), else by its log output.
+OWN_TEMPLATE = """\
+# trainguard.toml - written by `daemon-watchdog init --command`. Every key is optional; the
+# README's configuration reference lists them all. Relative paths hang off base_dir (this
+# folder): the command runs here.
+base_dir = "."
+
+[daemon]
+# argv list, never a shell. {{python}} is trainguard's interpreter, {{base_dir}} this folder.
+{command}
+# Appended when a valid checkpoint exists: how your trainer resumes from one.
+{resume_args}
+log_file = "logs/daemon.log"
+stop_timeout = 60
+
+[watchdog]
+# "auto": the progress file once your trainer writes one, its log output until then.
+liveness = "auto"
+progress_timeout = 600
+startup_grace = 600
+# orphan_patterns = ['/path/to/this/run/.*train\\.py']   # workers that must not outlive it
+
+[checkpoints]
+dir = "{checkpoints_dir}"
+pattern = "{pattern}"
+keep_last = 3
+# What a complete checkpoint folder holds; [] for files (Lightning "*.ckpt", "ckpt_*.pt").
+required_files = {required_files}
+
+[health]
+required_dirs = ["logs", "status"]
+required_files = []
+job_config = ""  # your trainer takes its settings on its command line
+"""
+
+HF_RESUME = ("--resume_from_checkpoint", "{checkpoint}")
+PLAIN_RESUME = ("--resume-from", "{checkpoint}")
+
+
+def init_own_workspace(
+    directory: Path, command: Sequence[str], *, hf: bool = False, force: bool = False
+) -> Path:
+    """DIR/trainguard.toml for the user's own trainer `command` (argv), without the example's
+    files. `hf`: a Hugging Face Trainer script (its resume flag, its `checkpoint-N` folders
+    with `trainer_state.json` in `output_dir`, assumed to be `checkpoints/`)."""
+    import tomli_w
+
+    if not command or not command[0].strip():
+        raise TrainguardError("--command needs the trainer's argv, e.g. --command python train.py")
+    resume = HF_RESUME if hf else PLAIN_RESUME
+    text = OWN_TEMPLATE.format(
+        command=tomli_w.dumps({"command": list(command)}).strip(),
+        resume_args=tomli_w.dumps({"resume_args": list(resume)}).strip(),
+        checkpoints_dir="checkpoints",
+        pattern="checkpoint-*",
+        required_files='["trainer_state.json"]' if hf else "[]",
+    )
+    config_path = directory / CONFIG_FILENAME
+    with _creating(directory, config_path, force=force):
+        write_text_atomic(config_path, text, mode=0o600)
+        for folder in ("logs", "status", "checkpoints"):
+            (directory / folder).mkdir(exist_ok=True)
+    load_config(config_path, env={})  # a command with a bad placeholder is refused here (78)
+    return config_path
+
+
 def init_workspace(
     directory: Path, *, force: bool = False, job: Mapping[str, Any] | None = None
 ) -> Path:
@@ -78,12 +147,23 @@ def init_workspace(
     files are never overwritten unless `force` is given.
     """
     config_path = directory / CONFIG_FILENAME
+    with _creating(directory, config_path, force=force):
+        write_example_job(directory, overwrite=force, **(job or {}))
+        # 0600: alert URLs hold tokens, and a GPU box is often shared.
+        write_text_atomic(config_path, TEMPLATE, mode=0o600)
+    load_config(config_path, env={})  # the template must always be a valid config
+    return config_path
+
+
+@contextmanager
+def _creating(directory: Path, config_path: Path, *, force: bool) -> Iterator[None]:
+    """Make `directory` for a new workspace (never over an existing config unless `force`);
+    whatever fails inside is one line."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if config_path.exists() and not force:
             raise FileExistsError(errno.EEXIST, "already exists", str(config_path))
-        write_example_job(directory, overwrite=force, **(job or {}))
-        write_text_atomic(config_path, TEMPLATE)
+        yield
     except FileExistsError as exc:
         if exc.filename and Path(exc.filename) == directory:
             raise TrainguardError(f"{directory} exists and is not a folder") from None
@@ -93,5 +173,3 @@ def init_workspace(
         raise TrainguardError(
             f"cannot create the workspace: {where}: {exc.strerror or exc}"
         ) from None
-    load_config(config_path, env={})  # the template must always be a valid config
-    return config_path

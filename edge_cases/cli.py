@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the example daemon, task-queue) in its own throwaway workspace, injects one fault and "
         "checks the outcome.",
         config=False,
+        exit_codes="  0 nothing failed, 1 a scenario failed, 2 bad command line, 130 interrupted",
     )
     parser.add_argument("--list", action="store_true", help="name and describe each scenario")
     parser.add_argument(

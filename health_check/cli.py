@@ -29,6 +29,9 @@ from trainguard.timestamps import utc_now_iso
 from trainguard.workspace import Workspace
 
 PROG = "health-check"
+EXIT_CODES = """\
+  Nagios plugin convention, the worst check decides:
+  0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also a bad command line or an unreadable config)"""
 UNKNOWN = int(Status.UNKNOWN)
 
 
@@ -56,7 +59,9 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = base_parser(PROG, "Check that this node and workspace are fit to train.")
+    parser = base_parser(
+        PROG, "Check that this node and workspace are fit to train.", exit_codes=EXIT_CODES
+    )
     parser.__class__ = _Parser  # argparse's usage errors exit 3 (UNKNOWN), not 2 (CRITICAL)
     parser.add_argument("--fix", action="store_true", help="repair what is safe to repair")
     parser.add_argument(

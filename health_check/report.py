@@ -100,10 +100,12 @@ def print_human(results: Sequence[CheckResult], *, verbose: bool = False) -> Non
 
     console = Console(highlight=False, soft_wrap=False)
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    table.add_column("check")
-    table.add_column("status")
-    table.add_column("summary", overflow="fold")
-    table.add_column("fix", overflow="fold")
+    # Names and statuses never wrap; summary and fix share the rest, wrapped between words
+    # (a word longer than its column, a long path, is the only thing folded).
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("summary", ratio=3, overflow="fold")
+    table.add_column("fix", ratio=2, overflow="fold")
     for r in results:
         fix = ""
         if r.fix_outcome is not None:
@@ -112,10 +114,13 @@ def print_human(results: Sequence[CheckResult], *, verbose: bool = False) -> Non
         elif r.fix is not None:
             fix = f"--fix would {r.fix.action}"
         table.add_row(r.name, f"[{_STYLE[r.status]}]{r.status.name}[/]", r.summary, fix)
-        if verbose:
-            for line in r.details:
-                table.add_row("", "", f"[dim]{line}[/]", "")
     console.print(table)
+    if verbose:  # each detail on its own line, the whole width: paths stay whole
+        for r in results:
+            if r.details:
+                console.print(f"{r.name}:", soft_wrap=True)
+            for line in r.details:
+                console.print(f"  {line}", soft_wrap=True, markup=False)
     status = overall(results)
     console.print(f"overall: [{_STYLE[status]}]{status.name}[/]")
 

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     status = commands.add_parser("status", parents=[config], help="where a run stands")
     status.add_argument("state", type=Path, metavar="STATE_FILE")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the contract's JSON")
     mark = commands.add_parser("mark", parents=[config], help="set a phase's status by hand")
     mark.add_argument("state", type=Path, metavar="STATE_FILE")
     mark.add_argument("phase", metavar="PHASE")

@@ -18,21 +18,28 @@ from study_runner.display import Display
 from study_runner.experiment_dir import PHASES, phase_of, read_state
 from study_runner.run import LEDGER, out_dir, run_study, study_of
 from study_runner.study_file import load_study
+from task_queue.backend_options import backend_options
 from task_queue.ledger import Ledger, LedgerError
 from trainguard.argparsing import base_parser, config_option, run_cli
 from trainguard.config import load_config
 from trainguard.errors import UsageError
 
 PROG = "study-runner"
+EXIT_CODES = """\
+  0   every experiment completed      1   some failed (the study went on)
+  2   bad command line                66  optuna: no such study or storage file
+  69  no worker could take them, or preflight refused the run
+  75  another runner holds the study  78  bad STUDY.toml or trainguard.toml
+  130 interrupted: running experiments marked interrupted; resume runs them"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = base_parser(PROG, "Run a study of many experiments; one failing never stops it.")
+    parser = base_parser(
+        PROG, "Run a study of many experiments; one failing never stops it.",
+        exit_codes=EXIT_CODES,
+    )  # fmt: skip
     config = config_option(also_top_level=True)
-    backend = argparse.ArgumentParser(add_help=False)
-    backend.add_argument("--backend", choices=("local", "dask"))
-    backend.add_argument("--scheduler", metavar="ADDR")
-    backend.add_argument("--slots", type=int, metavar="N")
+    backend = backend_options()
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser("run", parents=[config, backend], help="run a STUDY.toml")
     run.add_argument("study", type=Path, metavar="STUDY.toml")
@@ -47,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[config], help="where a study stands")
     status.add_argument("out", type=Path, metavar="DIR")
     status.add_argument("--show-failed", action="store_true", help="each failed one's error")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the contract's JSON")
     optuna = commands.add_parser("optuna", help="where a persistent Optuna study stands")
     optuna.add_argument("name", metavar="NAME")
     optuna.add_argument(
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH_OR_URL",
         help="a journal file, SQLite file or URL (default: optuna/NAME.journal)",
     )
-    optuna.add_argument("--json", action="store_true")
+    optuna.add_argument("--json", action="store_true", help="print JSON")
     demo = commands.add_parser("demo", help="a small study with failing experiments, finished")
     demo.add_argument("--keep", action="store_true", help="keep its folder")
     return parser

@@ -14,38 +14,52 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from task_queue.backend_options import backend_options
 from task_queue.ledger import Ledger, LedgerError, Task, TaskSpec, TaskStatus, runner_lock
 from trainguard.argparsing import base_parser, config_option, run_cli
 from trainguard.config import Config, load_config
 from trainguard.errors import UsageError
 
 PROG = "task-queue"
+EXIT_CODES = """\
+  run: 0 every task done (or cancelled), 1 some task failed for good, 69 no worker can take
+       the tasks left, or preflight refused the run, 75 another runner holds the ledger,
+       78 bad config, 130 interrupted (attempts closed, tasks back to pending)
+  the others: 0 done, 1 an unusable ledger, 2 bad command line, 78 bad config"""
 NO_WORKER = 69  # EX_UNAVAILABLE: no worker or scheduler reachable, or none can take the tasks
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = base_parser(PROG, "Run tasks on workers; a failed task is retried on another one.")
+    parser = base_parser(
+        PROG, "Run tasks on workers; a failed task is retried on another one.",
+        exit_codes=EXIT_CODES,
+    )  # fmt: skip
     config = config_option(also_top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     submit = commands.add_parser("submit", parents=[config], help="add tasks; prints their ids")
-    submit.add_argument("--name", default="")
-    submit.add_argument("--gpus", type=int, default=1, metavar="N")
-    submit.add_argument("--max-retries", type=int, metavar="N")
-    submit.add_argument("--timeout", type=float, metavar="S")
-    submit.add_argument("--cwd", type=Path, metavar="DIR")
-    submit.add_argument("--env", action="append", default=[], metavar="K=V")
-    submit.add_argument("--from", dest="from_file", type=Path, metavar="TASKS.jsonl")
+    submit.add_argument("--name", default="", help="a name for status (default: task-ID)")
+    submit.add_argument("--gpus", type=int, default=1, metavar="N",
+                        help="GPUs it needs (0: none; default 1)")  # fmt: skip
+    submit.add_argument("--max-retries", type=int, metavar="N",
+                        help="failed attempts before it fails ([queue] max_retries)")  # fmt: skip
+    submit.add_argument("--timeout", type=float, metavar="S",
+                        help="seconds an attempt may run ([queue] task_timeout)")  # fmt: skip
+    submit.add_argument("--cwd", type=Path, metavar="DIR",
+                        help="where it runs (default: here)")  # fmt: skip
+    submit.add_argument("--env", action="append", default=[], metavar="K=V",
+                        help="an environment variable for it (repeatable)")  # fmt: skip
+    submit.add_argument("--from", dest="from_file", type=Path, metavar="TASKS.jsonl",
+                        help="many tasks, a JSON object a line, added at once")  # fmt: skip
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGV...")
 
-    run = commands.add_parser("run", parents=[config], help="run the pending tasks (foreground)")
-    run.add_argument("--backend", choices=("local", "dask"))
-    run.add_argument("--scheduler", metavar="ADDR")
-    run.add_argument("--slots", type=int, metavar="N")
+    run = commands.add_parser(
+        "run", parents=[config, backend_options()], help="run the pending tasks (foreground)"
+    )
     run.add_argument("--until-done", action="store_true", help="exit once no task is left")
 
     status = commands.add_parser("status", parents=[config], help="counts and every task")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the contract's JSON")
     status.add_argument("--failed", action="store_true", help="only the failed tasks")
 
     retry = commands.add_parser("retry", parents=[config], help="failed tasks back to pending")

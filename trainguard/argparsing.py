@@ -22,11 +22,20 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{command}{message}")
 
 
-def base_parser(prog: str, description: str, *, config: bool = True) -> argparse.ArgumentParser:
+def base_parser(
+    prog: str, description: str, *, config: bool = True, exit_codes: str = ""
+) -> argparse.ArgumentParser:
     """The top-level parser; tools with subcommands pass `config=False` and give each
-    subcommand `config_option()` as a parent, so `-c` goes after the subcommand's name."""
+    subcommand `config_option()` as a parent, so `-c` goes after the subcommand's name.
+    `exit_codes` ("0  ...\n1  ...") closes `--help`."""
     parents = [config_option()] if config else []
-    parser = Parser(prog=prog, description=description, parents=parents)
+    parser = Parser(
+        prog=prog,
+        description=description,
+        parents=parents,
+        epilog=f"exit codes:\n{exit_codes}" if exit_codes else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"{prog} (trainguard) {__version__}")
     return parser
 

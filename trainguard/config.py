@@ -347,6 +347,9 @@ class AlertsSection(_Section):
     )
     state_file: str = "status/alerts.json"  # when each alert was last sent (de-duplication)
     timeout: Annotated[float, Gt(0)] = 20  # seconds one delivery may take before it is abandoned
+    # A file of more URLs, one a line (# comments), read at start: the tokens stay out of a
+    # trainguard.toml that others on the box can read. Relative to base_dir.
+    urls_file: str = ""
 
 
 def _host_port(value: str) -> str:
@@ -474,7 +477,36 @@ def load_config(
     if "\x00" in config.base_dir:
         raise ConfigError(f"{label}: base_dir: contains a NUL character")
     base_dir = (anchor / os.path.expanduser(config.base_dir)).resolve()
-    return replace(config, base_dir=str(base_dir))
+    config = replace(config, base_dir=str(base_dir))
+    if config.alerts.urls_file:
+        more = _read_urls_file(base_dir / os.path.expanduser(config.alerts.urls_file), label)
+        config = replace(config, alerts=replace(config.alerts, urls=[*config.alerts.urls, *more]))
+    return config
+
+
+def _read_urls_file(path: Path, label: str) -> list[str]:
+    where = f"{label}: alerts.urls_file: {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{where}: cannot read: {reason}") from None
+    urls: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        url = line.strip()
+        if not url or url.startswith("#"):
+            continue
+        if "://" not in url:  # not echoed: it may be a bare token
+            raise ConfigError(f"{where}: line {number} is not an apprise URL (scheme://...)")
+        urls.append(url)
+    return urls
+
+
+def mask_url(url: str) -> str:
+    """An alert URL as it may be shown or logged: its scheme only (`slack://***`); the rest
+    holds tokens."""
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://***" if sep else "***"
 
 
 @functools.cache

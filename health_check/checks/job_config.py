@@ -63,6 +63,10 @@ def _read(path: Path) -> tuple[bytes | None, str | None]:
 
 def probe(ctx: Context) -> CheckResult:
     ws = ctx.ws
+    if not ws.config.health.job_config:  # a trainer configured on its command line alone
+        exposed = _secrets_exposed(ws)
+        summary = exposed or "no job config to check (health.job_config is empty)"
+        return CheckResult("config", Status.WARNING if exposed else Status.OK, summary)
     path, backup = ws.job_config, ws.job_config_backup
     name = os.path.relpath(path, ws.base_dir)
     data, problem = _read(path)
@@ -71,12 +75,32 @@ def probe(ctx: Context) -> CheckResult:
     if problem is None and data is not None:
         saved = _refresh_backup(ws, data) if not ctx.read_only else None
         details = [f"last-known-good backup: {backup}"] + ([saved] if saved else [])
+        exposed = _secrets_exposed(ws)
+        if exposed:
+            return CheckResult("config", Status.WARNING, exposed, details)
         return CheckResult("config", Status.OK, f"{name} valid", details)
     fix = _restore_fix(ws, problem or "")
     details = [f"{path}: {problem}"]
     if fix is None:
         details.append(f"no usable backup at {backup} to restore")
     return CheckResult("config", Status.CRITICAL, f"{name}: {problem}", details, fix)
+
+
+def _secrets_exposed(ws: Workspace) -> str | None:
+    """A WARNING when the file holding the alert URLs' tokens is readable by other users."""
+    if not ws.config.alerts.urls_file:
+        return None
+    path = ws.path(os.path.expanduser(ws.config.alerts.urls_file))
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # the config loaded it a moment ago; gone now is the next run's error
+    if mode & 0o077:
+        return (
+            f"alerts.urls_file {path} (alert tokens) can be read by other users "
+            f"(mode {mode & 0o777:o}): chmod 600 {path}"
+        )
+    return None
 
 
 def _refresh_backup(ws: Workspace, data: bytes) -> str | None:

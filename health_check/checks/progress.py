@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from health_check.context import Context
-from health_check.result import CheckResult, Metric, Status
+from health_check.result import CheckResult, Fix, FixError, Metric, Status
 from health_check.supervision import read_supervision
 from trainguard.progress import ProgressError, read_progress
-from trainguard.timestamps import parse_iso_utc
+from trainguard.timestamps import parse_iso_utc, utc_now_iso
 from trainguard.watchdog_status import WatchdogStatus
 
 DONE_PHASE = "done"
@@ -19,14 +20,27 @@ def probe(ctx: Context) -> CheckResult:
     w = ws.config.watchdog
     sup = read_supervision(ws)
     path = ws.progress_file
+    training = sup.daemon is not None
     try:
         progress = read_progress(path)
         mtime = os.stat(path).st_mtime if progress is not None else None
     except ProgressError as exc:
-        return CheckResult("progress", Status.CRITICAL, f"{path.name} is not valid progress: {exc}")
+        if training:
+            return CheckResult(
+                "progress", Status.CRITICAL, f"{path.name} is not valid progress: {exc}"
+            )
+        # Nothing writes it now: the next start overwrites it. Not an emergency, and a way
+        # out: --fix moves it aside.
+        return CheckResult(
+            "progress",
+            Status.WARNING,
+            f"{path.name} is not valid progress and no daemon runs: {exc}",
+            fix=_set_aside_fix(ctx, path),
+        )
     except OSError as exc:
         return CheckResult("progress", Status.UNKNOWN, f"cannot read {path}: {exc.strerror or exc}")
-    training = sup.daemon is not None
+    if progress is not None and progress.updated_at is not None:
+        mtime = progress.updated_at.timestamp()  # the trainer's own clock; mtime only without
     if progress is None or mtime is None:
         if not training:
             return CheckResult("progress", Status.OK, "no progress yet; no daemon running")
@@ -78,3 +92,14 @@ def _no_progress_yet(ctx: Context, state: WatchdogStatus | None) -> CheckResult:
         Status.WARNING,
         f"daemon runs but has written no progress (startup_grace {grace:g} s)",
     )
+
+
+def _set_aside_fix(ctx: Context, path: Path) -> Fix:
+    def apply() -> str:
+        if read_supervision(ctx.ws).daemon is not None:
+            raise FixError("a daemon runs now: it writes the progress file; left alone")
+        aside = path.with_name(f"{path.name}.broken-{utc_now_iso('seconds').replace(':', '')}")
+        os.replace(path, aside)
+        return f"moved the broken {path.name} aside to {aside.name}"
+
+    return Fix(f"move the broken {path.name} aside (the next start writes a new one)", apply)

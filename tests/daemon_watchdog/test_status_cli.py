@@ -12,19 +12,23 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from trainguard.config import config_as_dict, load_config
 from trainguard.procs import identify
 from trainguard.watchdog_status import WatchdogStatus
 from trainguard.workspace import Workspace
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
 SCRIPT = shutil.which("daemon-watchdog", path=str(Path(sys.executable).parent))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     assert SCRIPT
-    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture
@@ -105,3 +109,15 @@ def test_config_prints_toml_that_reads_back_as_the_same_config(config: Path) -> 
     again = config.with_name("again.toml")
     again.write_text(shown.stdout)
     assert load_config(again, env={}) == load_config(config, env={})
+
+
+def test_config_masks_alert_urls_and_init_keeps_the_config_private(tmp_path: Path) -> None:
+    from daemon_watchdog.workspace_init import init_workspace
+
+    config = init_workspace(tmp_path / "run1")
+    assert config.stat().st_mode & 0o777 == 0o600
+    config.write_text(config.read_text() + '\n[alerts]\nurls = ["slack://T000/B000/tok3n"]\n')
+    for args in ([], ["--json"]):
+        shown = cli("config", "-c", str(config), *args)
+        assert shown.returncode == 0, shown.stderr
+        assert "tok3n" not in shown.stdout and "slack://***" in shown.stdout

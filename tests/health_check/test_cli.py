@@ -173,3 +173,22 @@ def test_an_unwritable_prometheus_file_never_hides_the_verdict(
     assert f"cannot write {target}" in broken.err
     (example.base / "inbox").mkdir()
     assert example.health(capsys, "--quiet", "--prometheus", target).code == 3
+
+
+def test_an_alert_urls_file_readable_by_others_is_a_warning(
+    example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secrets = example.base / "alerts.urls"
+    secrets.write_text("json://localhost:9/hook\n")
+    secrets.chmod(0o644)
+    example.config.write_text(
+        example.config.read_text() + '\n[alerts]\nurls_file = "alerts.urls"\n'
+    )
+    check = example.health(capsys, "--only", "config", "--json").check("config")
+    assert check["status"] == "WARNING"
+    assert check["summary"] == (
+        f"alerts.urls_file {secrets} (alert tokens) can be read by other users (mode 644): "
+        f"chmod 600 {secrets}"
+    )
+    secrets.chmod(0o600)
+    assert example.health(capsys, "--only", "config", "--json").check("config")["status"] == "OK"

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from trainguard.config import EXAMPLE_COMMAND, expand_argv, find_config_path, load_config
+from trainguard.config import (
+    EXAMPLE_COMMAND,
+    expand_argv,
+    find_config_path,
+    load_config,
+    mask_url,
+)
 from trainguard.errors import ConfigError
 from trainguard.exitcodes import CONFIG
 
@@ -190,3 +196,32 @@ def test_a_misspelled_key_or_section_gets_a_suggestion(tmp_path: Path) -> None:
     assert f"{cfg}: watchdog.max_restart: unknown key; did you mean max_restarts?" in lines
     assert f"{cfg}: helth: unknown key; did you mean health?" in lines
     assert f"{cfg}: queue.zzz: unknown key" in lines  # nothing close: no guess
+
+
+def test_alert_urls_from_a_file_join_the_configs_and_a_bad_line_is_not_echoed(
+    tmp_path: Path,
+) -> None:
+    secrets = tmp_path / "alerts.urls"
+    secrets.write_text("# the team's channels\nslack://T000/B000/tok3n\n\nntfy://ntfy.sh/run1\n")
+    cfg = tmp_path / "trainguard.toml"
+    cfg.write_text('[alerts]\nurls = ["json://localhost:9"]\nurls_file = "alerts.urls"\n')
+    loaded = load_config(cfg, env={})
+    assert loaded.alerts.urls == [
+        "json://localhost:9",
+        "slack://T000/B000/tok3n",
+        "ntfy://ntfy.sh/run1",
+    ]
+    secrets.write_text("slack://T000/B000/tok3n\nxoxb-s3cret-token\n")
+    with pytest.raises(ConfigError) as bad:
+        load_config(cfg, env={})
+    assert str(bad.value) == (
+        f"{cfg}: alerts.urls_file: {secrets}: line 2 is not an apprise URL (scheme://...)"
+    )
+    secrets.unlink()
+    with pytest.raises(ConfigError, match=r"alerts.urls_file: .*: cannot read: No such file"):
+        load_config(cfg, env={})
+
+
+def test_mask_url_keeps_the_scheme_only() -> None:
+    assert mask_url("slack://T000/B000/tok3n") == "slack://***"
+    assert mask_url("no-scheme-token") == "***"
