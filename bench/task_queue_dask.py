@@ -3,7 +3,7 @@
     .venv/bin/python bench/task_queue_dask.py [--tasks 200] [--workers 2] [--repeat 3]
 
 Starts `dask scheduler --scheduler-file F` and `--workers` x `dask worker --scheduler-file F
---name bench/gpuN --nthreads 1` (as the README says to start them by hand), then:
+--name bench/gpuN --nthreads 1` (as docs/task-queue.md says to start them by hand), then:
 
 1. `--tasks` tasks running `true`: `task-queue run --backend dask --scheduler ADDR
    --until-done` (a process: imports, connect, version checks, the ledger) against a script

@@ -15,8 +15,8 @@ from trainguard.errors import TrainguardError
 
 # Tuned for the example daemon (about 0.5 s a step): a hang shows within a minute, not ten.
 TEMPLATE = """\
-# trainguard.toml - written by `daemon-watchdog init`. Every key is optional; the README's
-# configuration reference lists them all. Relative paths hang off base_dir.
+# trainguard.toml - written by `daemon-watchdog init`. Every key is optional;
+# docs/configuration.md lists them all. Relative paths hang off base_dir.
 base_dir = "."
 
 [daemon]
@@ -74,8 +74,8 @@ history_file = ".crash_history.jsonl"
 # is 10 minutes without progress), liveness by the progress file if the trainer writes one
 # (trainguard.progress, the Hugging Face callback), else by its log output.
 OWN_TEMPLATE = """\
-# trainguard.toml - written by `daemon-watchdog init --command`. Every key is optional; the
-# README's configuration reference lists them all. Relative paths hang off base_dir (this
+# trainguard.toml - written by `daemon-watchdog init --command`. Every key is optional;
+# docs/configuration.md lists them all. Relative paths hang off base_dir (this
 # folder): the command runs here.
 base_dir = "."
 

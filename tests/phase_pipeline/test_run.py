@@ -521,7 +521,7 @@ def test_a_phase_sees_every_gpu_but_the_excluded_ones_and_the_runner_s_environme
     assert done.returncode == 0, done.stdout + done.stderr
     seen = json.loads((pipe.run_dir / "training.json").read_text())
     assert seen["cuda"] == "0,2"
-    assert seen["batch_size"] == "4"  # the README's "resume with a smaller batch" works
+    assert seen["batch_size"] == "4"  # docs/phase-pipeline.md: "resume with a smaller batch" works
 
 
 def test_what_a_phase_leaves_running_is_killed_when_it_ends(pipe: Pipe) -> None:
