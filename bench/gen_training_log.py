@@ -18,8 +18,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 MB = 1024 * 1024
 BLOCK_LINES = 20_000
@@ -127,7 +129,7 @@ class _Tables:
         self.warnings = _strings(_filled(t, rng) for t in WARNINGS for _ in range(500))
 
 
-def _strings(items: Iterable[str]) -> np.ndarray:
+def _strings(items: Iterable[str]) -> npt.NDArray[Any]:
     return np.array(list(items), dtype=object)
 
 
@@ -172,7 +174,9 @@ def _block(
     return "".join(lines.tolist()).encode(), BLOCK_LINES, step
 
 
-def _stamps(rng: np.random.Generator, tables: _Tables, seconds: int, count: int) -> np.ndarray:
+def _stamps(
+    rng: np.random.Generator, tables: _Tables, seconds: int, count: int
+) -> npt.NDArray[Any]:
     """Timestamps, one per line, about a millisecond apart."""
     ms = seconds * 1000 + np.cumsum(rng.integers(0, 3, count))
     sec, milli = np.divmod(ms, 1000)
@@ -181,7 +185,7 @@ def _stamps(rng: np.random.Generator, tables: _Tables, seconds: int, count: int)
         time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(1_714_521_600 + s))
         for s in range(first, int(sec[-1]) + 1)
     )
-    stamps: np.ndarray = whole[sec - first] + tables.millis[milli]
+    stamps: npt.NDArray[Any] = whole[sec - first] + tables.millis[milli]
     return stamps
 
 

@@ -144,7 +144,7 @@ class ProgressWatch:
     def _schedule(self, mode: str) -> BaseObserver:
         observer = PollingObserver(timeout=self._poll_interval) if mode == "polling" else Observer()
         handler = _FileHandler(self.path.name, self._on_change, _WATCHED[mode])
-        observer.schedule(handler, self.path.parent, event_filter=list(_WATCHED[mode]))
+        observer.schedule(handler, str(self.path.parent), event_filter=list(_WATCHED[mode]))
         observer.start()
         return observer
 

@@ -40,7 +40,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def _repo_files() -> set[str]:
     found: set[str] = set()
     for root, dirs, files in os.walk(REPO):
-        dirs[:] = [d for d in dirs if d not in _IGNORED and not d.endswith(".egg-info")]
+        dirs[:] = [
+            d
+            for d in dirs
+            if d not in _IGNORED and not d.endswith(".egg-info") and not d.startswith(".venv")
+        ]
         rel = os.path.relpath(root, REPO)
         found.update(os.path.join(rel, f) for f in files)
     return found
