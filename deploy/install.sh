@@ -121,8 +121,14 @@ for dir in /var/log/trainguard /var/cache/trainguard; do
         step install -d -m 0750 "$ROOT$dir"
     fi
 done
+# node_exporter's textfile collector folder, where the hourly health-check writes its metrics
+# (made if missing; node_exporter reads it with --collector.textfile.directory).
+TEXTFILE=/var/lib/node_exporter/textfile_collector
+if [ ! -d "$ROOT$TEXTFILE" ]; then
+    step install -d -m 0755 "$ROOT$TEXTFILE"
+fi
 if [ -z "$ROOT" ]; then
-    step chown "$RUN_USER:$RUN_USER" /var/log/trainguard /var/cache/trainguard
+    step chown "$RUN_USER:$RUN_USER" /var/log/trainguard /var/cache/trainguard "$TEXTFILE"
     # Only a workspace this run created is handed over whole; an existing folder (someone's
     # home, a shared data disk) keeps its owners: chown what the service needs yourself.
     if [ "$CREATED_WS" = 1 ]; then

@@ -1,23 +1,24 @@
-"""Edit trainguard.toml as an operator would: one key of one section at a time."""
+"""Edit trainguard.toml as an operator would: one key of one section at a time, with a TOML
+library (tomlkit), so that comments, order and every other key stay as they were."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import tomlkit
+from tomlkit.items import Table
 
 
 def set_toml_key(text: str, section: str, key: str, value: Any) -> str:
-    """Replace (or add) `key = value` in `[section]`; JSON literals are valid TOML for these."""
-    lines = text.splitlines()
-    start = lines.index(f"[{section}]")
-    literal = json.dumps(value)
-    end = len(lines)
-    for i in range(start + 1, len(lines)):
-        if lines[i].startswith("["):
-            end = i
-            break
-        if lines[i].split("=")[0].strip() == key:
-            lines[i] = f"{key} = {literal}"
-            return "\n".join(lines) + "\n"
-    lines.insert(end, f"{key} = {literal}")
-    return "\n".join(lines) + "\n"
+    """Replace (or add) `key = value` in `[section]` (dotted: `watchdog.phase_timeouts`),
+    making the table if it is missing."""
+    document = tomlkit.parse(text)
+    table: Any = document
+    for name in section.split("."):
+        if name not in table:
+            table[name] = tomlkit.table()
+        table = table[name]
+        if not isinstance(table, Table):
+            raise ValueError(f"[{section}]: {name} is not a table")
+    table[key] = value
+    return tomlkit.dumps(document)

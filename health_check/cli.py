@@ -22,7 +22,7 @@ from health_check.result import CheckResult, Status, worst
 from health_check.runner import apply_fixes, run_checks
 from trainguard.alerts import Alert, Alerter
 from trainguard.argparsing import Parser, base_parser, run_cli
-from trainguard.config import HEALTH_CHECKS, PREFLIGHT_CHECKS, load_config
+from trainguard.config import HEALTH_CHECKS, PREFLIGHT_CHECKS, find_config_path, load_config
 from trainguard.errors import ConfigError
 from trainguard.errors import UsageError as _UsageError
 from trainguard.timestamps import utc_now_iso
@@ -105,7 +105,7 @@ def _handle(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         _unusable_config(args, exc)
         raise
-    ctx = Context(ws, read_only=args.dry_run)
+    ctx = Context(ws, read_only=args.dry_run, config_path=find_config_path(args.config, os.environ))
     results = run_checks(ctx, _selected(args))
     if args.fix:
         results = apply_fixes(ctx, results, dry_run=args.dry_run, log=_fix_logger(ws))
@@ -120,7 +120,11 @@ def _handle(argv: Sequence[str] | None) -> int:
         sys.stdout.flush()
         report.print_human(results, verbose=args.verbose)
     status = report.overall(results)
-    if args.prometheus:
+    if args.prometheus and not Path(args.prometheus).parent.is_dir():
+        # A node without node_exporter's textfile folder: a hint, not an hourly failure.
+        print(f"{PROG}: not writing {args.prometheus}: its folder does not exist (create it, "
+              "or drop --prometheus)", file=sys.stderr)  # fmt: skip
+    elif args.prometheus:
         try:
             report.write_prometheus(results, Path(args.prometheus), now=time.time())
         except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trainguard.workspace import Workspace
@@ -20,3 +21,5 @@ class Context:
     wall_clock: Callable[[], float] = field(default=time.time)
     # --dry-run: checks must not write anything, not even the config backup of an OK run.
     read_only: bool = False
+    # The trainguard.toml in use (None: defaults), for what the config file itself exposes.
+    config_path: Path | None = None

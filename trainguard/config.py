@@ -466,13 +466,19 @@ def load_config(
     if source is not None:
         data = read_toml(source)
     env_keys = _apply_env_overrides(data, environ, label)
-    from pydantic import ValidationError
+    if data:
+        from pydantic import ValidationError
 
-    try:
-        config: Config = _validator().validate_python(data)
-    except ValidationError as exc:
-        problems = [_describe(error, label, env_keys) for error in exc.errors()]
-        raise ConfigError(problems[0], problems=problems) from None
+        try:
+            config: Config = _validator().validate_python(data)
+        except ValidationError as exc:
+            problems = [_describe(error, label, env_keys) for error in exc.errors()]
+            raise ConfigError(problems[0], problems=problems) from None
+    else:
+        # Nothing to validate: the defaults are valid by construction (a test holds them to
+        # what pydantic makes of {}), and a quick command (crash-detector on one log) never
+        # pays pydantic's import.
+        config = Config()
     anchor = source.resolve().parent if source is not None else Path.cwd()
     if "\x00" in config.base_dir:
         raise ConfigError(f"{label}: base_dir: contains a NUL character")

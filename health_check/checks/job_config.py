@@ -14,6 +14,8 @@ from typing import Any
 from health_check.context import Context
 from health_check.result import CheckResult, Fix, FixError, Status
 from trainguard.atomicio import fsync_dir, write_bytes_atomic
+from trainguard.config import read_toml
+from trainguard.errors import ConfigError
 from trainguard.workspace import Workspace
 
 MAX_BYTES = 16 * 2**20  # a job config is small; anything bigger is not one
@@ -64,7 +66,7 @@ def _read(path: Path) -> tuple[bytes | None, str | None]:
 def probe(ctx: Context) -> CheckResult:
     ws = ctx.ws
     if not ws.config.health.job_config:  # a trainer configured on its command line alone
-        exposed = _secrets_exposed(ws)
+        exposed = _secrets_exposed(ctx)
         summary = exposed or "no job config to check (health.job_config is empty)"
         return CheckResult("config", Status.WARNING if exposed else Status.OK, summary)
     path, backup = ws.job_config, ws.job_config_backup
@@ -75,7 +77,7 @@ def probe(ctx: Context) -> CheckResult:
     if problem is None and data is not None:
         saved = _refresh_backup(ws, data) if not ctx.read_only else None
         details = [f"last-known-good backup: {backup}"] + ([saved] if saved else [])
-        exposed = _secrets_exposed(ws)
+        exposed = _secrets_exposed(ctx)
         if exposed:
             return CheckResult("config", Status.WARNING, exposed, details)
         return CheckResult("config", Status.OK, f"{name} valid", details)
@@ -86,21 +88,37 @@ def probe(ctx: Context) -> CheckResult:
     return CheckResult("config", Status.CRITICAL, f"{name}: {problem}", details, fix)
 
 
-def _secrets_exposed(ws: Workspace) -> str | None:
-    """A WARNING when the file holding the alert URLs' tokens is readable by other users."""
-    if not ws.config.alerts.urls_file:
-        return None
-    path = ws.path(os.path.expanduser(ws.config.alerts.urls_file))
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None  # the config loaded it a moment ago; gone now is the next run's error
-    if mode & 0o077:
-        return (
-            f"alerts.urls_file {path} (alert tokens) can be read by other users "
-            f"(mode {mode & 0o777:o}): chmod 600 {path}"
+def _secrets_exposed(ctx: Context) -> str | None:
+    """A WARNING when a file holding alert URLs (tokens) is readable by other users: the
+    trainguard.toml with `[alerts] urls` in it, or `[alerts] urls_file`."""
+    ws = ctx.ws
+    holders: list[tuple[Path, str]] = []
+    if ws.config.alerts.urls_file:
+        holders.append(
+            (ws.path(os.path.expanduser(ws.config.alerts.urls_file)), "alerts.urls_file")
         )
+    if ctx.config_path is not None and _lists_urls(ctx.config_path):
+        holders.append((ctx.config_path, "the config (its [alerts] urls)"))
+    for path, what in holders:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue  # the config loaded it a moment ago; gone now is the next run's error
+        if mode & 0o077:
+            return (
+                f"{what} {path} (alert tokens) can be read by other users "
+                f"(mode {mode & 0o777:o}): chmod 600 {path}"
+            )
     return None
+
+
+def _lists_urls(config_path: Path) -> bool:
+    try:
+        data = read_toml(config_path)
+    except ConfigError:
+        return False
+    alerts = data.get("alerts")
+    return isinstance(alerts, dict) and bool(alerts.get("urls"))
 
 
 def _refresh_backup(ws: Workspace, data: bytes) -> str | None:

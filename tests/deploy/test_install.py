@@ -75,6 +75,8 @@ def test_install_is_idempotent_and_never_overwrites_the_config(staging: Path) ->
         and "CacheDirectory=trainguard\n" in unit
     )
     assert (staging / "var" / "cache" / "trainguard").is_dir()
+    # The hourly health-check's --prometheus folder exists, so the cron job can write there.
+    assert (staging / "var" / "lib" / "node_exporter" / "textfile_collector").is_dir()
 
     config.write_text(config.read_text() + "# edited by the operator\n")
     before = snapshot(staging)

@@ -165,7 +165,8 @@ def test_a_critical_check_alerts_once_per_cooldown(
 def test_an_unwritable_prometheus_file_never_hides_the_verdict(
     example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    target = str(tmp_path / "no-such-dir" / "x.prom")
+    (tmp_path / "x.prom").mkdir()  # a folder where the file should go: it cannot be written
+    target = str(tmp_path / "x.prom")
     (example.base / "inbox").rmdir()
     broken = example.health(capsys, "--quiet", "--prometheus", target)
     assert broken.code == 2  # still CRITICAL, not masked by the metrics failure
@@ -191,4 +192,30 @@ def test_an_alert_urls_file_readable_by_others_is_a_warning(
         f"chmod 600 {secrets}"
     )
     secrets.chmod(0o600)
+    assert example.health(capsys, "--only", "config", "--json").check("config")["status"] == "OK"
+
+
+def test_a_prometheus_folder_that_does_not_exist_is_a_hint_not_a_failure(
+    example: Example, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "no-such-folder" / "trainguard.prom"
+    run = example.health(capsys, "--quiet", "--prometheus", str(target))
+    assert run.code == example.health(capsys, "--quiet").code  # the verdict is the checks'
+    assert run.err == (
+        f"health-check: not writing {target}: its folder does not exist (create it, or drop "
+        "--prometheus)\n"
+    )
+    assert not target.parent.exists()
+
+
+def test_a_config_with_alert_urls_readable_by_others_is_a_warning(
+    example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with example.config.open("a") as fh:
+        fh.write('\n[alerts]\nurls = ["json://localhost:9/hook"]\n')
+    example.config.chmod(0o644)
+    check = example.health(capsys, "--only", "config", "--json").check("config")
+    assert check["status"] == "WARNING"
+    assert check["summary"].startswith(f"the config (its [alerts] urls) {example.config} (alert")
+    example.config.chmod(0o600)
     assert example.health(capsys, "--only", "config", "--json").check("config")["status"] == "OK"

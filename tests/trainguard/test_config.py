@@ -225,3 +225,13 @@ def test_alert_urls_from_a_file_join_the_configs_and_a_bad_line_is_not_echoed(
 def test_mask_url_keeps_the_scheme_only() -> None:
     assert mask_url("slack://T000/B000/tok3n") == "slack://***"
     assert mask_url("no-scheme-token") == "***"
+
+
+def test_the_defaults_without_a_file_are_what_validation_makes_of_an_empty_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "trainguard.toml"
+    empty.write_text('base_dir = "elsewhere"\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no trainguard.toml here: the defaults
+    assert load_config(None, env={}) == load_config(empty, env={})
