@@ -26,7 +26,7 @@ EXIT_CODES = """\
           watchdog), 4 STOPPED (finished, or stopped by the operator)
   run:    0 done (--exit-when-done: training finished), 1 FATAL (--exit-when-done), 75 another
           watchdog holds the workspace, 78 bad config
-  start:  0 the watchdog is up, else run's code (75, 78, ...) with its last words
+  start:  0 the watchdog is up and its daemon started, else run's code (75, 78, ...)
   all:    2 bad command line, 78 bad config, 130 interrupted"""
 
 

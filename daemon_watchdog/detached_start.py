@@ -3,9 +3,10 @@
 The watchdog is started in a session of its own (a closed terminal or Ctrl+C in the shell does
 not reach it), with no terminal for its stdin and its stdout/stderr appended to
 `logs/watchdog.out` beside its own log. `start` then waits until the state file names the new
-watchdog (its pid, the state it has reached), or until it exits: so `start` then `status`
-never races, and a refusal (another watchdog holds the workspace: 75; a bad config: 78) is
-`start`'s own exit code, with the watchdog's last words.
+watchdog and its daemon has started (or it settled in another state), or until it exits: so
+`start` then `status` (or a look at the daemon's pid file) never races, and a refusal
+(another watchdog holds the workspace: 75; a bad config: 78) is `start`'s own exit code, with
+the watchdog's last words.
 """
 
 from __future__ import annotations
@@ -43,17 +44,28 @@ def start_detached(ws: Workspace, config: Path, *, timeout: float = START_TIMEOU
             cwd=ws.base_dir,
         )
     deadline = time.monotonic() + timeout
+    published = None
     while time.monotonic() < deadline:
         code = child.poll()
         status = read_watchdog_status(ws.state_file)
         if status is not None and status.watchdog_pid == child.pid:
-            print(f"watchdog started (pid {child.pid}): {status.state}; output in {out}")
-            return exitcodes.OK
+            published = status
+            # Up: its daemon started (pid file written), or it settled otherwise (BACKOFF,
+            # FATAL): `start` then `kill $(cat .daemon.pid)` or `status` never races.
+            if status.daemon_pid is not None or status.state != "STARTING":
+                daemon = f", daemon pid {status.daemon_pid}" if status.daemon_pid else ""
+                print(f"watchdog started (pid {child.pid}): {status.state}{daemon}; "
+                      f"output in {out}")  # fmt: skip
+                return exitcodes.OK
         if code is not None:
             for line in _tail(out, offset):  # its own words, already "daemon-watchdog: ..."
                 print(line, file=sys.stderr)
             raise ExitCode(code or exitcodes.FAILURE)
         time.sleep(POLL)
+    if published is not None:  # still choosing the checkpoint to resume from (a huge one)
+        print(f"watchdog started (pid {child.pid}): still STARTING after {timeout:g} s; "
+              f"`daemon-watchdog status` shows when its daemon runs")  # fmt: skip
+        return exitcodes.OK
     raise TrainguardError(
         f"the watchdog (pid {child.pid}) published no state within {timeout:g} s; it is left "
         f"running: see {out} and `daemon-watchdog status`"
