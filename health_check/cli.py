@@ -120,18 +120,10 @@ def _handle(argv: Sequence[str] | None) -> int:
         sys.stdout.flush()
         report.print_human(results, verbose=args.verbose)
     status = report.overall(results)
-    if args.prometheus and not Path(args.prometheus).parent.is_dir():
-        # A node without node_exporter's textfile folder: a hint, not an hourly failure.
-        print(f"{PROG}: not writing {args.prometheus}: its folder does not exist (create it, "
-              "or drop --prometheus)", file=sys.stderr)  # fmt: skip
-    elif args.prometheus:
-        try:
-            report.write_prometheus(results, Path(args.prometheus), now=time.time())
-        except OSError as exc:
-            # The checks' verdict is out already; the broken metrics pipe makes it at least
-            # UNKNOWN, never hides a CRITICAL.
-            print(f"{PROG}: cannot write {args.prometheus}: {exc.strerror or exc}", file=sys.stderr)
-            status = worst([status, Status.UNKNOWN])
+    if args.prometheus and not _write_metrics(results, args.prometheus):
+        # The checks' verdict is out already; the broken metrics pipe makes it at least
+        # UNKNOWN, never hides a CRITICAL.
+        status = worst([status, Status.UNKNOWN])
     return int(status)
 
 
@@ -143,10 +135,22 @@ def _unusable_config(args: argparse.Namespace, exc: ConfigError) -> None:
     if not args.json:
         print(report.nagios_line(results), flush=True)
     if args.prometheus:
-        try:
-            report.write_prometheus(results, Path(args.prometheus), now=time.time())
-        except OSError as err:
-            print(f"{PROG}: cannot write {args.prometheus}: {err.strerror or err}", file=sys.stderr)
+        _write_metrics(results, args.prometheus)
+
+
+def _write_metrics(results: Sequence[CheckResult], target: str) -> bool:
+    """The --prometheus file; False when it could not be written. A folder that does not exist
+    (a node without node_exporter's textfile folder) is a hint, not a failure."""
+    if not Path(target).parent.is_dir():
+        print(f"{PROG}: not writing {target}: its folder does not exist (create it, "
+              "or drop --prometheus)", file=sys.stderr)  # fmt: skip
+        return True
+    try:
+        report.write_prometheus(results, Path(target), now=time.time())
+    except OSError as exc:
+        print(f"{PROG}: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _fix_logger(ws: Workspace) -> Callable[[str], None]:

@@ -29,6 +29,32 @@ from trainguard.procs import has_owner_mark
 KILL_TIMEOUT = 5.0
 
 
+def clean_after_attempt(
+    gpus: Sequence[int] | None,
+    token: str,
+    *,
+    post_task: Sequence[str],
+    post_task_timeout: float,
+    log_file: Path,
+    nvml: Any | None = None,
+) -> dict[str, Any]:
+    """Everything after an attempt, where it ran (the local backend, a Dask worker): its
+    leftovers on `gpus` killed (None: every GPU; empty: no GPU, nothing to read), then the
+    post_task hook. What happened, for the ledger's `gpu_state`."""
+    record: dict[str, Any] = {}
+    if gpus is None or gpus:
+        killed, others = clean_gpus(gpus, token, nvml=nvml)
+        if killed:
+            record["gpu_leftovers_killed"] = killed
+        if others:
+            record["gpu_held_by_others"] = others
+    if post_task:
+        record["post_task"] = run_post_task(
+            post_task, gpus, timeout=post_task_timeout, log_file=log_file
+        )
+    return record
+
+
 def clean_gpus(
     gpus: Sequence[int] | None,
     token: str,

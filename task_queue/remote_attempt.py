@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from health_check.checks.gpu import Survey, survey
-from task_queue.gpu_cleanup import clean_gpus, run_post_task
+from task_queue.gpu_cleanup import clean_after_attempt
 from task_queue.gpu_state import read_gpu_state, visible_indexes
 from task_queue.preflight import GPU_BUDGET, judge_gpus
 from trainguard.child_process import SpawnError, spawn_child
 from trainguard.config import HealthSection
+from trainguard.host import this_host
 from trainguard.process_tree import kill_tree
 from trainguard.procs import find_any_marked
 from trainguard.timestamps import utc_now_iso
@@ -36,8 +37,10 @@ class WorkerChecks:
     """What a worker checks before and does after each attempt (plain data, sent with it)."""
 
     gpu: bool = False  # preflight of the worker's GPUs ([preflight] checks has "gpu")
-    excluded: tuple[int, ...] = ()  # GPUs never used on the worker's host
-    excluded_by_host: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # manager's
+    # GPUs never used: [health] excluded_gpus, and per host (by its short name, which only
+    # the worker's machine knows: the scheduler lists workers by address).
+    excluded: tuple[int, ...] = ()
+    excluded_by_host: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     post_task: tuple[str, ...] = ()
     post_task_timeout: float = 60.0
     rocm_smi: tuple[str, ...] = ("rocm-smi",)
@@ -67,7 +70,8 @@ def run_attempt(
     full_env = {**env, "TRAINGUARD_WORKER": str(worker.name)}
     pinned = full_env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
     indexes = visible_indexes(pinned)
-    excluded = sorted(set(indexes or ()) & set(checks.excluded))
+    here = checks.excluded_by_host.get(this_host(), checks.excluded)
+    excluded = sorted(set(indexes or ()) & set(here))
     if excluded:
         return {
             "refused": f"gpu: worker {worker.name} is pinned to excluded GPU "
@@ -101,17 +105,14 @@ def run_attempt(
     # by the manager's later token sweep (`kill_tokens`).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
-    after: dict[str, Any] = {}
-    if indexes != []:  # the GPUs this worker is pinned to (every GPU if it is not pinned)
-        killed, others = clean_gpus(indexes, token)
-        if killed:
-            after["gpu_leftovers_killed"] = killed
-        if others:
-            after["gpu_held_by_others"] = others
-    if checks.post_task:
-        after["post_task"] = run_post_task(
-            checks.post_task, indexes, timeout=checks.post_task_timeout, log_file=Path(log_file)
-        )
+    # The GPUs this worker is pinned to (every GPU if it is not pinned; none if pinned to "").
+    after = clean_after_attempt(
+        indexes,
+        token,
+        post_task=checks.post_task,
+        post_task_timeout=checks.post_task_timeout,
+        log_file=Path(log_file),
+    )
     gpu_state = None
     if code != 0:
         health = HealthSection(rocm_smi_command=list(checks.rocm_smi))

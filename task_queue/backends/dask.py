@@ -119,11 +119,7 @@ class DaskBackend:
             token=token,
             log_file=str(log_file),
             header=attempt_header(task, attempt, worker),
-            checks=replace(
-                self.checks,
-                gpu=self.checks.gpu and task.gpus > 0,
-                excluded=self.excluded_on(str(info.get("host", ""))),
-            ),
+            checks=replace(self.checks, gpu=self.checks.gpu and task.gpus > 0),
             key=f"task-{task.id}-attempt-{attempt.number}-{token[:8]}",
             workers=[info["address"]],
             allow_other_workers=False,
@@ -210,10 +206,6 @@ class DaskBackend:
 
     def after_attempt(self, running: Running) -> dict[str, Any]:
         return {}  # done on the worker's machine, by `run_attempt` (`Ended.after`)
-
-    def excluded_on(self, host: str) -> tuple[int, ...]:
-        """GPUs never handed out on `host` ([health] and [queue.nodes."HOST"] excluded_gpus)."""
-        return tuple(self.checks.excluded_by_host.get(host.split(".")[0], self.checks.excluded))
 
     def sweep(self, running: Running) -> list[str]:
         """Its process group was killed on the worker (`run_attempt`); what left the group is

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from task_queue.backends.base import Ended, Running
-from task_queue.gpu_cleanup import clean_gpus, run_post_task
+from task_queue.gpu_cleanup import clean_after_attempt
 from task_queue.gpu_state import read_gpu_state
 from task_queue.ledger import Attempt, Task
 from trainguard.child_process import Child, reap_children, spawn_child
@@ -186,22 +186,14 @@ class LocalBackend:
         self._retired.add(worker)
 
     def after_attempt(self, running: Running) -> dict[str, Any]:
-        gpus = self.slots[running.worker].gpus
-        record: dict[str, Any] = {}
-        if gpus:
-            killed, others = clean_gpus(gpus, running.token, nvml=self.after.nvml)
-            if killed:
-                record["gpu_leftovers_killed"] = killed
-            if others:
-                record["gpu_held_by_others"] = others
-        if self.after.post_task:
-            record["post_task"] = run_post_task(
-                self.after.post_task,
-                gpus,
-                timeout=self.after.post_task_timeout,
-                log_file=running.log_file,
-            )
-        return record
+        return clean_after_attempt(
+            self.slots[running.worker].gpus,
+            running.token,
+            post_task=self.after.post_task,
+            post_task_timeout=self.after.post_task_timeout,
+            log_file=running.log_file,
+            nvml=self.after.nvml,
+        )
 
     def sweep(self, running: Running) -> list[str]:
         """Kill what an ended attempt left in our process tree: orphans re-parented to us (a
