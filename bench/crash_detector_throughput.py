@@ -1,6 +1,6 @@
 """crash-detector against grep (full scan) and tail(1) (last lines), on generated training logs.
 
-    .venv/bin/python bench/crash_detector_throughput.py [--size-mb 1024] [--keep]
+    .venv/bin/python bench/crash_detector_throughput.py [--size-mb 1024] [--keep] [--full-scan-only]
 
 Generates, in a temporary folder: a `--size-mb` log for the full scan, and a 100 MB and a
 2 GB log for the tail (real generated content by default; `--sparse-big` makes the 2 GB one
@@ -9,7 +9,10 @@ Then prints, side by side:
 
 (a) full scan: `crash-detector FILE --json` against `grep -E -c -f PATTERNS FILE`, where
     PATTERNS is the crash-detector's own rule catalog turned into POSIX ERE by a `python -c`
-    (a fixed list of about 40 typical crash patterns when the catalog cannot be imported);
+    (a fixed list of about 40 typical crash patterns when the catalog cannot be imported).
+    The commands take turns, run after run, so that a drift in the machine's load hits them
+    alike; in-process rows show where crash-detector's time goes (reading, and the scan of
+    chunks already in memory, which Hyperscan bounds);
 (b) tail: `crash-detector FILE --last-n-lines 1000 --json` on 100 MB and 2 GB against
     `tail -n 1000 FILE > /dev/null`, and `crash_detector.tail.last_lines(FILE, 1000)` called
     in this process.
@@ -279,6 +282,20 @@ def time_runs(run: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
+def time_interleaved(commands: Sequence[Callable[[], object]], runs: int) -> list[list[float]]:
+    """Seconds of each of `runs` calls of every command, the commands taking turns, after one
+    untimed round that warms caches."""
+    for run in commands:
+        run()
+    times: list[list[float]] = [[] for _ in commands]
+    for _ in range(runs):
+        for run, seconds in zip(commands, times, strict=True):
+            started = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - started)
+    return times
+
+
 def run_command(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Callable[[], int]:
     def run() -> int:
         proc = subprocess.run(
@@ -341,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparse-big", action="store_true", help="2 GB tail log mostly a hole")
     parser.add_argument("--keep", action="store_true", help="keep the generated logs")
     parser.add_argument("--workdir", type=Path, help="use this folder (kept) instead of a temp")
+    parser.add_argument("--full-scan-only", action="store_true", help="skip the tail figures")
     args = parser.parse_args(argv)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="crash-detector-bench-"))
@@ -351,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scan_log = work / f"full_{args.size_mb}mb.log"
         tail_logs = [work / f"tail_{int(s)}mb.log" for s in args.tail_sizes_mb.split(",")]
+        if args.full_scan_only:
+            tail_logs = []
         print("generating logs:")
         generate(scan_log, args.size_mb, seed=0)
         for i, path in enumerate(tail_logs):
@@ -367,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             if "--no-history" in usage.stdout:
                 extra = ["--no-history"]  # a benchmark must not grow the crash history
         full_scan(work, scan_log, detector, extra, python, args.scan_runs)
-        tail(work, tail_logs, detector, extra, args.runs)
+        if tail_logs:
+            tail(work, tail_logs, detector, extra, args.runs)
     finally:
         if args.keep or args.workdir:
             print(f"\nkept: {work}")
@@ -395,7 +416,6 @@ def full_scan(
         print(f"  {len(dropped)} patterns have no ERE form and are left out of grep's run:")
         for pattern in dropped:
             print(f"    {pattern}")
-    rows: list[tuple[str, float]] = []
     grep_runs = [
         ["grep", "-E", *flags, "-c", "-f", str(patterns), str(log)]
         for flags, patterns in (([], sensitive), (["-i"], caseless))
@@ -403,31 +423,65 @@ def full_scan(
     ]
     for cmd in grep_runs:
         print(f"    [LC_ALL=C {shlex.join(cmd)}]")
-    grep_time = sum(
-        statistics.median(time_runs(run_command(cmd, work, _c_locale()), runs)) for cmd in grep_runs
-    )
+    commands = [run_command(cmd, work, _c_locale()) for cmd in grep_runs]
+    cmd = [*(detector or []), str(log), "--json", *extra]
+    if detector is not None:
+        print(f"    [{shlex.join(cmd)}]")
+        commands.append(run_command(cmd, work))
+    print(f"  ({len(commands)} commands taking turns, {runs} rounds after a warm-up round)")
+    times = time_interleaved(commands, runs)
+    medians = [statistics.median(t) for t in times]
+    grep_time = sum(medians[: len(grep_runs)])
+    rows: list[tuple[str, float, str]] = []
+    if len(grep_runs) > 1:
+        for argv, seconds, each in zip(grep_runs, medians, times, strict=False):
+            rows.append((f"  grep pass {' '.join(argv[1:3])}", seconds, _spread(each)))
     label = "grep -E -c (case-sensitive + -i pass)" if len(grep_runs) > 1 else "grep -E -c"
-    rows.append((label, grep_time))
+    rows.append((label, grep_time, ""))
     counts = [_stdout(cmd, work, _c_locale()).strip() for cmd in grep_runs]
     print(f"  grep: {' + '.join(counts)} matching lines")
     if detector is None:
         print("  crash-detector: NOT RUN (not installed and crash_detector.cli does not import)")
     else:
-        cmd = [*detector, str(log), "--json", *extra]
-        print(f"    [{shlex.join(cmd)}]")
-        rows.append(
-            ("crash-detector --json", statistics.median(time_runs(run_command(cmd, work), runs)))
-        )
+        rows.append(("crash-detector --json", medians[-1], _spread(times[-1])))
         found = json.loads(_stdout(cmd, work))
         primary = (found.get("primary") or {}).get("category")
         engine = "hyperscan" if _imports(python, "hyperscan") else "re (hyperscan not installed)"
         print(f"  crash-detector: {found.get('counts')}, primary {primary}; engine {engine}")
-    rows.append(("iter_chunks() alone, in-process", _iter_chunks_seconds(log, runs)))
+    rows.append(("iter_chunks() alone, in-process", _iter_chunks_seconds(log, runs), ""))
     print(f"    [for chunk in crash_detector.tail.iter_chunks({log.name}): pass]")
-    print(f"  {'':40} {'seconds':>9} {'MB/s':>8} {'vs grep':>8}")
-    for name, seconds in rows:
+    scan_seconds = _scan_seconds(log, runs)
+    if scan_seconds is not None:
+        rows.append(("Scanner.scan of chunks in memory", scan_seconds, ""))
+        print(
+            "    [Scanner(load_rules()).scan(c.data, newlines=c.newlines) for c in <chunks of"
+            f" {log.name} read beforehand>, in-process]"
+        )
+    print(f"  {'':40} {'seconds':>9} {'MB/s':>8} {'vs grep':>8}   all runs (s)")
+    for name, seconds, spread in rows:
         ratio = grep_time / seconds
-        print(f"  {name:40} {seconds:9.3f} {size_mb / seconds:8.0f} {ratio:7.2f}x")
+        print(f"  {name:40} {seconds:9.3f} {size_mb / seconds:8.0f} {ratio:7.2f}x   {spread}")
+
+
+def _spread(times: Sequence[float]) -> str:
+    return " ".join(f"{t:.3f}" for t in times)
+
+
+def _scan_seconds(log: Path, runs: int) -> float | None:
+    """The scan alone, without reading: what Hyperscan (and the confirming) costs."""
+    try:
+        from crash_detector.rules import load_rules
+        from crash_detector.scanner import Scanner
+    except ImportError:
+        return None
+    scanner = Scanner(load_rules())
+    chunks = [(chunk.data, chunk.newlines) for chunk in iter_chunks(log)]
+
+    def scan() -> None:
+        for data, newlines in chunks:
+            scanner.scan(data, newlines=newlines)
+
+    return statistics.median(time_runs(scan, runs))
 
 
 def _iter_chunks_seconds(log: Path, runs: int) -> float:

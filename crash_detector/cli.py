@@ -1,4 +1,9 @@
-"""crash-detector: why did this training run die? `main(argv) -> int` is the console script."""
+"""crash-detector: why did this training run die? `main(argv) -> int` is the console script.
+
+Cron and operators run it on one log, often: its start-up is kept to what that needs
+(docs/benchmarks.md, #19). The config models, the crash history and rich are imported only
+where they are used: with a config or overrides, and for styled output on a terminal.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,20 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crash_detector import report
 from crash_detector.detect import Detection, detect, log_files
-from crash_detector.history import (
-    RecordedCrash,
-    Recurring,
-    append_new,
-    read_history,
-    recurring,
-    to_record,
-    watchdog_crashes,
-)
 from crash_detector.rules import load_rules
 from crash_detector.scanner import ENGINES, Scanner
 from trainguard.argparsing import base_parser, run_cli
-from trainguard.config import find_config_path, load_config
+from trainguard.config_source import find_config_path, has_overrides
 from trainguard.errors import UsageError
-from trainguard.workspace import Workspace
+
+if TYPE_CHECKING:
+    from crash_detector.history import RecordedCrash, Recurring
+    from trainguard.workspace import Workspace
 
 PROG = "crash-detector"
 EXIT_CODES = """\
@@ -91,20 +89,25 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # History is kept only for a configured workspace, never for an ad-hoc look at a file.
     has_config = find_config_path(args.config, os.environ) is not None
-    workspace = Workspace(load_config(args.config))
+    workspace = _workspace(args, has_config)
     catalog = load_rules(Path(args.rules) if args.rules else None)
     try:
         scanner = Scanner(catalog, engine=args.engine)
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
-    files = log_files(
-        args.paths, base_dir=workspace.base_dir, default_globs=workspace.config.crash_detector.logs
-    )
+    if workspace is None:
+        files = log_files(args.paths, base_dir=Path.cwd(), default_globs=())
+    else:
+        files = log_files(
+            args.paths,
+            base_dir=workspace.base_dir,
+            default_globs=workspace.config.crash_detector.logs,
+        )
     detection = detect(files, scanner, last_n_lines=args.last_n_lines, exit_code=args.exit_code)
     history: dict[str, Any] | None = None
     found_recurring: list[Recurring] = []
     recorded: list[RecordedCrash] | None = None  # what the watchdog recorded: with a config only
-    if has_config:
+    if has_config and workspace is not None:
         history, found_recurring, recorded = _update_history(
             workspace.crash_history, detection, args
         )
@@ -113,11 +116,27 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     elif args.quiet:
         print(f"{PROG}: {report.one_line(detection, found_recurring)}")
     else:
-        from rich.console import Console
+        lines = report.text_lines(detection, found_recurring, recorded or ())
+        if report.styled(sys.stdout, os.environ):
+            from rich.console import Console
 
-        console = Console(highlight=False, soft_wrap=True, emoji=False)
-        report.render_text(detection, found_recurring, console, recorded or ())
+            console = Console(highlight=False, soft_wrap=True, emoji=False)
+            report.print_styled(lines, console)
+        else:
+            report.print_plain(lines, sys.stdout)
     return 1 if detection.result.primary is not None else 0
+
+
+def _workspace(args: argparse.Namespace, has_config: bool) -> Workspace | None:
+    """The configured workspace; None when logs are named and there is no config and no
+    override to check: the defaults would serve nothing (the PATHs replace their log globs,
+    and no history is kept), so their models are not even imported."""
+    if args.paths and not has_config and not has_overrides(os.environ):
+        return None
+    from trainguard.config import load_config
+    from trainguard.workspace import Workspace
+
+    return Workspace(load_config(args.config))
 
 
 def _update_history(
@@ -131,6 +150,16 @@ def _update_history(
     A history that cannot be written or read costs a warning, never the report: the crash
     found is what cron and the watchdog act on.
     """
+    from datetime import timedelta
+
+    from crash_detector.history import (
+        append_new,
+        read_history,
+        recurring,
+        to_record,
+        watchdog_crashes,
+    )
+
     logs = [(scan.path, scan.size, scan.mtime_ns) for scan in detection.files]
     records = [
         to_record(crash, source=PROG, exit_code=args.exit_code, logs=logs)

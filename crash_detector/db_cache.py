@@ -13,8 +13,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from trainguard.atomicio import write_bytes_atomic
-
 
 def cache_dirs() -> list[Path]:
     """Where to look, best first: systemd's `CacheDirectory=` (`$CACHE_DIRECTORY`; a service
@@ -40,6 +38,9 @@ def cached(name: str) -> Iterator[bytes]:
 
 def store(name: str, data: bytes) -> Path | None:
     """Keep `data` as `name` in the first cache folder that can take it; None if none can."""
+    # Here, not at the top: a run that finds its databases cached skips tempfile's import.
+    from trainguard.atomicio import write_bytes_atomic
+
     for folder in cache_dirs():
         try:
             folder.mkdir(parents=True, exist_ok=True)

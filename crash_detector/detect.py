@@ -122,19 +122,23 @@ def scan_file(
     previous = b""
     last = None
     truncated = False
-    for chunk in iter_chunks(path, chunk_size=chunk_size):
-        index = base_index + chunk.first_line_number - 1
-        scan = scanner.scan(
-            chunk.data, previous_line=previous, track=track, newlines=chunk.newlines
-        )
-        pending.append((scan.matches, chunk.first_line_number, chunk.offset, index))
-        track.update(r.id for m in scan.matches for r in m.rules if r.cleared_by)
-        clears.update({rule: index + i for rule, i in scan.clears.items()})
-        if scan.last_progress is not None:
-            progress = index + scan.last_progress
-        previous = chunk.data[chunk.data.rfind(b"\n", 0, len(chunk.data) - 1) + 1 :]
-        last = chunk
-        truncated = truncated or chunk.truncated
+    # The next chunk is read and its lines counted in a thread while Hyperscan scans this one
+    # (a file of one chunk has nothing to overlap).
+    read_ahead = info.st_size > chunk_size
+    with iter_chunks(path, chunk_size=chunk_size, read_ahead=read_ahead) as reader:
+        for chunk in reader:
+            index = base_index + chunk.first_line_number - 1
+            scan = scanner.scan(
+                chunk.data, previous_line=previous, track=track, newlines=chunk.newlines
+            )
+            pending.append((scan.matches, chunk.first_line_number, chunk.offset, index))
+            track.update(r.id for m in scan.matches for r in m.rules if r.cleared_by)
+            clears.update({rule: index + i for rule, i in scan.clears.items()})
+            if scan.last_progress is not None:
+                progress = index + scan.last_progress
+            previous = chunk.data[chunk.data.rfind(b"\n", 0, len(chunk.data) - 1) + 1 :]
+            last = chunk
+            truncated = truncated or chunk.truncated
     findings = [
         finding
         for matches, first_line, offset, index in pending
@@ -150,7 +154,7 @@ def scan_file(
     if last is None:
         return FileScan(str(path), findings, 0, 0, truncated, None, info.st_size, info.st_mtime_ns)
     unterminated = bool(last.data) and not last.data.endswith(b"\n")
-    lines = last.first_line_number - 1 + last.data.count(b"\n") + unterminated
+    lines = last.first_line_number - 1 + last.newlines + unterminated
     return FileScan(
         str(path), findings, lines, last.offset + len(last.data), truncated, progress,
         info.st_size, info.st_mtime_ns,

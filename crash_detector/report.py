@@ -1,17 +1,27 @@
-"""Two renderers of one Detection: readable text (rich) and the contract's JSON."""
+"""Two renderers of one Detection: readable text (styled by rich on a terminal) and the
+contract's JSON."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from crash_detector.classify import Crash, Finding
 from crash_detector.detect import Detection
-from crash_detector.history import RecordedCrash, Recurring
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from crash_detector.history import RecordedCrash, Recurring
+
+# One line of the readable report: (text, rich style or None) spans.
+Line = list[tuple[str, str | None]]
+TAB_SIZE = 8  # rich's default
+# What rich drops from any text it prints: bell, backspace, vertical tab, form feed, CR.
+_DROPPED = dict.fromkeys((7, 8, 11, 12, 13))
+_TAB_OR_NEWLINE = re.compile(r"(\t|\n)")
 
 
 def finding_json(finding: Finding) -> dict[str, Any]:
@@ -90,48 +100,111 @@ def one_line(detection: Detection, recurring: Sequence[Recurring]) -> str:
     return line
 
 
-def render_text(
+def text_lines(
     detection: Detection,
     recurring: Sequence[Recurring],
-    console: Console,
     recorded: Sequence[RecordedCrash] = (),
-) -> None:
-    from rich.markup import escape  # rich costs ~50 ms to import: only for human output
-
+) -> list[Line]:
+    """The readable report, line by line: spans of text, each with a rich style or None."""
     result = detection.result
-    # Every string from a log, a path, a rules file or the history is escaped: `[bold]` in a
-    # folder name is text, not markup (and an unbalanced `[/x]` would raise).
+    lines: list[Line] = []
     for number, crash in enumerate(result.crashes, 1):
         cause = crash.cause
         if crash.survived:
-            survived = "(survived: training went on)"
-            head = f"[yellow]error {number}: {escape(cause.category)}[/] {survived}"
+            head: Line = [
+                (f"error {number}: {cause.category}", "yellow"),
+                (" (survived: training went on)", None),
+            ]
         else:
             latest = " (most recent: primary)" if crash.cause is result.primary else ""
-            head = f"[bold red]crash {number}: {escape(cause.category)}[/]{latest}"
-        console.print(f"{head}  {escape(where(cause))}")
-        console.print(f"  {escape(cause.text[:300])}", style="dim" if cause.file is None else None)
+            head = [(f"crash {number}: {cause.category}", "bold red"), (latest, None)]
+        lines.append([*head, (f"  {where(cause)}", None)])
+        lines.append([(f"  {cause.text[:300]}", "dim" if cause.file is None else None)])
         retry = "retryable" if cause.retryable else "NOT retryable: a restart fails the same way"
-        console.print(f"  [cyan]suggestion:[/] {escape(cause.suggestion)}")
-        console.print(
-            f"  rule {escape(cause.rule)}; {retry}; {len(crash.evidence)} matching line(s)"
+        lines.append([("  ", None), ("suggestion:", "cyan"), (f" {cause.suggestion}", None)])
+        lines.append(
+            [(f"  rule {cause.rule}; {retry}; {len(crash.evidence)} matching line(s)", None)]
         )
     for item in recurring:
-        console.print(
-            f"[yellow]recurring:[/] {escape(item.category)} x{item.count} since "
-            f"{escape(item.first_at)}: {escape(item.text[:200])}"
+        lines.append(
+            [
+                ("recurring:", "yellow"),
+                (f" {item.category} x{item.count} since {item.first_at}: {item.text[:200]}", None),
+            ]
         )
-    console.print(escape(one_line(detection, recurring)))
+    lines.append([(one_line(detection, recurring), None)])
     if recorded:
-        console.print(
-            "[cyan]recorded by the watchdog[/] when the daemon died (exit status, kernel log, OOM "
-            "counters and log), newest last:"
+        lines.append(
+            [
+                ("recorded by the watchdog", "cyan"),
+                (
+                    " when the daemon died (exit status, kernel log, OOM counters and log), "
+                    "newest last:",
+                    None,
+                ),
+            ]
         )
     for entry in recorded:
         code = "-" if entry.exit_code is None else str(entry.exit_code)
-        console.print(
-            f"  {escape(entry.at)}  [bold]{escape(entry.category)}[/]  exit {code}  "
-            f"{escape(entry.reason[:300])}"
+        lines.append(
+            [
+                (f"  {entry.at}  ", None),
+                (entry.category, "bold"),
+                (f"  exit {code}  {entry.reason[:300]}", None),
+            ]
         )
         if entry.text and entry.text != entry.reason:
-            console.print(f"    {escape(entry.text[:300])}", style="dim")
+            lines.append([(f"    {entry.text[:300]}", "dim")])
+    return [_printable(line) for line in lines]
+
+
+def _printable(line: Line) -> Line:
+    """The line as rich prints it: without the control characters it drops (a tqdm `\\r`, a
+    bell) and with tabs expanded to 8-cell stops. Done here, for both printers, so that the
+    plain text and the styled one hold the same characters."""
+    spans = [(text.translate(_DROPPED), style) for text, style in line]
+    if not any("\t" in text for text, _ in spans):
+        return spans
+    from rich.cells import cell_len  # rich's columns: wide and zero-width characters, an ESC
+
+    expanded: Line = []
+    column = 0  # cells since the line (or a newline inside it) began: tab stops count from it
+    for text, style in spans:
+        pieces: list[str] = []
+        for piece in _TAB_OR_NEWLINE.split(text):
+            if piece == "\t":
+                piece = " " * (TAB_SIZE - column % TAB_SIZE)
+                column += len(piece)
+            elif piece == "\n":
+                column = 0
+            else:
+                column += cell_len(piece)
+            pieces.append(piece)
+        expanded.append(("".join(pieces), style))
+    return expanded
+
+
+def styled(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Whether rich may style the report: on a terminal, or when FORCE_COLOR or TTY_COMPATIBLE
+    (rich's own switches, left to it) are set. Anywhere else rich prints exactly what
+    `print_plain` does, and importing it would cost more than the rest of the run (~25 ms)."""
+    if "FORCE_COLOR" in environ or "TTY_COMPATIBLE" in environ:
+        return True
+    try:
+        return stream.isatty()
+    except ValueError:  # a closed stream: rich treats it as no terminal too
+        return False
+
+
+def print_plain(lines: Sequence[Line], stream: TextIO) -> None:
+    stream.write("".join("".join(text for text, _ in line) + "\n" for line in lines))
+
+
+def print_styled(lines: Sequence[Line], console: Console) -> None:
+    from rich.text import Text
+
+    for line in lines:
+        # Text, not markup: a `[bold]` in a path, a rule id or a log line is printed as is.
+        console.print(
+            Text.assemble(*(text if style is None else (text, style) for text, style in line))
+        )

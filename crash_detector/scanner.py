@@ -14,8 +14,9 @@ rule (`cleared_by`) was last cleared, and the last line that shows training goin
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-import platform
+import os
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import suppress
@@ -112,19 +113,20 @@ class Scanner:
         names state rules matched in earlier buffers whose clearing the caller still needs.
         `newlines`, the count of b"\\n" in `buffer` if the caller has it, saves counting them.
         """
-        found: list[Match] = []
-        newlines_before = 0
-        last_start = 0
+        confirmed: list[tuple[int, str, tuple[Rule, ...]]] = []
         for start, candidates in sorted(self._rules.lines(buffer).items()):
-            newlines_before += buffer.count(b"\n", last_start, start)
-            last_start = start
             end = buffer.find(b"\n", start)
             match = self._confirm(
                 buffer, start, len(buffer) if end < 0 else end, candidates, previous_line
             )
             if match is not None:
-                found.append(Match(newlines_before, start, match[0], match[1]))
+                confirmed.append((start, *match))
         total = buffer.count(b"\n") if newlines is None else newlines
+        indexes = _line_indexes(buffer, [start for start, _text, _rules in confirmed], total)
+        found = [
+            Match(index, start, text, rules)
+            for index, (start, text, rules) in zip(indexes, confirmed, strict=True)
+        ]
 
         def line_of(offset: int) -> int:  # offsets sought are near the end: count from there
             return total - buffer.count(b"\n", offset)
@@ -200,6 +202,29 @@ class _Compiled:
 def _clean(line: bytes) -> str:
     """The text rules are confirmed on: decoded, without colour codes or a trailing b"\\r"."""
     return _ANSI.sub("", line.decode("utf-8", "replace")).rstrip("\r")
+
+
+def _line_indexes(buffer: bytes, offsets: Sequence[int], total: int) -> list[int]:
+    """The line index of each of the sorted `offsets`, given `total`, the b"\\n" in `buffer`.
+
+    Only the bytes between neighbours are counted: from the start for offsets in the first
+    half, from the end for the others. A buffer costs at most half a count, however its
+    matches lie, and nothing when it has none.
+    """
+    split = bisect.bisect_left(offsets, len(buffer) // 2)
+    forward: list[int] = []
+    before = at = 0
+    for offset in offsets[:split]:
+        before += buffer.count(b"\n", at, offset)
+        forward.append(before)
+        at = offset
+    backward: list[int] = []
+    before, at = total, len(buffer)
+    for offset in reversed(offsets[split:]):
+        before -= buffer.count(b"\n", offset, at)
+        backward.append(before)
+        at = offset
+    return forward + backward[::-1]
 
 
 def _last_line(buffer: bytes, last_in: Callable[[int, int], int | None]) -> int | None:
@@ -479,7 +504,7 @@ def _hs_database(exprs: Sequence[_Expr], indexes: list[int], may_compile: bool =
     expressions = [exprs[i][0].encode() for i in indexes]
     flags = [_hs_flags(exprs[i]) for i in indexes]
     key = hashlib.sha256(
-        repr((hyperscan.__version__, platform.machine(), expressions, flags, indexes)).encode()
+        repr((hyperscan.__version__, os.uname().machine, expressions, flags, indexes)).encode()
     ).hexdigest()[:32]
     name = f"hyperscan-{key}.db"
     for data in db_cache.cached(name):

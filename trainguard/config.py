@@ -7,6 +7,10 @@ The sections are frozen stdlib dataclasses whose constraints pydantic reads (`an
 bounds, `_Rule` checks): pydantic validates them in `load_config`, but this module does not
 import it. The watchdog, which holds a Config for weeks, has a child validate its config
 (`trainguard.config_child`) and so never carries pydantic (~10 MiB of its RSS).
+
+The bounds (`Ge(0)`, ...) are named only in annotations, which stay strings until pydantic
+reads them: `annotated_types` (~12 ms to import) is imported when a config is validated, not
+when this module is (see `_validator`).
 """
 
 from __future__ import annotations
@@ -20,20 +24,21 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from annotated_types import Ge, Gt, Le, MinLen
-
+from trainguard.config_source import CONFIG_ENV as CONFIG_ENV  # re-exported: tools import these
+from trainguard.config_source import CONFIG_FILENAME as CONFIG_FILENAME
+from trainguard.config_source import find_config_path as find_config_path
+from trainguard.config_source import override_keys
 from trainguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from annotated_types import Ge, Gt, Le, MinLen
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
-
-CONFIG_FILENAME = "trainguard.toml"
-CONFIG_ENV = "TRAINGUARD_CONFIG"
-ENV_PREFIX = "TRAINGUARD_"
 
 # The bundled example daemon; `{python}` is the interpreter trainguard runs under (the venv's).
 EXAMPLE_COMMAND = ("{python}", "-m", "daemon_watchdog.example.daemon", "--base-dir", "{base_dir}")
@@ -252,18 +257,15 @@ def _ssh_targets(value: list[str]) -> list[str]:
     return value
 
 
-Percent = Annotated[float, Ge(0), Le(100)]
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthSection(_Section):
     disk_min_free_gb: Annotated[float, Ge(0)] = 50  # CRITICAL below this on a checked filesystem
-    disk_min_free_pct: Percent = 5  # WARNING below this share free
-    inodes_min_free_pct: Percent = 5  # CRITICAL below: no file can be made
+    disk_min_free_pct: Annotated[float, Ge(0), Le(100)] = 5  # WARNING below this share free
+    inodes_min_free_pct: Annotated[float, Ge(0), Le(100)] = 5  # CRITICAL below: no file can be made
     # Filesystems checked besides those of base_dir, checkpoints, logs and the daemon's log.
     disk_paths: list[str] = field(default_factory=list)
     mem_min_available_gb: Annotated[float, Ge(0)] = 4
-    swap_max_used_pct: Percent = 80  # WARNING above
+    swap_max_used_pct: Annotated[float, Ge(0), Le(100)] = 80  # WARNING above
     gpu_max_temp_c: Annotated[float, Gt(0), Le(150)] = 85
     gpu_max_mem_pct: Annotated[float, Gt(0), Le(100)] = 95
     gpus_expected: Annotated[int, Ge(0)] = 0
@@ -440,19 +442,6 @@ class Config(_Section):
         return list(dict.fromkeys([*self.preflight.nodes, *self.health.nodes]))
 
 
-def find_config_path(
-    explicit: str | os.PathLike[str] | None, env: Mapping[str, str]
-) -> Path | None:
-    """`-c PATH` if given, else `./trainguard.toml` if present, else `$TRAINGUARD_CONFIG`."""
-    if explicit is not None:
-        return Path(explicit)
-    local = Path(CONFIG_FILENAME)
-    if local.is_file():
-        return local
-    from_env = env.get(CONFIG_ENV)
-    return Path(from_env) if from_env else None
-
-
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -518,8 +507,15 @@ def mask_url(url: str) -> str:
 @functools.cache
 def _validator() -> Any:
     """pydantic's validator of Config, built once per process (~0.1 s)."""
+    import annotated_types
     from pydantic import TypeAdapter
 
+    # pydantic evaluates the annotations in this module's namespace: the bounds they name
+    # join it now (see the module's docstring).
+    globals().update(
+        Ge=annotated_types.Ge, Gt=annotated_types.Gt, Le=annotated_types.Le,
+        MinLen=annotated_types.MinLen,
+    )  # fmt: skip
     return TypeAdapter(Config)
 
 
@@ -577,14 +573,8 @@ def _apply_env_overrides(
     """
     applied: dict[tuple[str, ...], str] = {}
     for name, text in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        rest = name[len(ENV_PREFIX) :]
-        if rest == "BASE_DIR":
-            keys: tuple[str, ...] = ("base_dir",)
-        elif "__" in rest:
-            keys = tuple(part.lower() for part in rest.split("__"))
-        else:
+        keys = override_keys(name)
+        if keys is None:
             continue
         if any(not key for key in keys):
             raise ConfigError(f"{name}: malformed override name (use TRAINGUARD_<SECTION>__<KEY>)")

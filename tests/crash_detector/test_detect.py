@@ -12,7 +12,8 @@ import pytest
 from crash_detector.classify import BLOCK_GAP, classify_text
 from crash_detector.detect import Detection, InputError, detect, log_files
 from crash_detector.rules import load_rules
-from crash_detector.scanner import Scanner
+from crash_detector.scanner import Scanner, hyperscan, re2
+from tests.crash_detector.catalogs import SMALL
 
 SCANNER = Scanner(load_rules())
 FILLER = "".join(f"data: shard {i} opened\n" for i in range(40))
@@ -108,6 +109,35 @@ def test_full_scans_in_any_chunks_agree_with_one_read_of_the_whole_log(tmp_path:
     )
     for chunk_size in range(16, len(text) + 16, 53):
         assert _summary(detect([log], SCANNER, chunk_size=chunk_size)) == expected_summary
+
+
+ENGINES = ["re", *(["re2"] if re2 else []), *(["hyperscan"] if hyperscan else [])]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_line_numbers_of_matches_are_exact_in_any_chunks(tmp_path: Path, engine: str) -> None:
+    """Only matched lines get a number: it must still be the count of b"\\n" before them."""
+    crashes = ["Killed", "x CUDA error: y\r", "CUDA out of memory", "ValueError: z"]
+    lines: list[str] = []
+    crash_lines: list[int] = []
+    for i in range(120):
+        if i % 17 in (0, 5) or i == 119:  # the first line, the last (unterminated), and more
+            lines.append(crashes[i % len(crashes)])
+            crash_lines.append(i + 1)
+        else:
+            lines.append("" if i % 7 == 3 else f"step {i} loss 0.{i}\r")
+    text = "\n".join(lines)  # no b"\\n" after the last line
+    log = tmp_path / "daemon.log"
+    log.write_bytes(text.encode())
+    scanner = Scanner(SMALL, engine=engine)
+    for chunk_size in [1, 2, 7, *range(16, len(text) + 16, 41)]:
+        scan = detect([log], scanner, chunk_size=chunk_size).files[0]
+        assert scan.lines_read == len(lines)
+        assert [f.line for f in scan.findings] == crash_lines
+        for finding in scan.findings:
+            assert finding.offset is not None and finding.line is not None
+            assert text.count("\n", 0, finding.offset) == finding.line - 1
+            assert text[finding.offset :].startswith(lines[finding.line - 1])
 
 
 def test_the_exit_status_is_placed_after_every_file_read(tmp_path: Path) -> None:

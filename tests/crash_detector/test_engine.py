@@ -143,6 +143,19 @@ def test_all_engines_agree_on_every_log(log_lines: list[str]) -> None:
     assert all(result == results[0] for result in results)
 
 
+@settings(max_examples=60, deadline=None)
+@given(lines, st.booleans())
+def test_a_match_is_numbered_by_the_newlines_before_it(
+    log_lines: list[str], pass_newlines: bool
+) -> None:
+    buffer = "\n".join(log_lines).encode()
+    newlines = buffer.count(b"\n") if pass_newlines else None
+    for engine in ENGINES:
+        matches = Scanner(SMALL, engine=engine).scan(buffer, newlines=newlines).matches
+        assert [m.index for m in matches] == [buffer.count(b"\n", 0, m.offset) for m in matches]
+        assert all(m.offset == 0 or buffer[m.offset - 1] == ord("\n") for m in matches)
+
+
 def test_the_engine_in_use_is_named() -> None:
     assert Scanner(SMALL, engine="re").engine == "re"
     if re2 is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -347,6 +349,85 @@ def test_closing_the_reader_early_releases_the_file() -> None:
         next(reader)
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert list(reader) == []
+
+
+def reading_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("iter_chunks")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=logs,
+    chunk_size=st.integers(1, 24),
+    max_line_bytes=st.integers(1, 20),
+    peek=st.integers(1, 30),
+)
+def test_reading_ahead_gives_the_same_chunks(
+    data: bytes, chunk_size: int, max_line_bytes: int, peek: int
+) -> None:
+    SAMPLE.write_bytes(data)
+    with mock.patch.object(tail, "_PEEK_BYTES", peek):
+        plain = list(iter_chunks(SAMPLE, chunk_size=chunk_size, max_line_bytes=max_line_bytes))
+        ahead = iter_chunks(
+            SAMPLE, chunk_size=chunk_size, max_line_bytes=max_line_bytes, read_ahead=True
+        )
+        assert list(ahead) == plain
+    assert list(ahead) == []  # an exhausted reader stays exhausted
+    assert all(chunk.newlines == chunk.data.count(b"\n") for chunk in plain)
+
+
+def test_a_reader_reading_ahead_stops_its_thread_at_the_end() -> None:
+    SAMPLE.write_bytes(small_lines(100_000))
+    chunks = list(iter_chunks(SAMPLE, chunk_size=MB, read_ahead=True))
+    assert b"".join(chunk.data for chunk in chunks) == small_lines(100_000)
+    assert reading_threads() == []
+
+
+def test_closing_a_reader_reading_ahead_releases_its_file_and_thread() -> None:
+    SAMPLE.write_bytes(small_lines(100_000))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with iter_chunks(SAMPLE, chunk_size=MB, read_ahead=True) as reader:
+        next(reader)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert reading_threads() == []
+    assert list(reader) == []
+
+
+def test_a_read_error_while_reading_ahead_reaches_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    SAMPLE.write_bytes(small_lines(100_000))
+    real = os.pread
+    reads = 0
+
+    def failing(fd: int, length: int, offset: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        if reads > 2:  # the first chunk is a peek and a read
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", failing)
+    with iter_chunks(SAMPLE, chunk_size=MB, read_ahead=True) as reader:
+        first = next(reader)
+        with pytest.raises(OSError, match="Input/output error"):
+            next(reader)
+        assert list(reader) == []  # like a generator that raised: it has ended
+    assert small_lines(100_000).startswith(first.data)
+    assert reading_threads() == []
+
+
+def test_a_file_truncated_while_reading_ahead_ends_in_a_truncated_chunk() -> None:
+    SAMPLE.write_bytes(small_lines(400_000))
+    seen: list[tail.Chunk] = []
+    with iter_chunks(SAMPLE, chunk_size=MB, read_ahead=True) as reader:
+        for chunk in reader:
+            seen.append(chunk)
+            if len(seen) == 2:
+                os.truncate(SAMPLE, 1000)
+    assert reader.truncated
+    assert [chunk.truncated for chunk in seen] == [False] * (len(seen) - 1) + [True]
+    assert small_lines(400_000).startswith(b"".join(chunk.data for chunk in seen))
 
 
 # --- what cannot be read --------------------------------------------------------------------
