@@ -6,6 +6,16 @@ cause is the finding of highest rule priority, the latest on a tie. So the CUDA 
 OOM above it. A block that training outlived (a progress line after it, and SURVIVAL_LINES
 more lines in its file) was survived: a warning, a retried OOM, not what stopped the run. The
 primary is the root cause of the last crash that was not survived.
+
+A chained Python traceback is read the way Python prints it: the first link is the cause, each
+"The above exception was the direct cause of the following exception:" (or "During handling of
+the above exception, ...") line leads to a consequence. Markers no more than CHAIN_SPAN lines
+apart make one chain. When the findings in the CAUSE_WINDOW lines above a chain's first marker
+include one of priority ROOT_CAUSE_PRIORITY or more (a CUDA OOM, an NCCL or CUDA error, a
+missing file: not a generic `KeyError`), the findings of its later links, up to CHAIN_SPAN lines
+after its last marker, rank below every other finding of the block: the NCCL error (72) that a
+missing data shard (70) led to stays evidence but is not the root cause. A generic first link
+changes nothing: its specific consequence is the best explanation there is.
 """
 
 from __future__ import annotations
@@ -20,6 +30,9 @@ from crash_detector.scanner import Match, Scanner
 
 BLOCK_GAP = 200  # lines: a restart and hours of training in between make two crashes
 SURVIVAL_LINES = 20  # lines after a block, one of them progress, that make it survived
+CHAIN_SPAN = 200  # lines: at most this far from one marker to the next, or to a consequence
+CAUSE_WINDOW = 12  # lines above a chain's first marker: a CUDA error's message runs over several
+ROOT_CAUSE_PRIORITY = 64  # a first link this specific keeps its consequences from outranking it
 
 # SIGKILL alone is no evidence of an OOM kill (an operator's kill -9, a scheduler, a userspace
 # OOM daemon send it too): it stays `unknown` unless a line says more ("Killed", an OOM-kill line).
@@ -157,8 +170,32 @@ def group(findings: Sequence[Finding], gap: int = BLOCK_GAP) -> list[list[Findin
     return blocks
 
 
-def root_cause(block: Sequence[Finding]) -> Finding:
-    return max(block, key=lambda f: (f.priority, f.index))
+def root_cause(block: Sequence[Finding], chains: Sequence[tuple[int, int]] = ()) -> Finding:
+    """The finding of highest priority, the latest on a tie; consequences of `chains` last."""
+    after = consequences(block, chains)
+    return max(block, key=lambda f: (f.index not in after, f.priority, f.index))
+
+
+def link(markers: Iterable[int], span: int = CHAIN_SPAN) -> list[tuple[int, int]]:
+    """(first, last) marker index of each chain: markers within `span` lines of the previous
+    one link the tracebacks of one chained exception."""
+    chains: list[tuple[int, int]] = []
+    for marker in sorted(markers):
+        if chains and marker - chains[-1][1] <= span:
+            chains[-1] = (chains[-1][0], marker)
+        else:
+            chains.append((marker, marker))
+    return chains
+
+
+def consequences(block: Sequence[Finding], chains: Sequence[tuple[int, int]]) -> set[int]:
+    """Indexes of the findings of `block` that a specific first link of a chain explains."""
+    explained: set[int] = set()
+    for first, last in chains:
+        cause = [f.priority for f in block if first - CAUSE_WINDOW <= f.index < first]
+        if cause and max(cause) >= ROOT_CAUSE_PRIORITY:
+            explained.update(f.index for f in block if first < f.index <= last + CHAIN_SPAN)
+    return explained
 
 
 def survived(block: Sequence[Finding], spans: Sequence[Span]) -> bool:
@@ -178,6 +215,7 @@ def classify(
     end_index: int,
     exit_code: int | None = None,
     spans: Sequence[Span] = (),
+    chains: Sequence[int] = (),
 ) -> Result:
     """Crashes in `findings` among the lines [0, end_index) that were read.
 
@@ -185,8 +223,9 @@ def classify(
     joins the last crash only if that one ends within BLOCK_GAP lines of the end and was not
     survived, so an old crash thousands of lines up never takes the blame for a new exit.
     `spans` (one per file) tell where training showed progress; without them nothing is
-    survived.
+    survived. `chains` are the indexes of chained-traceback markers (see the module's doc).
     """
+    linked = link(chains)
     blocks = group(findings)
     outlived = [survived(block, spans) for block in blocks]
     evidence = None if exit_code is None else exit_status_finding(exit_code, index=end_index)
@@ -198,7 +237,7 @@ def classify(
             blocks.append([evidence])
             outlived.append(False)
     crashes = tuple(
-        Crash(root_cause(block), tuple(block), gone_on)
+        Crash(root_cause(block, linked), tuple(block), gone_on)
         for block, gone_on in zip(blocks, outlived, strict=True)
     )
     live = [crash for crash in crashes if not crash.survived]
@@ -219,4 +258,4 @@ def classify_text(
     findings = to_findings(scan.matches, clears=scan.clears, first_line=1)
     lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
     spans = [Span(0, lines, scan.last_progress)]
-    return classify(findings, end_index=lines, exit_code=exit_code, spans=spans)
+    return classify(findings, end_index=lines, exit_code=exit_code, spans=spans, chains=scan.chains)

@@ -32,6 +32,7 @@ class FileScan:
     last_progress: int | None = None  # index (like findings') of its last progress line
     size: int = 0  # the file's size and mtime when it was read: says "this log, unchanged"
     mtime_ns: int = 0
+    chains: tuple[int, ...] = ()  # indexes (like findings') of its chained-traceback markers
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,12 @@ def scan_file(
             progress = None if scan.last_progress is None else base_index + scan.last_progress
             return FileScan(
                 str(path), findings, len(kept), len(buffer), tail.truncated, progress,
-                info.st_size, info.st_mtime_ns,
+                info.st_size, info.st_mtime_ns, tuple(base_index + i for i in scan.chains),
             )  # fmt: skip
     # Matches wait for the end of the file: a later chunk may clear a state rule.
     pending: list[tuple[list[Match], int, int, int]] = []
     clears: dict[str, int] = {}
+    chains: list[int] = []
     track: set[str] = set()  # state rules matched so far, whose clearing later chunks report
     progress = None
     previous = b""
@@ -134,6 +136,7 @@ def scan_file(
             pending.append((scan.matches, chunk.first_line_number, chunk.offset, index))
             track.update(r.id for m in scan.matches for r in m.rules if r.cleared_by)
             clears.update({rule: index + i for rule, i in scan.clears.items()})
+            chains.extend(index + i for i in scan.chains)
             if scan.last_progress is not None:
                 progress = index + scan.last_progress
             previous = chunk.data[chunk.data.rfind(b"\n", 0, len(chunk.data) - 1) + 1 :]
@@ -157,7 +160,7 @@ def scan_file(
     lines = last.first_line_number - 1 + last.newlines + unterminated
     return FileScan(
         str(path), findings, lines, last.offset + len(last.data), truncated, progress,
-        info.st_size, info.st_mtime_ns,
+        info.st_size, info.st_mtime_ns, tuple(chains),
     )  # fmt: skip
 
 
@@ -193,7 +196,10 @@ def detect(
         # Files never share a crash block: leave a gap wider than BLOCK_GAP between them.
         base_index = end_index + BLOCK_GAP + 1
     findings = [finding for scan in scans for finding in scan.findings]
-    result = classify(findings, end_index=end_index, exit_code=exit_code, spans=spans)
+    chains = [marker for scan in scans for marker in scan.chains]
+    result = classify(
+        findings, end_index=end_index, exit_code=exit_code, spans=spans, chains=chains
+    )
     return Detection(result, scans)
 
 

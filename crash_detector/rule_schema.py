@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from crash_detector.rules import (
     Catalog,
     Category,
+    ChainPattern,
     IgnoreRule,
     ProgressPattern,
     Rule,
@@ -77,6 +78,7 @@ class _CatalogFile(BaseModel):
     rule: list[_RuleModel] = Field(default_factory=list)
     ignore: list[_PatternModel] = Field(default_factory=list)
     progress: list[_PatternModel] = Field(default_factory=list)
+    chain: list[_PatternModel] = Field(default_factory=list)
 
 
 def parse_catalog(text: str, label: str) -> Catalog:
@@ -94,6 +96,7 @@ def parse_catalog(text: str, label: str) -> Catalog:
         tuple(Rule(**entry.model_dump()) for entry in parsed.rule),
         tuple(IgnoreRule(**entry.model_dump()) for entry in parsed.ignore),
         tuple(ProgressPattern(**entry.model_dump()) for entry in parsed.progress),
+        tuple(ChainPattern(**entry.model_dump()) for entry in parsed.chain),
     )
     check_unique_ids(catalog, label)
     return catalog

@@ -95,11 +95,19 @@ class ProgressPattern(CatalogPattern):
     many lines later still has progress after it was survived, not the crash."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainPattern(CatalogPattern):
+    """A line that links two tracebacks of one chained exception ("The above exception was the
+    direct cause of the following exception:"): what comes after it is a consequence of the
+    error above it, which `classify` lets a specific cause keep (see ROOT_CAUSE_PRIORITY)."""
+
+
 @dataclass(frozen=True)
 class Catalog:
     rules: tuple[Rule, ...]
     ignores: tuple[IgnoreRule, ...]
     progress: tuple[ProgressPattern, ...] = ()
+    chains: tuple[ChainPattern, ...] = ()
 
     def by_id(self) -> dict[str, Rule]:
         return {rule.id: rule for rule in self.rules}
@@ -126,6 +134,7 @@ def load_rules(extra: Path | None = None) -> Catalog:
         _merge(catalog.rules, added.rules),
         _merge(catalog.ignores, added.ignores),
         _merge(catalog.progress, added.progress),
+        _merge(catalog.chains, added.chains),
     )
 
 
@@ -143,6 +152,7 @@ def bundled_catalog() -> Catalog:
             tuple(Rule(**entry) for entry in data.get("rule", ())),
             tuple(IgnoreRule(**entry) for entry in data.get("ignore", ())),
             tuple(ProgressPattern(**entry) for entry in data.get("progress", ())),
+            tuple(ChainPattern(**entry) for entry in data.get("chain", ())),
         )
     except TypeError as exc:  # a key missing or unknown: the installed file was edited
         raise RulesError(f"{BUNDLED_LABEL}: {exc}; reinstall trainguard") from None
@@ -151,7 +161,8 @@ def bundled_catalog() -> Catalog:
 
 
 def check_unique_ids(catalog: Catalog, label: str) -> None:
-    ids = [item.id for item in (*catalog.rules, *catalog.ignores, *catalog.progress)]
+    items = (*catalog.rules, *catalog.ignores, *catalog.progress, *catalog.chains)
+    ids = [item.id for item in items]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise RulesError(f"{label}: duplicate rule ids: {', '.join(duplicates)}")

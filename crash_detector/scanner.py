@@ -8,8 +8,10 @@ lookarounds: such a pattern is searched without them (a wider net) and confirmed
 What they still refuse (a backreference) is searched with Python's `re`, whose backtracking
 manages well under 1 MB/s on a 140-way alternation. Same answers from all three.
 
-Besides findings, a scan reports two facts a caller needs across chunks: where each state
-rule (`cleared_by`) was last cleared, and the last line that shows training going on.
+Besides findings, a scan reports three facts a caller needs across chunks: where each state
+rule (`cleared_by`) was last cleared, the last line that shows training going on, and the lines
+that link the tracebacks of a chained exception. The chain patterns are searched by the same
+engine in the same pass as the rules, so on a big log they cost next to nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ScanResult:
     # matched in this buffer, and those the caller asked to `track`); absent: never cleared
     clears: dict[str, int] = field(default_factory=dict)
     last_progress: int | None = None  # line index of the last progress line
+    chains: list[int] = field(default_factory=list)  # line indexes of chain markers, ascending
 
 
 class NotCached(Exception):
@@ -83,10 +86,14 @@ class Scanner:
                 pkg = "google-re2" if name == "re2" else name
                 raise RuntimeError(f"the {name} engine is not installed (pip install {pkg})")
         self.rules = catalog.rules
-        self._rule_re = _Compiled(self.rules)
+        self.chains = catalog.chains
+        # Chain markers ride in the rules' finder, after the rules (pattern index >=
+        # len(rules)): a separate finder would be a second pass over every buffer.
+        searched = (*self.rules, *self.chains)
+        self._rule_re = _Compiled(searched)
         self._ignore_re = _Compiled(catalog.ignores)
         self._progress_re = _Compiled(catalog.progress)
-        self._rules = _Finder(self.rules, engine, may_compile)
+        self._rules = _Finder(searched, engine, may_compile)
         ignores = [_searched(ignore) for ignore in catalog.ignores]
         self._ignores = _LineFilter(ignores, engine, may_compile)
         self._progress = None
@@ -113,7 +120,7 @@ class Scanner:
         names state rules matched in earlier buffers whose clearing the caller still needs.
         `newlines`, the count of b"\\n" in `buffer` if the caller has it, saves counting them.
         """
-        confirmed: list[tuple[int, str, tuple[Rule, ...]]] = []
+        confirmed: list[tuple[int, str, tuple[Rule, ...], bool]] = []
         for start, candidates in sorted(self._rules.lines(buffer).items()):
             end = buffer.find(b"\n", start)
             match = self._confirm(
@@ -122,11 +129,13 @@ class Scanner:
             if match is not None:
                 confirmed.append((start, *match))
         total = buffer.count(b"\n") if newlines is None else newlines
-        indexes = _line_indexes(buffer, [start for start, _text, _rules in confirmed], total)
+        indexes = _line_indexes(buffer, [start for start, *_ in confirmed], total)
         found = [
             Match(index, start, text, rules)
-            for index, (start, text, rules) in zip(indexes, confirmed, strict=True)
+            for index, (start, text, rules, _marker) in zip(indexes, confirmed, strict=True)
+            if rules
         ]
+        chains = [index for index, (*_, marker) in zip(indexes, confirmed, strict=True) if marker]
 
         def line_of(offset: int) -> int:  # offsets sought are near the end: count from there
             return total - buffer.count(b"\n", offset)
@@ -140,7 +149,7 @@ class Scanner:
         progress = None
         if self._progress is not None:
             progress = _last_line(buffer, partial(self._last_progress, buffer))
-        return ScanResult(found, clears, None if progress is None else line_of(progress))
+        return ScanResult(found, clears, None if progress is None else line_of(progress), chains)
 
     def _confirm(
         self,
@@ -149,7 +158,8 @@ class Scanner:
         end: int,
         candidates: _Hits,
         previous_line: bytes,
-    ) -> tuple[str, tuple[Rule, ...]] | None:
+    ) -> tuple[str, tuple[Rule, ...], bool] | None:
+        """(text, the rules it matches, whether it is a chain marker), or None if neither."""
         if _quotes_source(buffer, start, previous_line):
             return None
         text = _clean(buffer[start:end])
@@ -157,8 +167,11 @@ class Scanner:
         if self._ignored(text, encoded):  # first: fewer patterns than rules, and often dense
             return None
         indexes = self._rules.candidates(candidates, encoded)
-        matched = tuple(self.rules[i] for i in sorted(indexes) if self._rule_re[i].search(text))
-        return (text, matched) if matched else None
+        hits = [i for i in sorted(indexes) if self._rule_re[i].search(text)]
+        rules = len(self.rules)
+        matched = tuple(self.rules[i] for i in hits if i < rules)
+        marker = bool(hits) and hits[-1] >= rules
+        return (text, matched, marker) if matched or marker else None
 
     def _ignored(self, text: str, encoded: bytes) -> bool:
         return any(self._ignore_re[i].search(text) for i in self._ignores.candidates(encoded))

@@ -1,0 +1,435 @@
+"""The catalog on the shapes real logs take, not on one report's wording.
+
+Each case is a way logs are built: a traceback chained to its cause, a wrapper that prints a
+traceback as one escaped string, an OS message in the user's language or from Windows, a
+kernel or driver line, a rank or worker prefix, a launcher's summary after the real error.
+The logs are written here from each tool's public formats; the labelled sets in
+../shared/data are scored by bench/score_crash_detector.py and never copied here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crash_detector.classify import classify_text
+from crash_detector.rules import load_rules
+from crash_detector.scanner import Scanner
+
+SCANNER = Scanner(load_rules())
+
+
+def _primary(log: str, exit_code: int | None = None) -> str:
+    primary = classify_text(log, exit_code=exit_code, scanner=SCANNER).primary
+    return primary.category if primary else "none"
+
+
+def _traceback(*frames: str, error: str, prefix: str = "") -> str:
+    lines = ["Traceback (most recent call last):"]
+    for frame in frames:
+        lines += [f'  File "/opt/app/{frame}.py", line 42, in {frame}', f"    {frame}()"]
+    lines.append(error)
+    return "\n".join(prefix + line for line in lines)
+
+
+DIRECT = "\nThe above exception was the direct cause of the following exception:\n\n"
+DURING = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+# --- chained tracebacks: the first link is the cause, the later ones its consequences ----------
+
+
+@pytest.mark.parametrize(
+    ("cause", "consequence", "category"),
+    [
+        (  # an I/O error under torch.load surfaces as a reader error one link later
+            "OSError: [Errno 5] Input/output error",
+            "RuntimeError: PytorchStreamReader failed reading file data/12: file read failed",
+            "unknown",
+        ),
+        (
+            "PermissionError: [Errno 13] Permission denied: '/data/cache/models--x/blobs/ab12'",
+            "OSError: Can't load tokenizer for 'org/model'. If you were trying to load it from "
+            "'https://huggingface.co/models', make sure you don't have a local directory with "
+            "the same name.",
+            "permission_error",
+        ),
+        (
+            "ImportError: libcuda.so.1: cannot open shared object file: No such file or directory",
+            "RuntimeError: Found no NVIDIA driver on your system. Please check that you have an "
+            "NVIDIA GPU and installed a driver from http://www.nvidia.com/Download/index.aspx",
+            "import_error",
+        ),
+        (
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.",
+            "RuntimeError: NCCL communicator was aborted on rank 1.",
+            "cuda_oom",
+        ),
+    ],
+)
+@pytest.mark.parametrize("marker", [DIRECT, DURING], ids=["direct", "during"])
+def test_the_first_link_of_a_chained_traceback_is_the_root_cause(
+    cause: str, consequence: str, marker: str, category: str
+) -> None:
+    log = (
+        _traceback("load", "read", error=cause)
+        + "\n"
+        + marker
+        + _traceback("main", "train", "load", error=consequence)
+    )
+    assert _primary(log) == category
+
+
+def test_a_generic_first_link_leaves_the_verdict_to_the_specific_one_it_caused() -> None:
+    log = (
+        _traceback("lookup", error="KeyError: 'shard_7'")
+        + "\n"
+        + DURING
+        + _traceback(
+            "main", error="RuntimeError: CUDA error: an illegal memory access was encountered"
+        )
+    )
+    assert _primary(log) == "cuda_error"
+
+
+def test_a_hub_timeout_chain_is_network_whichever_link_comes_first() -> None:
+    """socket timeout -> urllib3 -> requests: the transport's view is not a separate cause."""
+    log = (
+        _traceback("recv", error="TimeoutError: The read operation timed out")
+        + "\n"
+        + DURING
+        + _traceback(
+            "get",
+            error="urllib3.exceptions.ReadTimeoutError: HTTPSConnectionPool(host="
+            "'huggingface.co', port=443): Read timed out. (read timeout=10)",
+        )
+        + "\n"
+        + DURING
+        + _traceback(
+            "download",
+            error="requests.exceptions.ReadTimeout: HTTPSConnectionPool(host='huggingface.co', "
+            "port=443): Read timed out. (read timeout=10)",
+        )
+    )
+    assert _primary(log) == "network"
+
+
+# --- a traceback printed as one escaped string ---------------------------------------------
+
+
+def _elastic_error_file(error: str) -> str:
+    """torchelastic's error.json as its ChildFailedError summary prints it: one long line."""
+    callstack = _traceback("main", "step", error=error) + "\n"
+    message = {"message": {"message": error, "extraInfo": {"py_callstack": callstack}}}
+    return json.dumps(message)
+
+
+@pytest.mark.parametrize(
+    ("error", "category"),
+    [
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.", "cuda_oom"),
+        ("ModuleNotFoundError: No module named 'flash_attn'", "import_error"),
+        ("SyntaxError: invalid syntax", "import_error"),
+        ("ValueError: shapes (3,) and (4,) not aligned", "unknown"),
+    ],
+)
+def test_a_traceback_inside_an_escaped_json_string_is_classified(error: str, category: str) -> None:
+    log = (
+        "ERROR:torch.distributed.elastic.multiprocessing.api:failed (exitcode: 1) local_rank: 0"
+        "\n" + _elastic_error_file(error) + "\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:"
+    )
+    assert _primary(log) == category
+
+
+def test_a_repr_of_a_remote_traceback_is_classified() -> None:
+    """Wrappers (Ray, joblib, subprocess pools) often log repr(traceback_string)."""
+    remote = repr(_traceback("run", error="OSError: [Errno 28] No space left on device") + "\n")
+    assert _primary(f"ERROR worker 3 failed: {remote}") == "disk_full"
+
+
+# --- OS messages in other languages, and from Windows ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "category"),
+    [
+        # glibc's strerror in the user's locale, after a Python exception class or errno
+        ("FileNotFoundError: [Errno 2] 没有那个文件或目录: 'data/train.jsonl'", "file_not_found"),
+        ("OSError: [Errno 2] Datei oder Verzeichnis nicht gefunden: 'x.bin'", "file_not_found"),
+        ("OSError: [Errno 28] 设备上没有空间", "disk_full"),
+        (
+            "cp: Fehler beim Schreiben von 'ckpt/model.pt': Auf dem Gerät ist kein Speicherplatz "
+            "mehr verfügbar",
+            "disk_full",
+        ),
+        ("OSError: [Errno 28] Aucun espace disponible sur le périphérique", "disk_full"),
+        ("PermissionError: [Errno 13] 权限不够: '/mnt/out'", "permission_error"),
+        ("OSError: [Errno 12] 无法分配内存", "host_oom"),
+        ("ConnectionRefusedError: [Errno 111] 拒绝连接", "network"),
+        (
+            "./run.sh: 第 12 行： 48213 段错误               （核心已转储）python train.py",  # noqa: RUF001
+            "segfault",
+        ),
+        (
+            "./run.sh: Zeile 12: 48213 Speicherzugriffsfehler  (Speicherabzug geschrieben) python "
+            "train.py",
+            "segfault",
+        ),
+        (
+            "./run.sh: ligne 12 : 48213 Erreur de segmentation  (core dumped) python train.py",
+            "segfault",
+        ),
+        ("./run.sh: 行 12: 48213 已杀死               python train.py", "host_oom"),
+        ("./run.sh: Zeile 12: 48213 Getötet                 python train.py", "host_oom"),
+        # Windows: the WinError number says what the localised text says
+        (
+            "FileNotFoundError: [WinError 3] 系统找不到指定的路径。: 'D:\\data\\train'",
+            "file_not_found",
+        ),
+        ("OSError: [WinError 2] The system cannot find the file specified", "file_not_found"),
+        ("PermissionError: [WinError 5] Access is denied: 'C:\\runs\\ckpt'", "permission_error"),
+        ("OSError: [WinError 112] There is not enough space on the disk", "disk_full"),
+        (
+            "OSError: [WinError 1455] The paging file is too small for this operation to "
+            'complete. Error loading "C:\\py\\lib\\site-packages\\torch\\lib\\'
+            'cudnn_cnn_infer64_8.dll" or one of its dependencies.',
+            "host_oom",
+        ),
+        (
+            "OSError: [WinError 126] The specified module could not be found. Error loading "
+            '"C:\\py\\lib\\site-packages\\torch\\lib\\c10.dll" or one of its dependencies.',
+            "import_error",
+        ),
+        (
+            "ConnectionResetError: [WinError 10054] An existing connection was forcibly closed by "
+            "the remote host",
+            "network",
+        ),
+        (
+            "Could not locate cudnn_ops_infer64_8.dll. Please make sure it is in your library "
+            "path!",
+            "import_error",
+        ),
+    ],
+)
+def test_localised_and_windows_os_messages(line: str, category: str) -> None:
+    assert _primary(line) == category
+
+
+def test_a_localised_bare_errno_text_loses_to_the_crash_after_it() -> None:
+    """Like "No such file or directory" from `ls`, the same text in another language is a
+    tool's complaint that training went past, not the crash."""
+    steps = "".join(f"step {i} loss {1 / i:.4f}\n" for i in range(1, 40))
+    log = "ls: 无法访问 '/opt/extra': 没有那个文件或目录\n" + steps + "Killed\n"
+    assert _primary(log) == "host_oom"
+
+
+# --- kernel and driver lines -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "category"),
+    [
+        (
+            "[123456.789012] python[48213]: segfault at 0 ip 00007f3a2c1b2e10 sp 00007ffd1c2a3b40 "
+            "error 4 in libtorch_cuda.so[7f3a1a000000+3e2c000]",
+            "segfault",
+        ),
+        (
+            "Dec  5 10:00:00 gpu07 kernel: traps: python[48213] general protection fault "
+            "ip:7f3a2c1b2e10 sp:7ffd1c2a3b40 error:0 in libc.so.6[7f3a2c000000+195000]",
+            "segfault",
+        ),
+        (
+            "[ 1234.5] traps: pt_main_thread[4821] trap invalid opcode ip:7f3a2c1b2e10 "
+            "sp:7ffd1c2a3b40 error:0 in libtorch_cpu.so",
+            "segfault",
+        ),
+        (
+            "[ 1234.5] Out of memory: Killed process 48213 (python) total-vm:92413232kB, "
+            "anon-rss:61234567kB",
+            "host_oom",
+        ),
+        (
+            "[ 9876.5] NVRM: Xid (PCI:0000:3b:00): 79, pid='<unknown>', name=<unknown>, GPU has "
+            "fallen off the bus.",
+            "gpu_hardware",
+        ),
+        ("[ 9876.5] NVRM: GPU at PCI:0000:3b:00: GPU-1a2b3c4d-0000-1111-2222-333344445555", "none"),
+        (
+            "[ 9876.6] NVRM: A GPU crash dump has been created. If possible, please run "
+            "nvidia-bug-report.sh",
+            "gpu_hardware",
+        ),
+        (
+            "[ 555.1] amdgpu 0000:03:00.0: amdgpu: [gfxhub0] page fault (src_id:0 ring:24 vmid:3 "
+            "pasid:32771)",
+            "cuda_error",
+        ),
+        (
+            "[ 555.2] [drm:amdgpu_job_timedout [amdgpu]] *ERROR* ring gfx_0.0.0 timeout, "
+            "signaled seq=1234, emitted seq=1236",
+            "gpu_hardware",
+        ),
+        ("[ 555.3] amdgpu 0000:03:00.0: amdgpu: GPU reset begin!", "gpu_hardware"),
+        (
+            "[ 77.1] pcieport 0000:00:03.1: AER: Uncorrected (Fatal) error received: 0000:3b:00.0",
+            "gpu_hardware",
+        ),
+        ("[ 77.1] pcieport 0000:00:03.1: AER: Corrected error received: 0000:3b:00.0", "none"),
+        ("[ 4321.0] INFO: task python:48213 blocked for more than 120 seconds.", "timeout"),
+    ],
+)
+def test_kernel_and_driver_lines(line: str, category: str) -> None:
+    assert _primary(line) == category
+
+
+# --- other accelerators and launchers --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("log", "category"),
+    [
+        (
+            "RuntimeError: MPS backend out of memory (MPS allocated: 17.10 GB, other allocations: "
+            "1.02 GB, max allowed: 18.13 GB). Tried to allocate 256.00 MB on private pool.",
+            "cuda_oom",
+        ),
+        (
+            "RuntimeError: NPU out of memory. Tried to allocate 2.00 GiB (NPU 0; 60.96 GiB total "
+            "capacity; 58.10 GiB already allocated)",
+            "cuda_oom",
+        ),
+        (
+            "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Error allocating device "
+            "buffer: Attempting to allocate 4.00G. That was not possible. There are 1.20G free.",
+            "cuda_oom",
+        ),
+        (
+            "ResourceExhaustedError: \n\nOut of memory error on GPU 0. Cannot allocate 1.50GB "
+            "memory on GPU 0, 22.1GB memory has been allocated and available memory is only "
+            "300.0MB.",
+            "cuda_oom",
+        ),
+        ("OSError: (External) CUDA error(719), unspecified launch failure.", "cuda_error"),
+        (
+            "-[_MTLCommandBuffer addCompletedHandler:]:976: failed assertion `Completed handler "
+            "provided after commit call'\nlibc++abi: terminating\nError: command buffer exited "
+            "with error status.\n\tThe Metal Performance Shaders operations encoded on it may not "
+            "have completed.",
+            "cuda_error",
+        ),
+        (
+            "[METAL] Command buffer execution failed: Caused GPU Timeout Error "
+            "(00000002:kIOGPUCommandBufferCallbackErrorTimeout)",
+            "cuda_error",
+        ),
+        (
+            "RuntimeError: InnerRun:torch_npu/csrc/framework/OpParamMaker.cpp:208 NPU error, "
+            "error code is 507053\nEI0006: Getting socket times out. Reason: 1. The remote does "
+            "not initiate a connect request. HCCL error",
+            "nccl",
+        ),
+        (
+            "[ERROR] HCCL(48213,python):2024-05-01-10:00:00.123.456 [hccl_communicator.cc:1402]"
+            "[48213][InitCommunicator]call hccl api failed.",
+            "nccl",
+        ),
+        (
+            "slurmstepd: error: *** JOB 123456 ON gpu07 CANCELLED AT 2024-05-01T10:00:00 DUE TO "
+            "TIME LIMIT ***",
+            "timeout",
+        ),
+        ("double free or corruption (!prev)\nAborted (core dumped)", "segfault"),
+        ("*** stack smashing detected ***: terminated\nAborted (core dumped)", "segfault"),
+        (
+            "Could not load library libcudnn_cnn_infer.so.8. Error: libnvrtc.so: cannot open "
+            "shared object file: No such file or directory\nAborted (core dumped)",
+            "import_error",
+        ),
+        (
+            "[rank1]: torch.distributed.DistBackendError: [1] is setting up NCCL communicator and "
+            "retrieving ncclUniqueId from [0] via c10d key-value store by key '0', but store->get"
+            "('0') got error: Connection reset by peer",
+            "nccl",
+        ),
+        (
+            "requests.exceptions.SSLError: HTTPSConnectionPool(host='huggingface.co', port=443): "
+            "Max retries exceeded with url: /api/models (Caused by SSLError(SSLCertVerification"
+            "Error(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed')))",
+            "network",
+        ),
+        ("urllib.error.URLError: <urlopen error [Errno 101] Network is unreachable>", "network"),
+        (
+            "RuntimeError: storage has wrong size: expected 4194304 got 1048576",
+            "checkpoint_corrupt",
+        ),
+    ],
+)
+def test_other_accelerators_launchers_and_libraries(log: str, category: str) -> None:
+    assert _primary(log) == category
+
+
+# --- rank, worker and time prefixes ------------------------------------------------------------
+
+
+RANK_PREFIXES = ["[rank3]: ", "[default3]:", "3: ", "[1,3]<stderr>:"]
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        *RANK_PREFIXES,
+        "(RayTrainWorker pid=48213, ip=10.0.0.7) ",
+        "(pid=48213) ",
+        "2024-05-01T10:00:00.123456789Z ",  # kubectl logs --timestamps
+        "Dec 05 10:00:00 gpu07 python[48213]: ",  # journalctl
+    ],
+)
+@pytest.mark.parametrize(
+    ("error", "category"),
+    [
+        ("ValueError: operands could not be broadcast together", "unknown"),
+        ("SyntaxError: invalid syntax", "import_error"),
+        ("FileNotFoundError: [Errno 2] No such file or directory: 'data/x'", "file_not_found"),
+    ],
+)
+def test_a_traceback_behind_a_prefix_on_every_line_keeps_its_category(
+    prefix: str, error: str, category: str
+) -> None:
+    assert _primary(_traceback("main", error=error, prefix=prefix)) == category
+
+
+@pytest.mark.parametrize("prefix", RANK_PREFIXES)
+def test_a_killed_line_behind_a_rank_prefix_is_a_host_oom(prefix: str) -> None:
+    assert _primary(f"{prefix}Killed") == "host_oom"
+
+
+# --- what is no crash --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "[rank0]:[W1205 10:00:00.123 ProcessGroupNCCL.cpp:1168] Warning: WARNING: process group "
+        "has NOT been destroyed before we destruct ProcessGroupNCCL. On normal program exit, the "
+        "application should call destroy_process_group to ensure that any pending NCCL "
+        "operations have finished in this process.",
+        "[W pthreadpool-cpp.cc:90] Warning: Leaking Caffe2 thread-pool after fork. (function "
+        "pthreadpool)",
+        "E1205 10:00:00.123456 48213 slow_operation_alarm.cc:65] Constant folding an "
+        "instruction is taking > 1s:\n  %reduce = f32[128]{0} reduce(...)",
+        "UserWarning: NaN or Inf found in input tensor.\nstep 120 loss 0.31",
+        "Epoch 12: early stopping\nMonitored metric val_loss did not improve in the last 3 "
+        "records. Best score: 0.412. Signaling Trainer to stop.",
+        "gpu07:48213:48300 [0] NCCL WARN NET/Plugin: Could not find: libnccl-net.so. Using "
+        "internal network plugin.",
+        "A matching Triton is not available, some optimizations will not be enabled.\nError "
+        "caught was: No module named 'triton'\nstep 1 loss 2.1",
+    ],
+    ids=["destroy_pg", "caffe2", "xla_alarm", "nan_input", "early_stop", "nccl_plugin", "triton"],
+)
+def test_alarming_lines_of_healthy_runs_are_no_crash(log: str) -> None:
+    assert _primary(log) == "none"
