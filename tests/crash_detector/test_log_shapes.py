@@ -168,6 +168,13 @@ def test_a_repr_of_a_remote_traceback_is_classified() -> None:
         ("PermissionError: [Errno 13] 权限不够: '/mnt/out'", "permission_error"),
         ("OSError: [Errno 12] 无法分配内存", "host_oom"),
         ("ConnectionRefusedError: [Errno 111] 拒绝连接", "network"),
+        ("ConnectionRefusedError: [Errno 111] Verbindungsaufbau abgelehnt", "network"),
+        ("curl: (7) Failed to connect to 10.0.0.7 port 29500: Connexion refusée", "network"),
+        ("PermissionError: [Errno 1] 不允许的操作: '/sys/kernel/mm'", "permission_error"),
+        ("RuntimeError: [enforce fail at alloc_cpu.cpp:83] 无法分配内存", "host_oom"),
+        ("OSError: [Errno 12] Impossible d'allouer de la mémoire", "host_oom"),
+        ("./run.sh: Zeile 12: 48213 Bus-Zugriffsfehler      python train.py", "segfault"),
+        ("./run.sh: 行 12: 48213 已放弃               (核心已转储) python train.py", "segfault"),
         (
             "./run.sh: 第 12 行： 48213 段错误               （核心已转储）python train.py",  # noqa: RUF001
             "segfault",
@@ -365,6 +372,60 @@ def test_kernel_and_driver_lines(line: str, category: str) -> None:
         (
             "RuntimeError: storage has wrong size: expected 4194304 got 1048576",
             "checkpoint_corrupt",
+        ),
+        (
+            "RuntimeError: [enforce fail at inline_container.cc:222] . file not found: "
+            "ckpt/data.pkl",
+            "checkpoint_corrupt",
+        ),
+        (
+            "OSError: Failed to interpret file 'features.npy' as a pickle",
+            "checkpoint_corrupt",
+        ),
+        (
+            "triton.runtime.errors.OutOfResources: out of resource: shared memory, Required: "
+            "98304, Hardware limit: 65536. Reducing block sizes or `num_stages` may help.",
+            "cuda_error",
+        ),
+        ("OSError: not enough free disk space on /scratch: need 12.0 GiB", "disk_full"),
+        (
+            "subprocess.TimeoutExpired: Command '['nvidia-smi']' timed out after 60 seconds",
+            "timeout",
+        ),
+        ("Process finished with exit code 139 (interrupted by signal 11: SIGSEGV)", "segfault"),
+        ("srun: error: gpu07: task 0: Exited with exit code 134", "segfault"),
+        (
+            "RuntimeError: Pin memory thread exited unexpectedly",
+            "multiprocessing",
+        ),
+        (
+            "RuntimeError:\n        An attempt has been made to start a new process before the\n"
+            "        current process has finished its bootstrapping phase.",
+            "multiprocessing",
+        ),
+        (
+            ":0:rocdevice.cpp:2875: 1234567890 us: 48213: [tid:0x7f] Device::callbackQueue "
+            "aborting with error : HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION: The agent "
+            "attempted to access memory beyond the largest legal address. code: 0x29",
+            "cuda_error",
+        ),
+        (
+            "TypeError: TrainingArguments.__init__() got an unexpected keyword argument "
+            "'evaluation_strategy'",
+            "config_error",
+        ),
+        (
+            "ConnectionError: Couldn't reach 'org/dataset' on the Hub (ConnectionError)",
+            "network",
+        ),
+        (
+            "http.client.RemoteDisconnected: Remote end closed connection without response",
+            "network",
+        ),
+        (
+            "aiohttp.client_exceptions.ClientConnectorError: Cannot connect to host "
+            "storage.googleapis.com:443",
+            "network",
         ),
     ],
 )
