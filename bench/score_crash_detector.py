@@ -1,18 +1,28 @@
 """Score crash-detector against the labelled dev set in ../shared/data (read in place).
 
     .venv/bin/python bench/score_crash_detector.py [--data PATH] [--show-misses]
+    .venv/bin/python bench/score_crash_detector.py --shapes
 
 Prints accuracy overall and per category, the crash/no-crash confusion, and (with
 --show-misses) each miss with its id, label, prediction and the line that decided it.
+
+`--shape NAME` rewrites every log first as another tool would have printed it: each line
+behind a rank tag (`rank`, `torchrun`, `mpirun`), Ray's worker prefix (`ray`), kubectl's or
+journald's timestamp (`kubectl`, `journald`), in colour (`ansi`), with CRLF line ends
+(`crlf`). The label stays right: the same run, collected another way. `--shapes` prints one
+line per shape. A rule that holds only for the way one report was collected shows here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from crash_detector.classify import classify_text
 from crash_detector.rules import load_rules
@@ -23,24 +33,57 @@ DEFAULT_DATA = (
 )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--show-misses", action="store_true")
-    parser.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "re2", "re"))
-    args = parser.parse_args()
-    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
-    scanner = Scanner(load_rules(), engine=args.engine)
+def _prefixed(prefix: str) -> Callable[[str], str]:
+    return lambda log: "\n".join(prefix + line for line in log.split("\n"))
+
+
+SHAPES: dict[str, Callable[[str], str]] = {
+    "as-is": lambda log: log,
+    "rank": _prefixed("[rank0]: "),
+    "torchrun": _prefixed("[default0]:"),
+    "mpirun": _prefixed("[1,0]<stderr>:"),
+    "ray": _prefixed("(RayTrainWorker pid=48213, ip=10.0.0.7) "),
+    "kubectl": _prefixed("2024-05-01T10:00:00.123456789Z "),
+    "journald": _prefixed("Dec 05 10:00:00 gpu07 python[48213]: "),
+    "ansi": lambda log: "\n".join(f"\x1b[31m{line}\x1b[0m" for line in log.split("\n")),
+    "crlf": lambda log: log.replace("\n", "\r\n"),
+}
+
+
+def score(
+    rows: list[dict[str, Any]], scanner: Scanner, shape: Callable[[str], str]
+) -> tuple[dict[str, Counter[str]], list[tuple[str, str, str, str]]]:
     per_label: dict[str, Counter[str]] = defaultdict(Counter)
     misses = []
-    started = time.perf_counter()
     for row in rows:
-        result = classify_text(row["log"], exit_code=row["exit_code"], scanner=scanner)
+        result = classify_text(shape(row["log"]), exit_code=row["exit_code"], scanner=scanner)
         predicted = result.primary.category if result.primary else "none"
         per_label[row["category"]][predicted] += 1
         if predicted != row["category"]:
             decided = result.primary.text[:140] if result.primary else "-"
             misses.append((row["id"], row["category"], predicted, decided))
+    return per_label, misses
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--show-misses", action="store_true")
+    parser.add_argument("--engine", default="auto", choices=("auto", "hyperscan", "re2", "re"))
+    parser.add_argument("--shape", default="as-is", choices=sorted(SHAPES))
+    parser.add_argument("--shapes", action="store_true", help="one line per shape")
+    args = parser.parse_args()
+    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    scanner = Scanner(load_rules(), engine=args.engine)
+    if args.shapes:
+        print(f"data: {args.data} ({len(rows)} logs), engine: {scanner.engine}")
+        for name, shape in SHAPES.items():
+            per_label, misses = score(rows, scanner, shape)
+            alarms = sum(n for p, n in per_label["none"].items() if p != "none")
+            print(f"  {name:10} {len(rows) - len(misses)}/{len(rows)}  false alarms {alarms}")
+        return 0
+    started = time.perf_counter()
+    per_label, misses = score(rows, scanner, SHAPES[args.shape])
     elapsed = time.perf_counter() - started
     correct = sum(c[label] for label, c in per_label.items())
     print(
@@ -67,4 +110,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BrokenPipeError:  # `| head`
+        sys.stderr.close()
+        raise SystemExit(0) from None

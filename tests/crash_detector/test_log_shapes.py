@@ -436,19 +436,19 @@ def test_other_accelerators_launchers_and_libraries(log: str, category: str) -> 
 # --- rank, worker and time prefixes ------------------------------------------------------------
 
 
-RANK_PREFIXES = ["[rank3]: ", "[default3]:", "3: ", "[1,3]<stderr>:"]
+PREFIXES = [
+    "[rank3]: ",
+    "[default3]:",
+    "3: ",
+    "[1,3]<stderr>:",
+    "(RayTrainWorker pid=48213, ip=10.0.0.7) ",
+    "(pid=48213) ",
+    "2024-05-01T10:00:00.123456789Z ",  # kubectl logs --timestamps
+    "Dec 05 10:00:00 gpu07 python[48213]: ",  # journalctl
+]
 
 
-@pytest.mark.parametrize(
-    "prefix",
-    [
-        *RANK_PREFIXES,
-        "(RayTrainWorker pid=48213, ip=10.0.0.7) ",
-        "(pid=48213) ",
-        "2024-05-01T10:00:00.123456789Z ",  # kubectl logs --timestamps
-        "Dec 05 10:00:00 gpu07 python[48213]: ",  # journalctl
-    ],
-)
+@pytest.mark.parametrize("prefix", PREFIXES)
 @pytest.mark.parametrize(
     ("error", "category"),
     [
@@ -463,9 +463,32 @@ def test_a_traceback_behind_a_prefix_on_every_line_keeps_its_category(
     assert _primary(_traceback("main", error=error, prefix=prefix)) == category
 
 
-@pytest.mark.parametrize("prefix", RANK_PREFIXES)
-def test_a_killed_line_behind_a_rank_prefix_is_a_host_oom(prefix: str) -> None:
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_a_killed_line_behind_a_prefix_is_a_host_oom(prefix: str) -> None:
     assert _primary(f"{prefix}Killed") == "host_oom"
+
+
+def _coloured(log: str) -> str:
+    return "\n".join(f"\x1b[1;31m{line}\x1b[0m" for line in log.split("\n"))
+
+
+@pytest.mark.parametrize(
+    ("log", "category"),
+    [
+        (_traceback("main", error="TypeError: f() got an unexpected keyword argument 'x'"),
+         "unknown"),
+        (_traceback("main", error="SyntaxError: invalid syntax"), "import_error"),
+        (_traceback("load", error="RuntimeError: PytorchStreamReader"), "checkpoint_corrupt"),
+        ("step 12 loss 0.31\nKilled", "host_oom"),
+        ("Bus error", "segfault"),
+        (_traceback("recv", error="TimeoutError"), "timeout"),
+        ("wandb: Run summary:\nwandb:        loss nan\nwandb: Synced 5 W&B file(s)", "none"),
+    ],
+)  # fmt: skip
+def test_a_log_in_colour_reads_as_it_does_plain(log: str, category: str) -> None:
+    """Rich, loguru and colorlog wrap each line in ANSI codes: line anchors hold behind them."""
+    assert _primary(log) == category
+    assert _primary(_coloured(log)) == category
 
 
 # --- what is no crash --------------------------------------------------------------------------
