@@ -39,6 +39,19 @@ def _process(identity: ProcessIdentity | None) -> psutil.Process | None:
     return locate(identity) if identity is not None else None
 
 
+def _hang_line(status: WatchdogStatus) -> str:
+    """The threshold applied now and, per phase, the longest silence learned (#20)."""
+    limit = status.hang_threshold
+    if limit is None:
+        now = "until the first progress: startup_grace"
+    elif limit.seconds is None:
+        now = f"{limit.phase}: {limit.why}"
+    else:
+        now = f"after {limit.seconds:g} s of silence in {limit.phase} ({limit.why})"
+    learned = [f"{phase} {seconds:g} s" for phase, seconds in status.step_rhythm.items()]
+    return now + (f"; longest silences: {', '.join(learned)}" if learned else "")
+
+
 def show_status(ws: Workspace, *, as_json: bool) -> int:
     status = read_watchdog_status(ws.state_file)
     if status is None:
@@ -60,6 +73,7 @@ def show_status(ws: Workspace, *, as_json: bool) -> int:
         print(f"progress: step {last.step} ({last.phase}) at {last.at}")
     else:
         print("progress: none seen yet")
+    print(f"hang:     {_hang_line(status)}")
     if status.liveness_note:
         print(f"liveness: {status.liveness_note}")
     if status.reload_note:

@@ -54,6 +54,7 @@ from daemon_watchdog.progress_watch import ProgressWatch
 from daemon_watchdog.reporting import Reporter
 from daemon_watchdog.restart_policy import RestartPolicy
 from daemon_watchdog.states import TERMINAL, State, check_transition
+from daemon_watchdog.step_rhythm import StepRhythm
 from trainguard.checkpoints import CheckpointInfo
 from trainguard.child_process import become_subreaper, new_token, reap_children, watch_exit
 from trainguard.config import Config
@@ -73,6 +74,7 @@ from trainguard.progress import Progress, ProgressError, is_progress, read_progr
 from trainguard.timestamps import parse_iso_utc
 from trainguard.watchdog_status import (
     CrashRecord,
+    HangThreshold,
     ProgressMark,
     WatchdogStatus,
     read_watchdog_status,
@@ -141,6 +143,7 @@ class Supervisor:
         self.restarts: list[CrashRecord] = []  # the newest MAX_RESTARTS_KEPT
         # Every restart ever, by crash category: the metric's counter, which never goes down.
         self.restart_totals: Counter[str] = Counter()
+        self.rhythm = StepRhythm()  # the trainer's step rhythm: the learned hang thresholds
         self.last_crash: CrashRecord | None = None
         # Recorded in the state file before a daemon is started with it (no record, no spawn):
         # a later watchdog then recognises that daemon even if we die before recording it.
@@ -280,6 +283,7 @@ class Supervisor:
             self.oom_before = OomSnapshot.read_for(found.pid)
             watch_exit(found.pid, lambda: self.events.put(ev.AdoptedExited(found.pid)))
             self._watch_log(found, from_now=True)
+            self.rhythm.started()
             self._transition(State.STARTING, "adopted the running daemon")
             self.last_progress_mono = time.monotonic()  # its grace starts now
             return
@@ -324,6 +328,7 @@ class Supervisor:
             return
         self.restarts = list(previous.restarts)
         self.restart_totals = Counter(previous.restart_totals)
+        self.rhythm = StepRhythm.from_json(previous.step_rhythm)
         if previous.state != State.STOPPED.value:
             # The same run goes on (this watchdog replaces one that died): its restarts still
             # count against max_restarts and the backoff. After a stop, a `run` starts afresh.
@@ -395,6 +400,7 @@ class Supervisor:
             return
         self.pending_token = None
         self.policy.started()
+        self.rhythm.started()
         self.last_progress = None
         self.last_progress_mono = time.monotonic()
         self._watch_log(self.daemon, from_now=False)
@@ -549,6 +555,7 @@ class Supervisor:
     def _accept_progress(self, progress: Progress, source: str) -> None:
         self.last_progress = progress
         self.last_progress_mono = time.monotonic()
+        self.rhythm.observe(progress.phase, self.last_progress_mono)
         self.refusal.progressed()
         self.last_progress_at = utc_now()
         if self.state == State.STARTING:
@@ -799,9 +806,21 @@ class Supervisor:
             return alive + w.startup_grace
         if output is not None:
             alive = max(alive, output)
+        timeout = self._hang_threshold().seconds
+        return None if timeout is None else alive + timeout
+
+    def _hang_threshold(self) -> HangThreshold:
+        """How long a silence in the current phase may last: the phase's configured timeout,
+        or (`adaptive_timeout`) what the trainer's rhythm taught, within the floor and it."""
+        w = self.cfg.watchdog
         phase = self.last_progress.phase if self.last_progress is not None else ""
-        timeout = w.phase_timeouts.get(phase, w.progress_timeout)
-        return None if timeout == 0 else alive + timeout
+        configured = w.phase_timeouts.get(phase, w.progress_timeout)
+        if configured == 0:
+            return HangThreshold(phase, None, False, "no hang detection in this phase")
+        if not w.adaptive_timeout:
+            return HangThreshold(phase, configured, False, "configured")
+        found = self.rhythm.threshold(phase, floor=w.progress_timeout_min, ceiling=configured)
+        return HangThreshold(phase, found.seconds, found.learned, found.why)
 
     def _log_tick(self) -> float | None:
         """Once a second, while a started daemon has shown no sign of life that the log would
@@ -827,7 +846,11 @@ class Supervisor:
         else:
             p = self.last_progress
             idle = time.monotonic() - self.last_progress_mono
-            what = f"no progress for {idle:.0f} s at step {p.step} ({p.phase})"
+            limit = self._hang_threshold()
+            what = (
+                f"no progress for {idle:.0f} s at step {p.step} ({p.phase}; threshold "
+                f"{limit.seconds:g} s, {limit.why})"
+            )
         tree = [self.daemon.pid, *(p.pid for p in descendants(self.daemon.pid))]
         frozen = stopped_pids(tree)
         if frozen:
@@ -998,6 +1021,8 @@ class Supervisor:
             restart_at=self._restart_at_wall(),
             liveness=liveness,
             liveness_note=note,
+            step_rhythm=self.rhythm.longest(),
+            hang_threshold=self._hang_threshold() if p is not None else None,
         )
         self.published_mono = time.monotonic()
         self.last_status = status

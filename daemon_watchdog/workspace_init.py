@@ -90,6 +90,8 @@ stop_timeout = 60
 [watchdog]
 # "auto": the progress file once your trainer writes one, its log output until then.
 liveness = "auto"
+# The longest silence allowed, and the ceiling of what the watchdog learns from your trainer's
+# rhythm (5x its longest silence per phase, never under progress_timeout_min = 30).
 progress_timeout = 600
 startup_grace = 600
 # orphan_patterns = ['/path/to/this/run/.*train\\.py']   # workers that must not outlive it

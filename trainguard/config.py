@@ -161,6 +161,11 @@ def _phase_seconds(value: dict[str, float]) -> dict[str, float]:
 class WatchdogSection(_Section):
     check_interval: Annotated[float, Gt(0)] = 30
     progress_timeout: Annotated[float, Gt(0)] = 600
+    # Learn each phase's hang threshold from the trainer's own rhythm: 5x the longest silence
+    # seen in the phase, once warmed up, within [progress_timeout_min, the phase's timeout]
+    # (daemon_watchdog/step_rhythm.py). Off: the configured timeouts alone.
+    adaptive_timeout: bool = True
+    progress_timeout_min: Annotated[float, Ge(0)] = 30
     startup_grace: Annotated[float, Ge(0)] = 300
     max_restarts: Annotated[int, Ge(0)] = 3
     restart_window: Annotated[float, Gt(0)] = 300

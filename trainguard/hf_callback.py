@@ -9,8 +9,11 @@
 
 Importing this module imports transformers; nothing else in trainguard does. The main
 process of each node (local rank 0) writes: every node's watchdog watches its own progress
-file. Phases: `train` after every optimizer step, `eval` while evaluating (give it its own
-`[watchdog.phase_timeouts] eval = ...`), `done` at the end.
+file. Phases: `train` after every optimizer step, `eval` while evaluating, `save` while a
+checkpoint is written (the Trainer has decided to save when a step ends: `control.should_save`),
+`done` at the end. Evaluation and saving are their own phases so that their long silences get
+their own hang threshold (`[watchdog.phase_timeouts]`, or the one the watchdog learns) instead
+of teaching the `train` phase to wait for them.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ class TrainguardCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._write(state, "train")
+        # The Trainer evaluates, then saves, right after this: evaluation shows its own phase.
+        saving = control.should_save and not control.should_evaluate
+        self._write(state, "save" if saving else "train")
 
     def on_log(
         self,
@@ -67,7 +72,7 @@ class TrainguardCallback(TrainerCallback):
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._write(state, "train")
+        self._write(state, "save" if control.should_save else "train")
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any

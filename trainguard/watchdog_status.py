@@ -88,6 +88,30 @@ class ProgressMark:
 
 
 @dataclass(frozen=True)
+class HangThreshold:
+    """The silence after which the watchdog calls the trainer hung, in its current phase."""
+
+    phase: str
+    seconds: float | None  # None: no hang detection in this phase
+    learned: bool  # from the trainer's rhythm (daemon_watchdog.step_rhythm), else configured
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"phase": self.phase, "seconds": self.seconds, "learned": self.learned,
+                "why": self.why}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: object) -> HangThreshold | None:
+        if not isinstance(data, Mapping):
+            return None
+        seconds = data.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float, type(None))):
+            return None
+        learned = data.get("learned") is True
+        return cls(_str(data.get("phase")) or "", seconds, learned, _str(data.get("why")) or "")
+
+
+@dataclass(frozen=True)
 class WatchdogStatus:
     state: str  # one of daemon_watchdog.states.State's values
     watchdog_pid: int | None = None
@@ -114,6 +138,10 @@ class WatchdogStatus:
     reload_note: str | None = None  # what the last SIGHUP (config reload) applied, when
     state_reason: str | None = None  # why the watchdog entered its state, in words
     restart_at: str | None = None  # in BACKOFF: when the next start is due (ISO-8601 UTC)
+    # The longest silence between two progress marks seen in each phase, in seconds: what the
+    # learned hang thresholds stand on, kept across restarts (#20); and the threshold now.
+    step_rhythm: Mapping[str, float] = field(default_factory=dict)
+    hang_threshold: HangThreshold | None = None
     updated_at: str | None = None
     problems: tuple[str, ...] = ()  # fields that could not be read (not written back)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know
@@ -147,6 +175,8 @@ class WatchdogStatus:
             "reload_note": self.reload_note,
             "state_reason": self.state_reason,
             "restart_at": self.restart_at,
+            "step_rhythm": dict(self.step_rhythm),
+            "hang_threshold": self.hang_threshold.to_json() if self.hang_threshold else None,
             "updated_at": self.updated_at,
         }
 
@@ -203,6 +233,8 @@ class WatchdogStatus:
             reload_note=_str(data.get("reload_note")),
             state_reason=_str(data.get("state_reason")),
             restart_at=_str(data.get("restart_at")),
+            step_rhythm=_seconds_by_name(data.get("step_rhythm")),
+            hang_threshold=HangThreshold.from_json(data.get("hang_threshold")),
             updated_at=_str(data.get("updated_at")),
             problems=tuple(problems),
             extra={k: v for k, v in data.items() if k not in known},
@@ -229,6 +261,16 @@ def read_watchdog_status(path: Path) -> WatchdogStatus | None:
     except (OSError, ValueError):
         return None
     return WatchdogStatus.from_json(data)
+
+
+def _seconds_by_name(value: object) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in value.items()
+        if not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < float("inf")
+    }
 
 
 def _int(value: object) -> int | None:

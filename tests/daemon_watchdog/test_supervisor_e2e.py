@@ -250,6 +250,28 @@ def test_hang_without_progress_is_dumped_killed_and_restarted(run: Run) -> None:
     assert "_wait_for_allreduce" in json.loads(incidents[0].read_text())["stacks"]
 
 
+def test_a_hang_is_judged_by_the_rhythm_learned_not_the_fixed_timeout(run: Run) -> None:
+    """#20: with progress_timeout at its default 600 s, a trainer stepping every 30 ms that
+    freezes is restarted once 5x its longest silence has passed (at least the floor, 1 s
+    here), not after ten minutes; what was learned stays for the next daemon."""
+    run.configure(
+        command_extra=["--fault", "hang@60"], progress_timeout=600, progress_timeout_min=1
+    )
+    run.start()
+    running = run.wait_for(_running_past(30), "training past step 30")
+    assert running["hang_threshold"]["learned"] is True, running["hang_threshold"]
+    assert running["hang_threshold"]["seconds"] < 600
+    status = run.wait_for(_restarted(1), "restart after the hang", timeout=90)
+    crash = status["restarts"][0]
+    assert crash["category"] == "timeout"
+    assert "; threshold " in crash["reason"] and "learned: 5 x" in crash["reason"], crash
+    assert status["step_rhythm"]["train"] > 0
+    out = subprocess.run(
+        [str(SCRIPT), "status", "-c", str(run.config)], capture_output=True, text=True, check=False
+    )
+    assert "longest silences: " in out.stdout and "train " in out.stdout, out.stdout
+
+
 def test_sigstopped_daemon_is_detected_as_hung_and_restarted(run: Run) -> None:
     run.start()
     run.wait_for(_running_past(25), "training past step 25")

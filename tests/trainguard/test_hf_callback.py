@@ -39,6 +39,42 @@ def test_callback_writes_steps_eval_phase_and_done(tmp_path: Path) -> None:
     assert last is not None and (last.step, last.phase) == (100, "done")
 
 
+def test_saving_and_evaluating_show_as_their_own_phases(tmp_path: Path) -> None:
+    """The Trainer decides at a step's end to evaluate and save (DefaultFlowCallback runs
+    first): the silence of the save is the `save` phase's, not `train`'s (#20)."""
+    from trainguard.hf_callback import TrainguardCallback
+
+    progress = tmp_path / "progress.json"
+    callback = TrainguardCallback(progress)
+    state = transformers.TrainerState()
+    args: Any = object()
+    control = transformers.TrainerControl()
+
+    def phase() -> str:
+        found = read_progress(progress)
+        assert found is not None
+        return found.phase
+
+    callback.on_train_begin(args, state, control)
+    state.global_step = 10
+    control.should_save = True
+    callback.on_step_end(args, state, control)
+    assert phase() == "save"
+    callback.on_save(args, state, control)
+    assert phase() == "train"
+    control.should_save = False
+    state.global_step = 20
+    control.should_evaluate = control.should_save = True
+    callback.on_step_end(args, state, control)
+    assert phase() == "train"  # evaluation comes first, and shows itself
+    callback.on_prediction_step(args, state, control)
+    assert phase() == "eval"
+    callback.on_evaluate(args, state, control)
+    assert phase() == "save"
+    callback.on_save(args, state, control)
+    assert phase() == "train"
+
+
 def test_only_the_nodes_main_process_writes(tmp_path: Path) -> None:
     from trainguard.hf_callback import TrainguardCallback
 
