@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the state file's JSON")
     stop = commands.add_parser("stop", parents=with_config, help="stop the daemon and the watchdog")
     stop.add_argument(
-        "--timeout", type=float, default=120.0, metavar="S",
-        help="seconds to wait for the watchdog to stop (default 120)",
+        "--timeout", type=float, default=180.0, metavar="S",
+        help="seconds to wait for the watchdog to stop: the trainer may be asked for a "
+        "checkpoint first (save_on_stop_timeout) (default 180)",
     )  # fmt: skip
     restart = commands.add_parser(
         "restart",

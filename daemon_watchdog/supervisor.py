@@ -55,6 +55,7 @@ from daemon_watchdog.reporting import Reporter
 from daemon_watchdog.restart_policy import RestartPolicy
 from daemon_watchdog.states import TERMINAL, State, check_transition
 from daemon_watchdog.step_rhythm import StepRhythm
+from trainguard.atomicio import write_json_atomic
 from trainguard.checkpoints import CheckpointInfo
 from trainguard.child_process import become_subreaper, new_token, reap_children, watch_exit
 from trainguard.config import Config
@@ -70,7 +71,14 @@ from trainguard.procs import (
     identify,
     stopped_pids,
 )
-from trainguard.progress import Progress, ProgressError, is_progress, read_progress
+from trainguard.progress import (
+    SAVE_REQUEST_NAME,
+    Progress,
+    ProgressError,
+    is_progress,
+    read_progress,
+    save_request_file,
+)
 from trainguard.timestamps import parse_iso_utc
 from trainguard.watchdog_status import (
     CrashRecord,
@@ -91,6 +99,9 @@ log = logging.getLogger("daemon_watchdog")
 LOG_TICK = 1.0  # seconds between looks at the log of a daemon that has shown no life yet
 MAX_RESTARTS_KEPT = 50  # in the state file; the crash history keeps everything
 PROGRESS_PUBLISH_INTERVAL = 1.0  # seconds; state changes are published at once
+# Seconds between looks for the answer to a save request when the watch polls (a network
+# filesystem); with inotify the trainer's removal of the request wakes the loop at once.
+SAVE_ANSWER_POLL = 1.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,11 @@ class Supervisor:
         self.restart_at: float | None = None  # monotonic time the backoff ends
         self.state_reason: str | None = None
         self.stopping_for: str | None = None  # "hang" | "operator" | "restart" while STOPPING
+        # A planned stop waiting for the checkpoint it asked for: until then (monotonic), and
+        # the step that checkpoint must hold at least.
+        self.save_wait_until: float | None = None
+        self.save_asked_at_step: int | None = None
+        self.watch_polls = False
         self.restart_requests = 0  # operator restarts handled: `restart` waits for its own
         self.hang_reason = ""
         self.restarts: list[CrashRecord] = []  # the newest MAX_RESTARTS_KEPT
@@ -192,8 +208,13 @@ class Supervisor:
     def run(self) -> int:
         self._install_signal_handlers()
         self.subreaper = become_subreaper()
-        watch = ProgressWatch(self.ws.progress_file, lambda: self.events.put(ev.ProgressChanged()))
+        watch = ProgressWatch(
+            self.ws.progress_file,
+            lambda: self.events.put(ev.ProgressChanged()),
+            also=(SAVE_REQUEST_NAME,),  # its removal: the checkpoint asked for is complete
+        )
         watch.start()
+        self.watch_polls = watch.mode == "polling"
         now = time.monotonic()
         self.next_check = now + self.cfg.watchdog.check_interval
         self.next_prune = now + self.cfg.watchdog.prune_interval
@@ -227,6 +248,10 @@ class Supervisor:
             deadlines.append(self.next_ping)
         if self.restart_at is not None:
             deadlines.append(self.restart_at)
+        if self.save_wait_until is not None:
+            deadlines.append(self.save_wait_until)
+            if self.watch_polls:
+                deadlines.append(time.monotonic() + SAVE_ANSWER_POLL)
         hang = self._hang_deadline()
         if hang is not None:
             deadlines.append(hang)
@@ -245,6 +270,7 @@ class Supervisor:
                 self._on_daemon_exit(None)
         elif isinstance(event, ev.ProgressChanged):
             self._on_progress()
+            self._check_save_answer()
         elif isinstance(event, ev.CheckpointChosen):
             self._on_chosen(event)
         elif isinstance(event, ev.PruneDone):
@@ -388,6 +414,8 @@ class Supervisor:
         token = new_token()
         if not self._record_token(token):
             return
+        with contextlib.suppress(OSError):  # one a killed watchdog left: not for this daemon
+            os.unlink(save_request_file(self.ws.progress_file))
         try:
             # A resumed run starts below the last run's step: until the new daemon replaces the
             # progress file, what it holds is history, not this daemon's first progress.
@@ -492,11 +520,64 @@ class Supervisor:
             return
         if self.state == State.STOPPING:
             self.stopping_for = "operator"  # once the tree is gone: STOPPED, not a restart
+            if self.save_wait_until is not None:
+                self._end_save_wait("stop requested again: not waiting for the checkpoint")
             return
         self.stopping_for = "operator"
         self.reporter.stopping()
+        if self._ask_to_save():
+            return
         self._transition(State.STOPPING, "stop requested")
         self._stop_tree()
+
+    # --- a planned stop asks for a checkpoint first (#20) -----------------------------------
+
+    def _ask_to_save(self) -> bool:
+        """Ask the trainer for a checkpoint before stopping it, if it answers such requests
+        (its progress says so) and `save_on_stop_timeout` allows; True when asked."""
+        timeout = self.cfg.daemon.save_on_stop_timeout
+        p = self.last_progress
+        if timeout == 0 or self.state != State.RUNNING or p is None or not p.saves_on_request:
+            return False
+        request = save_request_file(self.ws.progress_file)
+        try:
+            write_json_atomic(request, {"requested_at": utc_now(), "step": p.step})
+        except OSError as exc:
+            log.error("cannot ask the trainer to save (%s): stopping it now", exc)
+            return False
+        self.save_wait_until = time.monotonic() + timeout
+        self.save_asked_at_step = p.step
+        self._transition(
+            State.STOPPING,
+            f"stop requested: asking the trainer for a checkpoint first (step {p.step}; "
+            f"waiting up to {timeout:g} s)",
+        )
+        return True
+
+    def _check_save_answer(self) -> None:
+        """The trainer removed the request (its checkpoint is complete), or the wait is over."""
+        if self.save_wait_until is None:
+            return
+        if not save_request_file(self.ws.progress_file).exists():
+            step = self.last_progress.step if self.last_progress is not None else None
+            self._end_save_wait(f"the trainer saved a checkpoint (asked at step "
+                                f"{self.save_asked_at_step}, now at {step})")  # fmt: skip
+        elif time.monotonic() >= self.save_wait_until:
+            timeout = self.cfg.daemon.save_on_stop_timeout
+            self._end_save_wait(f"no checkpoint within save_on_stop_timeout ({timeout:g} s)")
+
+    def _end_save_wait(self, why: str) -> None:
+        self._forget_save_request()
+        log.info("%s: stopping the daemon", why)
+        if self.daemon is not None:
+            self._stop_tree()
+
+    def _forget_save_request(self) -> None:
+        """No request outlives its stop: a daemon started later must not save at once."""
+        self.save_wait_until = None
+        self.save_asked_at_step = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(save_request_file(self.ws.progress_file))
 
     def _operator_restart(self) -> None:
         """`daemon-watchdog restart`: start the daemon again, whatever state it is in. Not a
@@ -634,6 +715,8 @@ class Supervisor:
         )
         log.info("daemon pid %d %s", daemon.pid, how)
         forget_daemon(self.ws, daemon.pid)  # its pid file would soon name a stranger
+        if self.save_wait_until is not None:  # it ended while we waited for its checkpoint
+            self._forget_save_request()
         # A daemon we spawned is our child, and we are a child subreaper: whenever a process of
         # its tree loses its parent (the daemon dying, a worker double-forking), the kernel
         # re-parents it to its nearest living subreaper ancestor, which is us or a subreaper
@@ -781,6 +864,8 @@ class Supervisor:
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
+        if self.save_wait_until is not None and (now >= self.save_wait_until or self.watch_polls):
+            self._check_save_answer()
         if self.restart_at is not None and now >= self.restart_at and self.state == State.BACKOFF:
             self._restart_now()
         tick = self._log_tick()

@@ -125,6 +125,9 @@ class DaemonSection(_Section):
     log_file: str = "logs/daemon.log"
     stop_signal: Annotated[str, _Rule(_known_signal)] = "SIGTERM"
     stop_timeout: Annotated[float, Ge(0)] = 30
+    # A planned stop first asks a trainer that answers save requests (trainguard.progress) for
+    # a checkpoint, and waits this long for it; 0: never ask.
+    save_on_stop_timeout: Annotated[float, Ge(0)] = 60
 
 
 def _valid_regexes(value: list[str]) -> list[str]:

@@ -14,6 +14,12 @@ checkpoint is written (the Trainer has decided to save when a step ends: `contro
 `done` at the end. Evaluation and saving are their own phases so that their long silences get
 their own hang threshold (`[watchdog.phase_timeouts]`, or the one the watchdog learns) instead
 of teaching the `train` phase to wait for them.
+
+A planned stop (`daemon-watchdog stop`, systemd's stop, a scheduler's SIGTERM to the watchdog)
+loses no step: the watchdog's save request makes the Trainer save at the next step's end, and
+the request is removed once `on_save` says the checkpoint is written; the watchdog stops the
+run then. Every rank must see the request file (one node, or the workspace on a shared
+filesystem): a save is collective under FSDP and DeepSpeed.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class TrainguardCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        if self.writer.save_requested():
+            control.should_save = True  # a planned stop: checkpoint this step first
         # The Trainer evaluates, then saves, right after this: evaluation shows its own phase.
         saving = control.should_save and not control.should_evaluate
         self._write(state, "save" if saving else "train")
@@ -78,6 +86,8 @@ class TrainguardCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         self._write(state, "train")
+        if state.is_local_process_zero:  # it wrote the checkpoint: complete once we are called
+            self.writer.saved()
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any

@@ -14,12 +14,19 @@ A NaN or infinite loss is written as JSON's de-facto `NaN` / `Infinity` literals
 `json` module and the Hugging Face Trainer's `trainer_state.json` do: a diverged loss is exactly
 what an operator must see, and replacing it by `null` would hide it. Strict JSON parsers reject
 those literals; Python, JavaScript's JSON5 and `jq` >= 1.7 read them.
+
+A planned stop loses nothing (#20): the watchdog writes `save_request.json` (`{"requested_at":
+ISO-8601, "step": int}`) beside the progress file, and a trainer that answers saves a checkpoint
+at its next step boundary and removes the file once that checkpoint is complete. A trainer says
+that it answers with `"saves_on_request": true` in its progress: `ProgressWriter` adds it once
+the loop has asked `save_requested()`, so the watchdog never waits on one that never looks.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +36,7 @@ from trainguard.atomicio import UnreadableJson, read_json, write_json_atomic
 from trainguard.timestamps import parse_iso_utc
 
 DEFAULT_PHASE = "train"
+SAVE_REQUEST_NAME = "save_request.json"
 
 
 class ProgressError(ValueError):
@@ -42,6 +50,7 @@ class Progress:
     total_steps: int | None = None
     loss: float | None = None
     updated_at: datetime | None = None
+    saves_on_request: bool = False  # it answers a save request (see the module's doc)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -84,19 +93,48 @@ def write_progress(
 
 
 class ProgressWriter:
-    """A progress file bound to its path and the run's `total_steps`, for a trainer's loop."""
+    """A progress file bound to its path and the run's `total_steps`, for a trainer's loop.
+
+    for step in range(start, total + 1):
+        loss = train_step(...)
+        progress.write(step, loss=loss)
+        if step % save_steps == 0 or progress.save_requested():
+            progress.write(step, "save")  # a save is a phase of its own (#20)
+            save_checkpoint(...)          # complete: written, then renamed into place
+            progress.saved()
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, total_steps: int | None = None) -> None:
         self.path = Path(path)
         self.total_steps = total_steps
+        self.save_request = save_request_file(self.path)
+        self.answers_save_requests = False  # set by the first save_requested()
 
     def write(
         self, step: int, phase: str = DEFAULT_PHASE, *, loss: float | None = None, **extra: Any
     ) -> None:
+        if self.answers_save_requests:
+            extra = {**extra, "saves_on_request": True}
         write_progress(self.path, step, phase, total_steps=self.total_steps, loss=loss, **extra)
+
+    def save_requested(self) -> bool:
+        """Whether the watchdog asks for a checkpoint before a planned stop: save one at this
+        step boundary, then call `saved()`. One `stat` per call."""
+        self.answers_save_requests = True
+        return self.save_request.exists()
+
+    def saved(self) -> None:
+        """The checkpoint is complete: the watchdog may stop the trainer now."""
+        with suppress(FileNotFoundError):
+            os.unlink(self.save_request)
 
     def read(self) -> Progress | None:
         return read_progress(self.path)
+
+
+def save_request_file(progress_file: str | os.PathLike[str]) -> Path:
+    """Where the watchdog asks for a save: beside the progress file (`status/`)."""
+    return Path(progress_file).with_name(SAVE_REQUEST_NAME)
 
 
 def read_progress(path: str | os.PathLike[str]) -> Progress | None:
@@ -150,6 +188,7 @@ def _parse(data: dict[str, Any]) -> Progress:
         total_steps=total_steps,
         loss=None if loss is None else float(loss),
         updated_at=_parse_time(data.get("updated_at")),
+        saves_on_request=data.get("saves_on_request") is True,
         raw=data,
     )
 

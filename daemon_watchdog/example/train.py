@@ -528,17 +528,27 @@ def _job_label(job: object) -> str:
 # --- the run ----------------------------------------------------------------------------------
 
 
+SAVED_FOR_STOP_WAIT = 10.0  # seconds to wait for the stop after a checkpoint asked for one
+
+
 class StopRequest:
     """The stop signal received, acted on at the next step boundary."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.received = threading.Event()
 
     def handle_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
+        self.received.set()
 
     def handle_sigint(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
+        self.received.set()
+
+    def wait(self, timeout: float) -> None:
+        """Until a stop signal arrives (its handler, run in this thread, ends the wait)."""
+        self.received.wait(timeout)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -585,7 +595,8 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(cfg.step_seconds)  # the GPU time this step would take
         progress.write(step, "train", loss=loss, **named)
         log.info("%sstep %d/%d loss=%.6f", tag, step, cfg.total_steps, loss)
-        if step % cfg.save_steps == 0 or step == cfg.total_steps:
+        requested = progress.save_requested()  # a planned stop: save this step first (#20)
+        if step % cfg.save_steps == 0 or step == cfg.total_steps or requested:
             progress.write(step, "eval", loss=loss, **named)
             eval_loss = mse(forward(params, data.x_val)[1], data.y_val)
             progress.write(step, "save", loss=loss, eval_loss=eval_loss, **named)
@@ -600,6 +611,11 @@ def run(args: argparse.Namespace) -> int:
             root = cfg.checkpoint_root(base)
             path = save_checkpoint(root, params, state, cfg.checkpoint_layout)
             log.info("%sstep %d: eval_loss=%.6f, saved %s", tag, step, eval_loss, path)
+            if requested:
+                progress.saved()
+                log.info("%sstep %d: saved as the watchdog asked before stopping", tag, step)
+                # The stop follows at once: a step trained now would be lost with it.
+                stop.wait(SAVED_FOR_STOP_WAIT)
 
     progress.write(cfg.total_steps, "done", loss=loss, eval_loss=eval_loss, **named)
     log.info("%straining done: %d steps", tag, cfg.total_steps)

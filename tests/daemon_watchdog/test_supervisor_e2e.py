@@ -258,8 +258,13 @@ def test_a_hang_is_judged_by_the_rhythm_learned_not_the_fixed_timeout(run: Run) 
         command_extra=["--fault", "hang@60"], progress_timeout=600, progress_timeout_min=1
     )
     run.start()
-    running = run.wait_for(_running_past(30), "training past step 30")
-    assert running["hang_threshold"]["learned"] is True, running["hang_threshold"]
+    running = run.wait_for(
+        lambda s: (
+            (s.get("hang_threshold") or {}).get("phase") == "train"
+            and s["hang_threshold"]["learned"] is True
+        ),
+        "a learned threshold for the train phase",
+    )
     assert running["hang_threshold"]["seconds"] < 600
     status = run.wait_for(_restarted(1), "restart after the hang", timeout=90)
     crash = status["restarts"][0]
@@ -270,6 +275,80 @@ def test_a_hang_is_judged_by_the_rhythm_learned_not_the_fixed_timeout(run: Run) 
         [str(SCRIPT), "status", "-c", str(run.config)], capture_output=True, text=True, check=False
     )
     assert "longest silences: " in out.stdout and "train " in out.stdout, out.stdout
+
+
+def _checkpoint_steps(base: Path) -> list[int]:
+    names = (
+        p.name.removeprefix("checkpoint-") for p in (base / "checkpoints").glob("checkpoint-*")
+    )
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def _stop(run: Run) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), "stop", "-c", str(run.config)], capture_output=True, text=True, check=False
+    )
+
+
+def _no_periodic_saves(run: Run) -> None:
+    job = run.base / "config.json"
+    job.write_text(json.dumps({**json.loads(job.read_text()), "save_steps": 100000}))
+
+
+def test_a_planned_stop_first_saves_what_the_trainer_reached(run: Run) -> None:
+    """#20: `stop` asks a trainer that answers save requests for a checkpoint, and stops it
+    once that checkpoint is complete: nothing trained before the stop is lost."""
+    _no_periodic_saves(run)
+    run.start()
+    reached = run.wait_for(_running_past(30), "training past step 30")["last_progress"]["step"]
+    assert _checkpoint_steps(run.base) == []
+    done = _stop(run)
+    assert done.returncode == 0, done.stderr
+    status = run.status()
+    assert status["state"] == "STOPPED", status
+    watchdog_log = (run.base / "logs" / "watchdog.log").read_text()
+    assert "asking the trainer for a checkpoint first" in watchdog_log
+    assert "the trainer saved a checkpoint" in watchdog_log
+    steps = _checkpoint_steps(run.base)
+    assert steps and steps[-1] >= reached, (steps, reached)
+    last = json.loads((run.base / "status" / "progress.json").read_text())["step"]
+    assert last == steps[-1], f"steps {steps[-1] + 1}..{last} were trained but not saved"
+    assert not (run.base / "status" / "save_request.json").exists()
+
+
+def test_with_save_on_stop_timeout_0_a_stop_asks_for_nothing(run: Run) -> None:
+    _no_periodic_saves(run)
+    text = _set_key(run.config.read_text(), "daemon", "save_on_stop_timeout", 0)
+    run.config.write_text(text)
+    run.start()
+    run.wait_for(_running_past(30), "training past step 30")
+    assert _stop(run).returncode == 0
+    assert run.status()["state"] == "STOPPED"
+    assert _checkpoint_steps(run.base) == []
+    assert "asking the trainer" not in (run.base / "logs" / "watchdog.log").read_text()
+
+
+def test_a_trainer_that_claims_to_save_but_never_does_is_stopped_after_the_timeout(
+    run: Run,
+) -> None:
+    trainer = run.base / "claims.py"
+    trainer.write_text(
+        "import sys, time\n"
+        "from trainguard.progress import write_progress\n"
+        "for step in range(1, 100000):\n"
+        "    write_progress(sys.argv[1], step, 'train', saves_on_request=True)\n"
+        "    time.sleep(0.03)\n"
+    )
+    text = _set_key(run.config.read_text(), "daemon", "save_on_stop_timeout", 2)
+    command = [sys.executable, str(trainer), "{base_dir}/status/progress.json"]
+    run.config.write_text(_set_key(text, "daemon", "command", command))
+    run.start()
+    run.wait_for(_running_past(10), "training past step 10")
+    assert _stop(run).returncode == 0
+    assert run.status()["state"] == "STOPPED"
+    watchdog_log = (run.base / "logs" / "watchdog.log").read_text()
+    assert "no checkpoint within save_on_stop_timeout (2 s): stopping the daemon" in watchdog_log
+    assert not (run.base / "status" / "save_request.json").exists()
 
 
 def test_sigstopped_daemon_is_detected_as_hung_and_restarted(run: Run) -> None:

@@ -75,6 +75,34 @@ def test_saving_and_evaluating_show_as_their_own_phases(tmp_path: Path) -> None:
     assert phase() == "train"
 
 
+def test_a_save_request_makes_the_trainer_save_and_is_answered_once_saved(
+    tmp_path: Path,
+) -> None:
+    """#20: a planned stop's request turns on `should_save` at the step's end; `on_save` (the
+    checkpoint written) removes the request, and the progress says it answers them."""
+    from trainguard.hf_callback import TrainguardCallback
+    from trainguard.progress import save_request_file
+
+    progress = tmp_path / "status" / "progress.json"
+    callback = TrainguardCallback(progress)
+    state = transformers.TrainerState()
+    args: Any = object()
+    control = transformers.TrainerControl()
+    callback.on_train_begin(args, state, control)
+    state.global_step = 7
+    callback.on_step_end(args, state, control)
+    assert control.should_save is False
+    request = save_request_file(progress)
+    request.write_text('{"requested_at": "2026-12-06T00:00:00Z", "step": 7}')
+    state.global_step = 8
+    callback.on_step_end(args, state, control)
+    assert control.should_save is True
+    written = read_progress(progress)
+    assert written is not None and (written.phase, written.saves_on_request) == ("save", True)
+    callback.on_save(args, state, control)
+    assert not request.exists()
+
+
 def test_only_the_nodes_main_process_writes(tmp_path: Path) -> None:
     from trainguard.hf_callback import TrainguardCallback
 

@@ -16,6 +16,7 @@ from trainguard.progress import (
     ProgressWriter,
     is_progress,
     read_progress,
+    save_request_file,
     write_progress,
 )
 
@@ -268,3 +269,24 @@ def test_a_folder_in_place_of_the_progress_file_is_refused_and_leaks_no_descript
         with pytest.raises(ProgressError, match=r"not a regular file \(a folder\)"):
             read_progress(path)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_loop_that_asks_for_save_requests_says_so_and_answers_them(tmp_path: Path) -> None:
+    """#20: the writer announces `saves_on_request` once the loop has asked, never before, so
+    the watchdog waits only on a trainer that will answer."""
+    writer = ProgressWriter(tmp_path / "status" / "progress.json")
+    writer.write(1)
+    first = read_progress(writer.path)
+    assert first is not None and first.saves_on_request is False
+    assert writer.save_requested() is False
+    writer.write(2)
+    second = read_progress(writer.path)
+    assert second is not None and second.saves_on_request is True
+    request = save_request_file(writer.path)
+    assert request == tmp_path / "status" / "save_request.json"
+    request.write_text('{"requested_at": "2026-12-06T00:00:00Z", "step": 2}')
+    assert writer.save_requested() is True
+    writer.saved()
+    assert not request.exists()
+    writer.saved()  # answering twice is harmless
+    assert writer.save_requested() is False
