@@ -27,8 +27,10 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
+# Two workers: most tests wait on real processes, so two run side by side even on 2 cores
+# (5.7 min instead of 10.3 on the CI's 2-core VM).
 pytest: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 test: lint typecheck pytest
 

@@ -12,7 +12,10 @@ rare, and forgetting it would bring the threshold down until the next one is kil
 learned outlives a restart (the state file keeps it); the first WARMUP silences after each
 start (data loaders, compilation, cuDNN autotuning) are judged by the configured timeout and
 count as usual. A silence is the phase's of the mark that began it: the time spent in `eval`
-runs from the mark that entered `eval` to the next one.
+runs from the mark that entered `eval` to the next one. A silence killed as a hang on a learned
+threshold counts as seen (`hung`): were it a long but healthy one (an epoch boundary, a save
+in `train`), the next threshold is MULTIPLE times longer, so it is killed at most once, not
+every time; a real hang that repeats is seen later each time, up to the ceiling.
 
 Pure: times (monotonic seconds) are given by the caller; nothing here reads a clock.
 """
@@ -64,6 +67,10 @@ class StepRhythm:
             self._longest[before] = max(self._longest.get(before, 0.0), silence)
         self._mark = (phase, at)
 
+    def hung(self, phase: str, silence: float) -> None:
+        """A silence of `phase` was killed as a hang: it is learned as if it had ended."""
+        self._longest[phase] = max(self._longest.get(phase, 0.0), silence)
+
     def threshold(self, phase: str, *, floor: float, ceiling: float) -> Threshold:
         """The hang threshold of `phase`: learned once warmed up, else `ceiling` (the
         configured timeout). The floor never lifts it above the ceiling."""
@@ -93,6 +100,7 @@ class StepRhythm:
             for phase, value in data.items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
-                if isinstance(phase, str) and 0 <= value < float("inf"):
-                    longest[phase] = float(value)
+                seconds = float(value) if abs(value) < 1e15 else float("inf")  # no OverflowError
+                if isinstance(phase, str) and 0 <= seconds < float("inf"):
+                    longest[phase] = seconds
         return cls(longest=longest, **kwargs)

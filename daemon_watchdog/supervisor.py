@@ -99,8 +99,8 @@ log = logging.getLogger("daemon_watchdog")
 LOG_TICK = 1.0  # seconds between looks at the log of a daemon that has shown no life yet
 MAX_RESTARTS_KEPT = 50  # in the state file; the crash history keeps everything
 PROGRESS_PUBLISH_INTERVAL = 1.0  # seconds; state changes are published at once
-# Seconds between looks for the answer to a save request when the watch polls (a network
-# filesystem); with inotify the trainer's removal of the request wakes the loop at once.
+# Seconds between looks for the answer to a save request: with inotify the trainer's removal
+# of the request wakes the loop at once; this covers a lost event and a polled filesystem.
 SAVE_ANSWER_POLL = 1.0
 
 
@@ -153,7 +153,6 @@ class Supervisor:
         # the step that checkpoint must hold at least.
         self.save_wait_until: float | None = None
         self.save_asked_at_step: int | None = None
-        self.watch_polls = False
         self.restart_requests = 0  # operator restarts handled: `restart` waits for its own
         self.hang_reason = ""
         self.restarts: list[CrashRecord] = []  # the newest MAX_RESTARTS_KEPT
@@ -214,7 +213,6 @@ class Supervisor:
             also=(SAVE_REQUEST_NAME,),  # its removal: the checkpoint asked for is complete
         )
         watch.start()
-        self.watch_polls = watch.mode == "polling"
         now = time.monotonic()
         self.next_check = now + self.cfg.watchdog.check_interval
         self.next_prune = now + self.cfg.watchdog.prune_interval
@@ -249,9 +247,8 @@ class Supervisor:
         if self.restart_at is not None:
             deadlines.append(self.restart_at)
         if self.save_wait_until is not None:
-            deadlines.append(self.save_wait_until)
-            if self.watch_polls:
-                deadlines.append(time.monotonic() + SAVE_ANSWER_POLL)
+            # The answer wakes us (inotify); a look a second covers a lost event and polling.
+            deadlines.append(min(self.save_wait_until, time.monotonic() + SAVE_ANSWER_POLL))
         hang = self._hang_deadline()
         if hang is not None:
             deadlines.append(hang)
@@ -310,6 +307,8 @@ class Supervisor:
             watch_exit(found.pid, lambda: self.events.put(ev.AdoptedExited(found.pid)))
             self._watch_log(found, from_now=True)
             self.rhythm.started()
+            with contextlib.suppress(OSError):  # one a killed watchdog left: not asked now
+                os.unlink(save_request_file(self.ws.progress_file))
             self._transition(State.STARTING, "adopted the running daemon")
             self.last_progress_mono = time.monotonic()  # its grace starts now
             return
@@ -636,7 +635,8 @@ class Supervisor:
     def _accept_progress(self, progress: Progress, source: str) -> None:
         self.last_progress = progress
         self.last_progress_mono = time.monotonic()
-        self.rhythm.observe(progress.phase, self.last_progress_mono)
+        if source == "progress":  # log lines are seen a check_interval apart: no rhythm there
+            self.rhythm.observe(progress.phase, self.last_progress_mono)
         self.refusal.progressed()
         self.last_progress_at = utc_now()
         if self.state == State.STARTING:
@@ -715,7 +715,8 @@ class Supervisor:
         )
         log.info("daemon pid %d %s", daemon.pid, how)
         forget_daemon(self.ws, daemon.pid)  # its pid file would soon name a stranger
-        if self.save_wait_until is not None:  # it ended while we waited for its checkpoint
+        saving = self.save_wait_until is not None
+        if saving:  # it ended while we waited for its checkpoint, before any signal of ours
             self._forget_save_request()
         # A daemon we spawned is our child, and we are a child subreaper: whenever a process of
         # its tree loses its parent (the daemon dying, a worker double-forking), the kernel
@@ -733,6 +734,8 @@ class Supervisor:
         self._kill_orphans(daemon.token, "orphaned by the daemon", tree=in_our_tree)
         if self.stopping_for == "operator":
             self.stopping_for = None
+            if saving and code != 0:  # it died writing the checkpoint asked for: a crash
+                self._record_crash_while_saving(daemon, code, how)
             self._finish(State.STOPPED, f"stopped by the operator; daemon {how}", leave=True)
             return
         if self.stopping_for == "hang":
@@ -747,6 +750,20 @@ class Supervisor:
             self._finish(State.STOPPED, "daemon finished (exit 0)")
             return
         self._recover(daemon, code, how, hang=False)
+
+    def _record_crash_while_saving(self, daemon: DaemonHandle, code: int | None, how: str) -> None:
+        """Diagnosed, recorded and alerted like any crash, but not restarted: the operator
+        asked for the stop."""
+        d = diagnose_crash(self.ws, self.scanner, code, how, since=daemon.log_offset,
+                           oom_before=self.oom_before)  # fmt: skip
+        log.error("the daemon died while saving for the stop: %s", d.reason)
+        self.last_crash = CrashRecord(at=utc_now(), reason=d.reason, category=d.category,
+                                      exit_code=code, evidence=d.evidence[:300],
+                                      suggestion=d.suggestion)  # fmt: skip
+        self.reporter.crash(d.category, d.reason, d.suggestion, d.evidence, "not restarted: a stop")
+        started = daemon.identity.start_ticks or daemon.identity.create_time
+        record_crash(self.ws, d, occurrence=f"daemon-watchdog:{daemon.pid}:{started}",
+                     exit_code=code)  # fmt: skip
 
     def _recover(self, daemon: DaemonHandle, code: int | None, how: str, *, hang: bool) -> None:
         """Diagnose and record the crash, then have the worker choose the checkpoint (pruning
@@ -864,7 +881,7 @@ class Supervisor:
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
-        if self.save_wait_until is not None and (now >= self.save_wait_until or self.watch_polls):
+        if self.save_wait_until is not None:
             self._check_save_answer()
         if self.restart_at is not None and now >= self.restart_at and self.state == State.BACKOFF:
             self._restart_now()
@@ -902,6 +919,8 @@ class Supervisor:
         configured = w.phase_timeouts.get(phase, w.progress_timeout)
         if configured == 0:
             return HangThreshold(phase, None, False, "no hang detection in this phase")
+        if w.liveness == "off":
+            return HangThreshold(phase, None, False, "no hang detection (liveness off)")
         if not w.adaptive_timeout:
             return HangThreshold(phase, configured, False, "configured")
         found = self.rhythm.threshold(phase, floor=w.progress_timeout_min, ceiling=configured)
@@ -936,6 +955,8 @@ class Supervisor:
                 f"no progress for {idle:.0f} s at step {p.step} ({p.phase}; threshold "
                 f"{limit.seconds:g} s, {limit.why})"
             )
+            if limit.learned:  # perhaps a long healthy silence: never killed twice alike
+                self.rhythm.hung(p.phase, idle)
         tree = [self.daemon.pid, *(p.pid for p in descendants(self.daemon.pid))]
         frozen = stopped_pids(tree)
         if frozen:

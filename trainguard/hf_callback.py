@@ -39,7 +39,8 @@ class TrainguardCallback(TrainerCallback):
         self.phase = "train"
 
     def _write(self, state: TrainerState, phase: str) -> None:
-        if not state.is_local_process_zero:
+        # `done` stays: an evaluate() after training is not the run coming back to life.
+        if not state.is_local_process_zero or (self.phase == "done" and phase != "done"):
             return
         self.phase = phase
         self.writer.total_steps = state.max_steps or None
@@ -48,6 +49,7 @@ class TrainguardCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        self.phase = "train"  # a new train() after a finished one
         self._write(state, "train")
 
     def on_step_end(
@@ -55,9 +57,19 @@ class TrainguardCallback(TrainerCallback):
     ) -> None:
         if self.writer.save_requested():
             control.should_save = True  # a planned stop: checkpoint this step first
-        # The Trainer evaluates, then saves, right after this: evaluation shows its own phase.
-        saving = control.should_save and not control.should_evaluate
-        self._write(state, "save" if saving else "train")
+        self._write(state, self._before_save_or_eval(control))
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        # save_strategy / eval_strategy "epoch": decided here, done right after.
+        self._write(state, self._before_save_or_eval(control))
+
+    @staticmethod
+    def _before_save_or_eval(control: TrainerControl) -> str:
+        """The Trainer evaluates, then saves, right after a step or an epoch ends: a save
+        shows as its own phase; an evaluation shows itself (on_prediction_step)."""
+        return "save" if control.should_save and not control.should_evaluate else "train"
 
     def on_log(
         self,
@@ -80,12 +92,16 @@ class TrainguardCallback(TrainerCallback):
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._write(state, "save" if control.should_save else "train")
+        # save_strategy "best" decides to save only after this evaluation: it may follow.
+        best = str(getattr(getattr(args, "save_strategy", None), "value", "")) == "best"
+        self._write(state, "save" if control.should_save or best else "train")
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._write(state, "train")
+        # After the last save the Trainer still loads the best model, logs, removes old
+        # checkpoints: I/O like a save, before on_train_end says `done`.
+        self._write(state, "save" if control.should_training_stop else "train")
         if state.is_local_process_zero:  # it wrote the checkpoint: complete once we are called
             self.writer.saved()
 

@@ -107,6 +107,9 @@ class HangThreshold:
         seconds = data.get("seconds")
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float, type(None))):
             return None
+        if seconds is not None and not 0 <= seconds < 1e15:  # NaN, negative, absurd
+            return None
+        seconds = None if seconds is None else float(seconds)
         learned = data.get("learned") is True
         return cls(_str(data.get("phase")) or "", seconds, learned, _str(data.get("why")) or "")
 
@@ -269,7 +272,7 @@ def _seconds_by_name(value: object) -> dict[str, float]:
     return {
         str(k): float(v)
         for k, v in value.items()
-        if not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < float("inf")
+        if not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < 1e15
     }
 
 

@@ -1,4 +1,5 @@
-"""Training progress: while a daemon runs, progress.json must move within progress_timeout."""
+"""Training progress: while a daemon runs, progress.json must move within progress_timeout,
+or within the threshold the live watchdog learned for the current phase (#20)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from health_check.context import Context
 from health_check.result import CheckResult, Fix, FixError, Metric, Status
-from health_check.supervision import read_supervision
+from health_check.supervision import Supervision, read_supervision
 from trainguard.progress import ProgressError, read_progress
 from trainguard.timestamps import parse_iso_utc, utc_now_iso
 from trainguard.watchdog_status import WatchdogStatus
@@ -56,6 +57,10 @@ def probe(ctx: Context) -> CheckResult:
             "progress", Status.OK, f"not training; last {where}, {age:.0f} s ago", metrics=metrics
         )
     timeout = w.phase_timeouts.get(progress.phase, w.progress_timeout)
+    basis = "timeout"
+    learned = _learned_threshold(sup, progress.phase)
+    if learned is not None and timeout != 0:
+        timeout, basis = learned, "learned threshold"
     if timeout == 0:
         return CheckResult(
             "progress",
@@ -68,17 +73,26 @@ def probe(ctx: Context) -> CheckResult:
         return CheckResult(
             "progress",
             Status.CRITICAL,
-            f"no progress for {age:.0f} s at {where} (timeout {timeout:g} s): hung?",
+            f"no progress for {age:.0f} s at {where} ({basis} {timeout:g} s): hung?",
             metrics=metrics,
         )
     if age > timeout / 2:
         return CheckResult(
             "progress",
             Status.WARNING,
-            f"slow: {age:.0f} s since the last step at {where} (timeout {timeout:g} s)",
+            f"slow: {age:.0f} s since the last step at {where} ({basis} {timeout:g} s)",
             metrics=metrics,
         )
     return CheckResult("progress", Status.OK, f"{where}, {age:.0f} s ago", metrics=metrics)
+
+
+def _learned_threshold(sup: Supervision, phase: str) -> float | None:
+    """The hang threshold a live watchdog learned for `phase`, which it acts on; None when it
+    has none (learning off or warming up, another phase, no live watchdog)."""
+    limit = sup.state.hang_threshold if sup.state is not None else None
+    if sup.watchdog is None or limit is None or not limit.learned or limit.phase != phase:
+        return None
+    return limit.seconds
 
 
 def _no_progress_yet(ctx: Context, state: WatchdogStatus | None) -> CheckResult:

@@ -96,3 +96,25 @@ def test_what_the_state_file_keeps_comes_back_and_bad_entries_are_dropped() -> N
     odd = {"train": "fast", "eval": -1, "save": True, "idle": float("nan"), "ok": 3}
     assert StepRhythm.from_json(odd).longest() == {"ok": 3.0}
     assert StepRhythm.from_json(["train"]).longest() == {}
+
+
+def test_a_silence_killed_as_a_hang_is_learned_so_it_is_not_killed_twice() -> None:
+    """A long healthy silence (an epoch boundary under `train`) killed once on a learned
+    threshold raises the next threshold: it is not killed again after every restart."""
+    rhythm = StepRhythm()
+    _steps(rhythm, "train", 1.0, WARMUP + 1)
+    assert rhythm.threshold("train", floor=30, ceiling=600).seconds == 30
+    rhythm.hung("train", 31.0)
+    rhythm.started()
+    _steps(rhythm, "train", 1.0, WARMUP + 1, start=100)
+    assert rhythm.threshold("train", floor=30, ceiling=600).seconds == MULTIPLE * 31.0
+
+
+def test_absurd_numbers_in_the_state_file_are_dropped_not_raised() -> None:
+    huge = 10**400
+    assert StepRhythm.from_json({"train": huge, "eval": 2}).longest() == {"eval": 2.0}
+    data = {"state": "RUNNING", "step_rhythm": {"train": huge},
+            "hang_threshold": {"phase": "train", "seconds": huge, "learned": True}}  # fmt: skip
+    status = WatchdogStatus.from_json(data)
+    assert status is not None
+    assert status.step_rhythm == {} and status.hang_threshold is None

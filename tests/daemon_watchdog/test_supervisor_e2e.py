@@ -351,6 +351,32 @@ def test_a_trainer_that_claims_to_save_but_never_does_is_stopped_after_the_timeo
     assert not (run.base / "status" / "save_request.json").exists()
 
 
+def test_a_trainer_that_dies_saving_for_a_stop_is_recorded_as_a_crash_not_restarted(
+    run: Run,
+) -> None:
+    trainer = run.base / "dies.py"
+    trainer.write_text(
+        "import os, sys, time\n"
+        "from trainguard.progress import ProgressWriter\n"
+        "progress = ProgressWriter(sys.argv[1])\n"
+        "for step in range(1, 100000):\n"
+        "    progress.write(step)\n"
+        "    if progress.save_requested():\n"
+        "        print('OSError: [Errno 28] No space left on device', flush=True)\n"
+        "        sys.exit(1)\n"
+        "    time.sleep(0.03)\n"
+    )
+    command = [sys.executable, str(trainer), "{base_dir}/status/progress.json"]
+    run.config.write_text(_set_key(run.config.read_text(), "daemon", "command", command))
+    run.start()
+    run.wait_for(_running_past(10), "training past step 10")
+    assert _stop(run).returncode == 0
+    status = run.status()
+    assert status["state"] == "STOPPED" and status["restart_count"] == 0, status
+    assert status["last_crash"]["category"] == "disk_full", status["last_crash"]
+    assert [r["category"] for r in run.history()] == ["disk_full"]
+
+
 def test_sigstopped_daemon_is_detected_as_hung_and_restarted(run: Run) -> None:
     run.start()
     run.wait_for(_running_past(25), "training past step 25")

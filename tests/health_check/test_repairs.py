@@ -19,7 +19,7 @@ from safetensors.numpy import save_file
 from tests.health_check.conftest import Example
 from tests.polling import wait_until
 from trainguard.atomicio import write_json_atomic
-from trainguard.procs import OWNER_ENV, ProcessIdentity
+from trainguard.procs import OWNER_ENV, ProcessIdentity, identify
 
 CHILDREN = Path(__file__).resolve().parents[1] / "children"
 
@@ -323,6 +323,34 @@ def test_stale_progress_of_a_live_daemon_is_critical(
 
     progress.write_text("{not json")
     assert example.health(capsys, "--only", "progress").code == 2
+
+
+def test_a_live_watchdogs_learned_threshold_judges_the_progress(
+    example: Example,
+    idle: tuple[subprocess.Popen[bytes], ProcessIdentity],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """#20: the watchdog acts on the threshold it learned; health-check judges by it too, for
+    the phase it was learned in and while that watchdog lives."""
+    _, daemon = idle
+    watchdog = identify(os.getpid())  # this test stands for the live watchdog
+    assert watchdog is not None
+    progress = example.base / "status" / "progress.json"
+    write_json_atomic(progress, {"step": 7, "phase": "train"})
+    ten_ago = progress.stat().st_mtime - 10  # the init template's progress_timeout is 30 s
+    os.utime(progress, (ten_ago, ten_ago))
+
+    def judged(phase: str, *, alive: bool = True) -> tuple[int, str]:
+        limit = {"phase": phase, "seconds": 5.0, "learned": True, "why": "learned: 5 x 1 s"}
+        example.record(daemon=daemon.to_json(), owner_token="t", hang_threshold=limit,
+                       watchdog=watchdog.to_json() if alive else None)  # fmt: skip
+        run = example.health(capsys, "--only", "progress", "--json")
+        return run.code, run.check("progress")["summary"]
+
+    code, summary = judged("train")
+    assert code == 2 and "(learned threshold 5 s): hung?" in summary, summary
+    assert judged("eval")[0] == 0  # learned for another phase: the configured 30 s
+    assert judged("train", alive=False)[0] == 0  # no live watchdog acts on it
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,50 @@ def test_saving_and_evaluating_show_as_their_own_phases(tmp_path: Path) -> None:
     assert phase() == "train"
 
 
+def test_epoch_saves_best_model_saves_and_the_end_of_training_are_not_train(
+    tmp_path: Path,
+) -> None:
+    """Saves decided at an epoch's end, by save_strategy "best" after an evaluation, and the
+    work after the last save are long silences: never counted as `train`'s; `done` stays."""
+    from trainguard.hf_callback import TrainguardCallback
+
+    progress = tmp_path / "progress.json"
+    callback = TrainguardCallback(progress)
+    state = transformers.TrainerState()
+    control = transformers.TrainerControl()
+    plain: Any = object()
+
+    def phase() -> str:
+        found = read_progress(progress)
+        assert found is not None
+        return found.phase
+
+    callback.on_train_begin(plain, state, control)
+    state.global_step = 50
+    control.should_save = True
+    callback.on_epoch_end(plain, state, control)
+    assert phase() == "save"
+    callback.on_save(plain, state, control)
+    control.should_save = False
+    best = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        save_strategy="best",
+        eval_strategy="steps",
+        metric_for_best_model="loss",
+    )
+    callback.on_prediction_step(best, state, control)
+    callback.on_evaluate(best, state, control)
+    assert phase() == "save"
+    control.should_training_stop = True
+    callback.on_save(best, state, control)
+    assert phase() == "save"
+    callback.on_train_end(best, state, control)
+    assert phase() == "done"
+    callback.on_prediction_step(best, state, control)  # trainer.evaluate() afterwards
+    callback.on_evaluate(best, state, control)
+    assert phase() == "done"
+
+
 def test_a_save_request_makes_the_trainer_save_and_is_answered_once_saved(
     tmp_path: Path,
 ) -> None:
