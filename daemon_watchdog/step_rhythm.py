@@ -23,20 +23,12 @@ Pure: times (monotonic seconds) are given by the caller; nothing here reads a cl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from trainguard.watchdog_status import HangThreshold, seconds_by_name
 
 MULTIPLE = 5.0  # the threshold is this many times the longest silence seen
 WARMUP = 5  # silences of a phase after each start before its learned threshold applies
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """The hang threshold of a phase now, and where it comes from (for `status` and logs)."""
-
-    seconds: float
-    learned: bool  # False: the configured timeout (learning off, or still warming up)
-    why: str  # "learned: 5 x 2.1 s, raised to the floor" / "configured (learning: 2 of 5)"
 
 
 class StepRhythm:
@@ -71,12 +63,13 @@ class StepRhythm:
         """A silence of `phase` was killed as a hang: it is learned as if it had ended."""
         self._longest[phase] = max(self._longest.get(phase, 0.0), silence)
 
-    def threshold(self, phase: str, *, floor: float, ceiling: float) -> Threshold:
+    def threshold(self, phase: str, *, floor: float, ceiling: float) -> HangThreshold:
         """The hang threshold of `phase`: learned once warmed up, else `ceiling` (the
         configured timeout). The floor never lifts it above the ceiling."""
         seen, longest = self._seen.get(phase, 0), self._longest.get(phase)
         if longest is None or seen < self.warmup:
-            return Threshold(ceiling, False, f"configured (learning: {seen} of {self.warmup})")
+            why = f"configured (learning: {seen} of {self.warmup})"
+            return HangThreshold(phase, ceiling, False, why)
         learned = self.multiple * longest
         seconds = min(ceiling, max(floor, learned))
         bound = ""
@@ -85,7 +78,7 @@ class StepRhythm:
         elif seconds == floor > learned:
             bound = ", raised to the floor"
         why = f"learned: {self.multiple:g} x {longest:.3g} s{bound}"
-        return Threshold(seconds, True, why)
+        return HangThreshold(phase, seconds, True, why)
 
     def longest(self) -> dict[str, float]:
         """The longest silence seen in each phase, in seconds: what the state file keeps."""
@@ -95,12 +88,4 @@ class StepRhythm:
     def from_json(cls, data: object, **kwargs: Any) -> StepRhythm:
         """What a state file kept (`{phase: seconds}`); a malformed entry is dropped (its phase
         learns again)."""
-        longest: dict[str, float] = {}
-        if isinstance(data, Mapping):
-            for phase, value in data.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
-                seconds = float(value) if abs(value) < 1e15 else float("inf")  # no OverflowError
-                if isinstance(phase, str) and 0 <= seconds < float("inf"):
-                    longest[phase] = seconds
-        return cls(longest=longest, **kwargs)
+        return cls(longest=seconds_by_name(data), **kwargs)

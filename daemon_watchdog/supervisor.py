@@ -307,8 +307,7 @@ class Supervisor:
             watch_exit(found.pid, lambda: self.events.put(ev.AdoptedExited(found.pid)))
             self._watch_log(found, from_now=True)
             self.rhythm.started()
-            with contextlib.suppress(OSError):  # one a killed watchdog left: not asked now
-                os.unlink(save_request_file(self.ws.progress_file))
+            self._drop_save_request()  # one a killed watchdog left: not asked of this daemon
             self._transition(State.STARTING, "adopted the running daemon")
             self.last_progress_mono = time.monotonic()  # its grace starts now
             return
@@ -413,8 +412,7 @@ class Supervisor:
         token = new_token()
         if not self._record_token(token):
             return
-        with contextlib.suppress(OSError):  # one a killed watchdog left: not for this daemon
-            os.unlink(save_request_file(self.ws.progress_file))
+        self._drop_save_request()  # one a killed watchdog left: not for this daemon
         try:
             # A resumed run starts below the last run's step: until the new daemon replaces the
             # progress file, what it holds is history, not this daemon's first progress.
@@ -575,7 +573,10 @@ class Supervisor:
         """No request outlives its stop: a daemon started later must not save at once."""
         self.save_wait_until = None
         self.save_asked_at_step = None
-        with contextlib.suppress(FileNotFoundError):
+        self._drop_save_request()
+
+    def _drop_save_request(self) -> None:
+        with contextlib.suppress(OSError):
             os.unlink(save_request_file(self.ws.progress_file))
 
     def _operator_restart(self) -> None:
@@ -761,9 +762,7 @@ class Supervisor:
                                       exit_code=code, evidence=d.evidence[:300],
                                       suggestion=d.suggestion)  # fmt: skip
         self.reporter.crash(d.category, d.reason, d.suggestion, d.evidence, "not restarted: a stop")
-        started = daemon.identity.start_ticks or daemon.identity.create_time
-        record_crash(self.ws, d, occurrence=f"daemon-watchdog:{daemon.pid}:{started}",
-                     exit_code=code)  # fmt: skip
+        record_crash(self.ws, d, occurrence=_occurrence(daemon), exit_code=code)
 
     def _recover(self, daemon: DaemonHandle, code: int | None, how: str, *, hang: bool) -> None:
         """Diagnose and record the crash, then have the worker choose the checkpoint (pruning
@@ -781,11 +780,7 @@ class Supervisor:
             )
         )
         self.diagnosed = True
-        # pid and kernel start time (ticks since boot): one crash, one record, even if the clock
-        # was stepped or another watchdog recorded the same daemon's crash.
-        started = daemon.identity.start_ticks or daemon.identity.create_time
-        occurrence = f"daemon-watchdog:{daemon.pid}:{started}"
-        self.unrecorded.append((diagnosis, occurrence, code))
+        self.unrecorded.append((diagnosis, _occurrence(daemon), code))
         refused = None
         if not hang and daemon.resumed_from is not None and self.last_progress is None:
             why = self.refusal.judge(
@@ -923,8 +918,7 @@ class Supervisor:
             return HangThreshold(phase, None, False, "no hang detection (liveness off)")
         if not w.adaptive_timeout:
             return HangThreshold(phase, configured, False, "configured")
-        found = self.rhythm.threshold(phase, floor=w.progress_timeout_min, ceiling=configured)
-        return HangThreshold(phase, found.seconds, found.learned, found.why)
+        return self.rhythm.threshold(phase, floor=w.progress_timeout_min, ceiling=configured)
 
     def _log_tick(self) -> float | None:
         """Once a second, while a started daemon has shown no sign of life that the log would
@@ -1190,6 +1184,13 @@ def _release_free_heap() -> None:
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
     if trim is not None:
         trim(0)
+
+
+def _occurrence(daemon: DaemonHandle) -> str:
+    """One crash, one history record: pid and kernel start time (ticks since boot), so that a
+    stepped clock or a second watchdog recording the same daemon's crash makes no second."""
+    started = daemon.identity.start_ticks or daemon.identity.create_time
+    return f"daemon-watchdog:{daemon.pid}:{started}"
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

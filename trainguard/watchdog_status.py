@@ -104,12 +104,10 @@ class HangThreshold:
     def from_json(cls, data: object) -> HangThreshold | None:
         if not isinstance(data, Mapping):
             return None
-        seconds = data.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float, type(None))):
+        raw = data.get("seconds")
+        seconds = _seconds(raw)
+        if raw is not None and seconds is None:  # not a number, NaN, negative, absurd
             return None
-        if seconds is not None and not 0 <= seconds < 1e15:  # NaN, negative, absurd
-            return None
-        seconds = None if seconds is None else float(seconds)
         learned = data.get("learned") is True
         return cls(_str(data.get("phase")) or "", seconds, learned, _str(data.get("why")) or "")
 
@@ -236,7 +234,7 @@ class WatchdogStatus:
             reload_note=_str(data.get("reload_note")),
             state_reason=_str(data.get("state_reason")),
             restart_at=_str(data.get("restart_at")),
-            step_rhythm=_seconds_by_name(data.get("step_rhythm")),
+            step_rhythm=seconds_by_name(data.get("step_rhythm")),
             hang_threshold=HangThreshold.from_json(data.get("hang_threshold")),
             updated_at=_str(data.get("updated_at")),
             problems=tuple(problems),
@@ -266,14 +264,18 @@ def read_watchdog_status(path: Path) -> WatchdogStatus | None:
     return WatchdogStatus.from_json(data)
 
 
-def _seconds_by_name(value: object) -> dict[str, float]:
+def seconds_by_name(value: object) -> dict[str, float]:
+    """`{name: seconds}` from a state file, each entry checked (a number, 0 to 1e15: no NaN,
+    nothing that overflows a float); the others dropped."""
     if not isinstance(value, Mapping):
         return {}
-    return {
-        str(k): float(v)
-        for k, v in value.items()
-        if not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < 1e15
-    }
+    return {k: float(v) for k, v in value.items() if isinstance(k, str) and _seconds(v) is not None}
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 <= value < 1e15 else None
 
 
 def _int(value: object) -> int | None:

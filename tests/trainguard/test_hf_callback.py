@@ -12,6 +12,12 @@ from trainguard.progress import read_progress
 transformers = pytest.importorskip("transformers")
 
 
+def _phase(progress: Path) -> str:
+    found = read_progress(progress)
+    assert found is not None
+    return found.phase
+
+
 def test_callback_writes_steps_eval_phase_and_done(tmp_path: Path) -> None:
     from trainguard.hf_callback import TrainguardCallback
 
@@ -50,29 +56,24 @@ def test_saving_and_evaluating_show_as_their_own_phases(tmp_path: Path) -> None:
     args: Any = object()
     control = transformers.TrainerControl()
 
-    def phase() -> str:
-        found = read_progress(progress)
-        assert found is not None
-        return found.phase
-
     callback.on_train_begin(args, state, control)
     state.global_step = 10
     control.should_save = True
     callback.on_step_end(args, state, control)
-    assert phase() == "save"
+    assert _phase(progress) == "save"
     callback.on_save(args, state, control)
-    assert phase() == "train"
+    assert _phase(progress) == "train"
     control.should_save = False
     state.global_step = 20
     control.should_evaluate = control.should_save = True
     callback.on_step_end(args, state, control)
-    assert phase() == "train"  # evaluation comes first, and shows itself
+    assert _phase(progress) == "train"  # evaluation comes first, and shows itself
     callback.on_prediction_step(args, state, control)
-    assert phase() == "eval"
+    assert _phase(progress) == "eval"
     callback.on_evaluate(args, state, control)
-    assert phase() == "save"
+    assert _phase(progress) == "save"
     callback.on_save(args, state, control)
-    assert phase() == "train"
+    assert _phase(progress) == "train"
 
 
 def test_epoch_saves_best_model_saves_and_the_end_of_training_are_not_train(
@@ -88,16 +89,11 @@ def test_epoch_saves_best_model_saves_and_the_end_of_training_are_not_train(
     control = transformers.TrainerControl()
     plain: Any = object()
 
-    def phase() -> str:
-        found = read_progress(progress)
-        assert found is not None
-        return found.phase
-
     callback.on_train_begin(plain, state, control)
     state.global_step = 50
     control.should_save = True
     callback.on_epoch_end(plain, state, control)
-    assert phase() == "save"
+    assert _phase(progress) == "save"
     callback.on_save(plain, state, control)
     control.should_save = False
     best = transformers.TrainingArguments(
@@ -108,15 +104,15 @@ def test_epoch_saves_best_model_saves_and_the_end_of_training_are_not_train(
     )
     callback.on_prediction_step(best, state, control)
     callback.on_evaluate(best, state, control)
-    assert phase() == "save"
+    assert _phase(progress) == "save"
     control.should_training_stop = True
     callback.on_save(best, state, control)
-    assert phase() == "save"
+    assert _phase(progress) == "save"
     callback.on_train_end(best, state, control)
-    assert phase() == "done"
+    assert _phase(progress) == "done"
     callback.on_prediction_step(best, state, control)  # trainer.evaluate() afterwards
     callback.on_evaluate(best, state, control)
-    assert phase() == "done"
+    assert _phase(progress) == "done"
 
 
 def test_a_save_request_makes_the_trainer_save_and_is_answered_once_saved(
