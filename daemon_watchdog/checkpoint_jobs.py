@@ -19,6 +19,7 @@ from daemon_watchdog.recovery import (
     make_room,
     prune_now,
     refuse,
+    rewind,
 )
 from trainguard.checkpoints import Cancelled
 from trainguard.workspace import Workspace
@@ -37,12 +38,22 @@ class CheckpointJobs:
     def pruning(self) -> bool:
         return self._prune_cancel is not None and not self._prune_cancel.is_set()
 
-    def choose(self, seq: int, *, room: bool, refused: tuple[Path, str] | None = None) -> None:
+    def choose(
+        self,
+        seq: int,
+        *,
+        room: bool,
+        refused: tuple[Path, str] | None = None,
+        skip: int = 0,
+        prune: bool = False,
+    ) -> None:
         """Quarantine `refused` (a checkpoint the trainer could not resume from), prune when the
-        disk is low (`room`), then choose the checkpoint to resume from."""
+        disk is low (`room`) or always (`prune`: a disk_full crash's recovery action), move the
+        newest `skip` valid checkpoints aside (a nan_loss rewind), then choose the checkpoint
+        to resume from."""
         if self._prune_cancel is not None:
             self._prune_cancel.set()  # the restart matters more; the prune runs again later
-        self._start("choose", lambda: self._choose(seq, room, refused))
+        self._start("choose", lambda: self._choose(seq, room, refused, skip, prune))
 
     def prune(self) -> None:
         """Prune beyond keep_last, unless a prune still runs."""
@@ -61,15 +72,26 @@ class CheckpointJobs:
     def _start(self, name: str, job: Callable[[], None]) -> None:
         threading.Thread(target=job, name=f"checkpoints-{name}", daemon=True).start()
 
-    def _choose(self, seq: int, room: bool, refused: tuple[Path, str] | None) -> None:
+    def _choose(
+        self, seq: int, room: bool, refused: tuple[Path, str] | None, skip: int, prune: bool
+    ) -> None:
         disk_low = error = None
         checkpoint = None
         stuck = False
+        rewound: list[str] = []
+        pruned: int | None = None
         try:
             if refused is not None:
                 stuck = refuse(*refused) is None
+            if prune:
+                try:  # the daemon is gone: fresh checkpoints count too
+                    pruned = len(prune_now(self.ws, self._closing.is_set, settle=0.0))
+                except OSError as exc:
+                    log.error("recovery: cannot prune checkpoints: %s", exc)
             if room:
                 disk_low = make_room(self.ws, self._closing.is_set)
+            if skip:
+                rewound = rewind(self.ws, skip)
             checkpoint = choose_checkpoint(self.ws)
         except (CheckpointsUnreadable, NoValidCheckpoint) as exc:
             error = str(exc)
@@ -78,7 +100,9 @@ class CheckpointJobs:
         except Exception as exc:  # a bug here must not leave the run waiting forever
             log.exception("choosing a checkpoint failed")
             error = f"choosing a checkpoint failed: {type(exc).__name__}: {exc}"
-        self.post(ev.CheckpointChosen(seq, checkpoint, error, disk_low, stuck))
+        self.post(
+            ev.CheckpointChosen(seq, checkpoint, error, disk_low, stuck, tuple(rewound), pruned)
+        )
 
     def _prune(self, cancel: threading.Event) -> None:
         removed: list[Path] = []

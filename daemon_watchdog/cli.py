@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=120.0, metavar="S",
         help="seconds to wait for the new daemon (default 120)",
     )  # fmt: skip
+    restart.add_argument(
+        "--reset-recovery", action="store_true",
+        help="first put back every knob [watchdog.recovery] changed (batch size, GPUs left "
+        "out, learning rate); `status` lists them",
+    )  # fmt: skip
     show = commands.add_parser(
         "config", parents=with_config, help="validate the config; print it with every default"
     )
@@ -163,7 +168,7 @@ def _operate(args: argparse.Namespace) -> int:
     if args.command == "stop":
         return control.stop(ws, timeout=args.timeout)
     if args.command == "restart":
-        return control.restart(ws, timeout=args.timeout)
+        return control.restart(ws, timeout=args.timeout, reset_recovery=args.reset_recovery)
     from daemon_watchdog.lock import WorkspaceLock
     from daemon_watchdog.logsetup import setup_logging
     from daemon_watchdog.supervisor import Supervisor

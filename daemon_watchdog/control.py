@@ -27,6 +27,7 @@ from trainguard.watchdog_status import (
     WatchdogStatus,
     read_watchdog_status,
     restart_request_file,
+    show_scalar,
     utc_now,
 )
 from trainguard.workspace import Workspace
@@ -78,6 +79,8 @@ def show_status(ws: Workspace, *, as_json: bool) -> int:
         print(f"liveness: {status.liveness_note}")
     if status.reload_note:
         print(f"reload:   {status.reload_note}")
+    for line in _recovery_lines(status):
+        print(line)
     print(f"restarts: {status.restart_count}")
     crash = status.last_crash
     if crash:
@@ -87,6 +90,24 @@ def show_status(ws: Workspace, *, as_json: bool) -> int:
     if status.fatal_reason:
         print(f"FATAL:    {status.fatal_reason}")
     return code
+
+
+def _recovery_lines(status: WatchdogStatus) -> list[str]:
+    """What [watchdog.recovery] changed and has not been put back, and its last action."""
+    rec = status.recovery
+    lines = []
+    if rec.knobs:
+        changed = "; ".join(
+            f"{knob} = {show_scalar(c.value)} (was {show_scalar(c.original)})"
+            for knob, c in rec.knobs.items()
+        )
+        lines.append(f"recovery: {changed} (`daemon-watchdog restart --reset-recovery` puts "
+                     "them back)")  # fmt: skip
+    if rec.events:
+        last = rec.events[-1]
+        lines.append(f"{'recovery:' if not rec.knobs else '         '} last: {last.text} "
+                     f"({last.at})")  # fmt: skip
+    return lines
 
 
 def _daemon_line(status: WatchdogStatus, *, stale: bool) -> str:
@@ -180,11 +201,12 @@ def _stop_without_watchdog(ws: Workspace, status: WatchdogStatus | None) -> str:
     return message
 
 
-def restart(ws: Workspace, *, timeout: float) -> int:
+def restart(ws: Workspace, *, timeout: float, reset_recovery: bool = False) -> int:
     """Ask the watchdog to start the daemon again (from FATAL or STOPPED, at once from BACKOFF,
-    after a graceful stop from STARTING or RUNNING), and wait until a new daemon has started."""
+    after a graceful stop from STARTING or RUNNING), and wait until a new daemon has started.
+    `reset_recovery`: first put back every knob [watchdog.recovery] changed."""
     with _one_restart_at_a_time(ws):
-        return _restart(ws, timeout=timeout)
+        return _restart(ws, timeout=timeout, reset_recovery=reset_recovery)
 
 
 @contextmanager
@@ -201,12 +223,15 @@ def _one_restart_at_a_time(ws: Workspace) -> Iterator[None]:
         lock.release()
 
 
-def _restart(ws: Workspace, *, timeout: float) -> int:
+def _restart(ws: Workspace, *, timeout: float, reset_recovery: bool) -> int:
     status = read_watchdog_status(ws.state_file)
     watchdog = _process(status.watchdog) if status else None
     if status is None or watchdog is None:
+        done = ""
+        if reset_recovery:
+            done = _reset_without_watchdog(ws, status) + "; "
         raise TrainguardError(
-            f"no watchdog is running for {ws.base_dir}; start one with: daemon-watchdog run"
+            f"{done}no watchdog is running for {ws.base_dir}; start one with: daemon-watchdog start"
         )
     was = status.state
     if was in (State.HUNG.value, State.STOPPING.value):
@@ -218,7 +243,8 @@ def _restart(ws: Workspace, *, timeout: float) -> int:
     with ProgressWatch(ws.state_file, changed.set):  # the state file is replaced on each change
         try:
             # The request file first: a SIGHUP without it (a closed terminal) only reloads.
-            write_json_atomic(restart_request_file(ws), {"requested_at": utc_now()})
+            request = {"requested_at": utc_now(), "reset_recovery": reset_recovery}
+            write_json_atomic(restart_request_file(ws), request)
             watchdog.send_signal(signal.SIGHUP)  # psutil checks it is still that process
         except psutil.NoSuchProcess:
             raise TrainguardError(f"the watchdog (pid {watchdog.pid}) has just exited") from None
@@ -247,6 +273,31 @@ def _restart(ws: Workspace, *, timeout: float) -> int:
                 raise TrainguardError(f"the watchdog (pid {watchdog.pid}) exited meanwhile")
             changed.wait(min(left, 1.0))  # woken by each write; 1 s to notice a dead watchdog
             changed.clear()
+
+
+def _reset_without_watchdog(ws: Workspace, status: WatchdogStatus | None) -> str:
+    """`restart --reset-recovery` with no watchdog: put the knobs back here, under the
+    watchdog's lock (none may start meanwhile), and record it in the state file."""
+    from daemon_watchdog.crash_actions import CrashActions
+
+    if status is None or not status.recovery.knobs:
+        return "no knob to put back"
+    lock = WorkspaceLock(ws.lock_file)
+    try:
+        lock.acquire()
+    except WorkspaceBusy as exc:
+        raise TrainguardError(f"{exc}: try again once it has started") from None
+    try:
+        applied = CrashActions(ws, lambda: []).reset(status.recovery)
+        try:
+            replace(status, recovery=applied.state).write(ws.state_file)
+        except OSError as exc:
+            raise TrainguardError(f"cannot update {ws.state_file}: {exc.strerror or exc}") from None
+    finally:
+        lock.release()
+    for event in applied.events:
+        print(event.text)
+    return "knobs put back"
 
 
 def _restart_outcome(before: WatchdogStatus, now: WatchdogStatus) -> tuple[bool, str] | None:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -60,9 +61,17 @@ class Unprovable:
         )
 
 
-def spawn(ws: Workspace, *, checkpoint: Path | None, token: str, started_at: str) -> DaemonHandle:
+def spawn(
+    ws: Workspace,
+    *,
+    checkpoint: Path | None,
+    token: str,
+    started_at: str,
+    env_changes: Mapping[str, str | None] | None = None,
+) -> DaemonHandle:
     """Start `[daemon].command` (+ resume args) in its own session, output appended to its log,
-    and name it in the pid file. The caller has recorded `token` first (no record, no spawn)."""
+    and name it in the pid file. The caller has recorded `token` first (no record, no spawn).
+    `env_changes`: variables recovery set (None: unset) in the daemon's environment."""
     argv = expand_argv(ws.config.daemon.command, base_dir=str(ws.base_dir))
     if checkpoint is not None:
         argv += expand_argv(
@@ -70,6 +79,10 @@ def spawn(ws: Workspace, *, checkpoint: Path | None, token: str, started_at: str
         )
     # PYTHONFAULTHANDLER makes a Python trainer print every thread's stack on SIGABRT, the
     # fallback for showing where a hung trainer is stuck when py-spy is not installed.
+    base_env = None
+    if env_changes:
+        base_env = {k: v for k, v in os.environ.items() if k not in env_changes}
+        base_env.update({k: v for k, v in env_changes.items() if v is not None})
     child = spawn_child(
         argv,
         cwd=ws.base_dir,
@@ -77,6 +90,7 @@ def spawn(ws: Workspace, *, checkpoint: Path | None, token: str, started_at: str
         token=token,
         started_at=started_at,
         env={"PYTHONFAULTHANDLER": "1"},
+        base_env=base_env,
         what="the daemon",
     )
     try:

@@ -163,9 +163,15 @@ def _log_tail(ws: Workspace, since: int) -> list[bytes]:
 
 
 def record_crash(
-    ws: Workspace, diagnosis: Diagnosis, *, occurrence: str, exit_code: int | None
+    ws: Workspace,
+    diagnosis: Diagnosis,
+    *,
+    occurrence: str,
+    exit_code: int | None,
+    recovery: list[str] | None = None,
 ) -> None:
-    """Append to the crash history; `occurrence` (daemon pid + start) makes it one record."""
+    """Append to the crash history; `occurrence` (daemon pid + start) makes it one record.
+    `recovery`: what [watchdog.recovery] changed before the restart, one line each."""
     finding = Finding(
         diagnosis.category, WATCHDOG_SOURCE, 0, "critical", diagnosis.retryable,
         diagnosis.suggestion, diagnosis.evidence or diagnosis.reason, str(ws.daemon_log),
@@ -173,6 +179,8 @@ def record_crash(
     record = to_record(Crash(finding, (finding,)), source=WATCHDOG_SOURCE, exit_code=exit_code)
     record["occurrence"] = occurrence
     record["reason"] = diagnosis.reason
+    if recovery:
+        record["recovery"] = list(recovery)
     try:
         append_new(ws.crash_history, [record])
     except OSError as exc:

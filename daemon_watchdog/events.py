@@ -44,6 +44,8 @@ class CheckpointChosen:
     error: str | None  # the checkpoints cannot be used: FATAL with this reason
     disk_low: str | None  # what pruning for room did, when the disk was low
     refused_stuck: bool = False  # the refused checkpoint could not be moved into quarantine/
+    rewound: tuple[str, ...] = ()  # checkpoints moved aside for a nan_loss rewind
+    pruned: int | None = None  # checkpoints pruned for a disk_full crash (None: not asked)
 
 
 @dataclass(frozen=True)

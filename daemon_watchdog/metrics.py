@@ -27,6 +27,8 @@ from trainguard.workspace import Workspace
 log = logging.getLogger("daemon_watchdog")
 
 PREFIX = "trainguard"
+# What crash_actions records as actions taken (a reset counts too); at 0 from the start.
+RECOVERY_ACTIONS = ("halve", "double", "exclude_gpu", "rewind", "scale", "prune", "reset")
 NVML_RETRY_S = 300.0  # a host without a usable NVML is asked again this rarely
 
 
@@ -62,6 +64,22 @@ class WatchdogCollector:
         for category in sorted({*CATEGORIES, *counts}):
             restarts.add_metric([category], float(counts.get(category, 0)))
         yield restarts
+
+        actions = CounterMetricFamily(
+            f"{PREFIX}_watchdog_recovery_actions",
+            "Recovery actions taken before restarts ([watchdog.recovery]), by kind",
+            labels=["action"],
+        )
+        taken = status.recovery.totals if status is not None else {}
+        for action in sorted({*RECOVERY_ACTIONS, *taken}):
+            actions.add_metric([action], float(taken.get(action, 0)))
+        yield actions
+        changed = len(status.recovery.knobs) if status is not None else 0
+        yield GaugeMetricFamily(
+            f"{PREFIX}_watchdog_recovery_knobs_changed",
+            "Knobs recovery changed that `restart --reset-recovery` has not put back",
+            value=changed,
+        )
 
         progress = status.last_progress if status is not None else None
         if progress is not None:

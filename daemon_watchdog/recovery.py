@@ -80,6 +80,33 @@ def choose_checkpoint(ws: Workspace) -> CheckpointInfo | None:
     return None
 
 
+def rewind(ws: Workspace, skip: int) -> list[str]:
+    """Move the newest `skip` valid checkpoints into quarantine/ (a NaN crash: they may hold
+    diverged weights), keeping at least one valid checkpoint; the names moved, newest first.
+    Invalid ones are left to `choose_checkpoint`. One that cannot be moved stops the rewind
+    there: resuming from it is what would have happened anyway."""
+    rules = ws.config.checkpoints
+    try:
+        candidates = find_candidates(ws.checkpoints_dir, rules.pattern)
+    except OSError:
+        return []  # `choose_checkpoint` says why, in the FATAL reason
+    valid: list[CheckpointInfo] = []
+    for candidate in reversed(candidates):
+        if candidate.staged:
+            continue
+        info = inspect(candidate, rules)
+        if info is not None and info.valid:
+            valid.append(info)
+            if len(valid) > skip:
+                break
+    moved: list[str] = []
+    for info in valid[: min(skip, len(valid) - 1)]:
+        if refuse(info.path, "rewound past after a nan_loss crash") is None:
+            break
+        moved.append(info.path.name)
+    return moved
+
+
 def refuse(path: Path, why: str) -> Path | None:
     """Quarantine one checkpoint, saying why; where it went, or None (logged) when it is still
     where it was."""

@@ -58,6 +58,10 @@ class RestartPolicy:
         # Highest step a restart resumed from; None = from scratch (below every step).
         self._best_step: int | None = None
         self._without_progress = 0  # restarts in a row that did not pass _best_step
+        # Set when a restart changed something (a halved batch size, a GPU left out, a rewind):
+        # the step the run died at. The next crash counts as progress only if the run got past
+        # it, whatever checkpoint it resumes from (a rewind resumes from a lower one).
+        self._recovery_bar: int | None = None
 
     def retune(
         self,
@@ -118,11 +122,26 @@ class RestartPolicy:
         self._started_at = None
         self._best_step = None
         self._without_progress = 0
+        self._recovery_bar = None
 
-    def decide(self, *, retryable: bool, category: str, checkpoint_step: int | None) -> Decision:
+    def changed_for_restart(self, died_at_step: int) -> None:
+        """The restart just decided changes a knob (or the checkpoint) because the run died at
+        `died_at_step`: the next crash is progress only if the run got past that step."""
+        self._recovery_bar = died_at_step
+
+    def decide(
+        self,
+        *,
+        retryable: bool,
+        category: str,
+        checkpoint_step: int | None,
+        reached_step: int | None = None,
+    ) -> Decision:
         """Restart (after `delay`) or give up on the crash that just happened.
 
-        `checkpoint_step` is the newest valid checkpoint the restart would resume from.
+        `checkpoint_step` is the newest valid checkpoint the restart would resume from;
+        `reached_step` the highest step the crashed run reported (None: none), which decides
+        progress after a restart that changed something (`changed_for_restart`).
         """
         now = self._clock()
         if not retryable:
@@ -143,14 +162,22 @@ class RestartPolicy:
         progressed = checkpoint_step is not None and (
             self._best_step is None or checkpoint_step > self._best_step
         )
+        bar = self._recovery_bar
+        if bar is not None:
+            progressed = reached_step is not None and reached_step > bar
         without_progress = 0 if progressed else self._without_progress + 1
         if without_progress > self._max_without_progress:
+            n = _count(self._without_progress, "restart")
+            if bar is not None:
+                return _give_up(
+                    f"restarts make no progress: {n} in a row with a recovery change did not get "
+                    f"the run past step {bar}, where it died"
+                )
             stuck = (
                 "still no checkpoint"
                 if self._best_step is None
                 else f"checkpoint step stuck at {self._best_step}"
             )
-            n = _count(self._without_progress, "restart")
             return _give_up(f"restarts make no progress: {stuck} for {n}")
 
         uptime = None if self._started_at is None else now - self._started_at
@@ -159,8 +186,9 @@ class RestartPolicy:
         )
         self._restarts.append(now)
         self._without_progress = without_progress
-        if progressed:
-            self._best_step = checkpoint_step
+        self._recovery_bar = None  # until the caller says this restart changes something too
+        if progressed and checkpoint_step is not None:
+            self._best_step = max(checkpoint_step, self._best_step or checkpoint_step)
         # Uptime is measured from the next started(); a restart that never got up (spawn
         # failed) must not borrow the previous run's healthy hours.
         self._started_at = None

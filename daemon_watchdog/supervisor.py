@@ -19,7 +19,7 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,6 +32,7 @@ from daemon_watchdog import events as ev
 from daemon_watchdog.checkpoint_jobs import CheckpointJobs
 from daemon_watchdog.checkpoint_refusal import CheckpointRefusal
 from daemon_watchdog.config_reload import plan_reload
+from daemon_watchdog.crash_actions import Applied, CrashActions, action_for
 from daemon_watchdog.daemon_process import (
     DaemonHandle,
     SpawnError,
@@ -55,7 +56,7 @@ from daemon_watchdog.reporting import Reporter
 from daemon_watchdog.restart_policy import RestartPolicy
 from daemon_watchdog.states import TERMINAL, State, check_transition
 from daemon_watchdog.step_rhythm import StepRhythm
-from trainguard.atomicio import write_json_atomic
+from trainguard.atomicio import read_json, write_json_atomic
 from trainguard.checkpoints import CheckpointInfo
 from trainguard.child_process import become_subreaper, new_token, reap_children, watch_exit
 from trainguard.config import Config
@@ -84,6 +85,7 @@ from trainguard.watchdog_status import (
     CrashRecord,
     HangThreshold,
     ProgressMark,
+    RecoveryState,
     WatchdogStatus,
     read_watchdog_status,
     restart_request_file,
@@ -93,6 +95,7 @@ from trainguard.workspace import Workspace
 
 if TYPE_CHECKING:
     from crash_detector.scanner import Scanner
+    from health_check.checks.gpu_model import GpuReading
 
 log = logging.getLogger("daemon_watchdog")
 
@@ -112,6 +115,18 @@ class _Crash:
     code: int | None
     hang: bool
     refused: str | None  # "NAME: why", the checkpoint quarantined as the trainer could not use it
+    died_at: int | None  # the last step the crashed daemon reported
+    recovery: list[str]  # what recovery changed for it (texts), for the crash history
+
+
+GPU_SURVEY_BUDGET = 10.0  # seconds the GPU survey after a GPU crash may take (rocm-smi, dmesg)
+
+
+def survey_gpus(ws: Workspace) -> Sequence[GpuReading]:
+    """This machine's GPUs, graded as health-check grades them (NVML, AMD, kernel-log Xids)."""
+    from health_check.checks.gpu import survey
+
+    return survey(ws.config.health, budget=GPU_SURVEY_BUDGET, ours=lambda _pid: True).gpus
 
 
 class Supervisor:
@@ -122,8 +137,12 @@ class Supervisor:
         exit_when_done: bool = False,
         reporter: Reporter | None = None,
         reload_config: Callable[[], Config] | None = None,
+        gpu_survey: Callable[[], Sequence[GpuReading]] | None = None,
     ) -> None:
         self.ws = ws
+        # What [watchdog.recovery] changed (knobs, kept across restarts), and the one who acts.
+        self.recovery = RecoveryState()
+        self.actions = CrashActions(ws, gpu_survey or (lambda: survey_gpus(self.ws)))
         self.reload_config = reload_config  # SIGHUP reads the config again with it
         self.reload_note: str | None = None  # what the last SIGHUP applied
         self.reporter = reporter or Reporter(ws)
@@ -173,7 +192,7 @@ class Supervisor:
         self.unswept_token: str | None = None  # a dead daemon's token not yet swept for
         # Crashes diagnosed but not yet in the crash history: appended once the restart is
         # under way (the append takes a lock that a cron crash-detector may hold, and fsyncs).
-        self.unrecorded: list[tuple[Diagnosis, str, int | None]] = []
+        self.unrecorded: list[tuple[Diagnosis, str, int | None, list[str]]] = []
         self.next_check = self.next_prune = 0.0  # monotonic deadlines of the periodic work
         self.log_tick_at = 0.0
         self.diagnosed = False  # a crash was diagnosed while handling this event
@@ -350,6 +369,7 @@ class Supervisor:
     def _restore(self, previous: WatchdogStatus | None) -> None:
         if previous is None:
             return
+        self.recovery = previous.recovery  # the knobs stay turned until --reset-recovery
         self.restarts = list(previous.restarts)
         self.restart_totals = Counter(previous.restart_totals)
         self.rhythm = StepRhythm.from_json(previous.step_rhythm)
@@ -365,12 +385,20 @@ class Supervisor:
             self.policy.remember(ages)
         self.last_crash = previous.last_crash
 
-    def _choose(self, *, then: str, room: bool, refused: tuple[Path, str] | None = None) -> None:
+    def _choose(
+        self,
+        *,
+        then: str,
+        room: bool,
+        refused: tuple[Path, str] | None = None,
+        skip: int = 0,
+        prune: bool = False,
+    ) -> None:
         """Ask the checkpoint worker what to resume from; `_on_chosen` goes on from there."""
         self.choice_seq += 1
         self.choosing = then
         self.chosen = None
-        self.jobs.choose(self.choice_seq, room=room, refused=refused)
+        self.jobs.choose(self.choice_seq, room=room, refused=refused, skip=skip, prune=prune)
 
     def _on_chosen(self, event: ev.CheckpointChosen) -> None:
         if event.seq != self.choice_seq or self.choosing is None:
@@ -387,7 +415,7 @@ class Supervisor:
             if event.refused_stuck and self.pending_crash is not None:
                 crash = self.pending_crash
                 self.pending_crash = replace(crash, refused=f"{crash.refused} (NOT moved: see log)")
-            self._decide(event.checkpoint)
+            self._decide(event.checkpoint, event.rewound, event.pruned)
         else:
             self._spawn(event.checkpoint)
 
@@ -417,7 +445,8 @@ class Supervisor:
             # A resumed run starts below the last run's step: until the new daemon replaces the
             # progress file, what it holds is history, not this daemon's first progress.
             self.stale_progress = _stamp(self.ws.progress_file)
-            self.daemon = spawn(self.ws, checkpoint=path, token=token, started_at=utc_now())
+            self.daemon = spawn(self.ws, checkpoint=path, token=token, started_at=utc_now(),
+                                env_changes=self.recovery.env())  # fmt: skip
             self.oom_before = OomSnapshot.read_for(self.daemon.pid)
         except SpawnError as exc:
             self.pending_token = None
@@ -468,7 +497,10 @@ class Supervisor:
             # A closed terminal sends SIGHUP too: it reloads the config, and restarts only when
             # `daemon-watchdog restart` left its request file first.
             self._reload()
-            if self._take_restart_request():
+            request = self._take_restart_request()
+            if request is not None:
+                if request.get("reset_recovery") is True:
+                    self._reset_recovery()
                 self._operator_restart()
             else:
                 self._publish()
@@ -486,6 +518,7 @@ class Supervisor:
         self.cfg = plan.config
         self.ws = Workspace(plan.config)
         self.jobs.ws = self.ws
+        self.actions.ws = self.ws  # [watchdog.recovery] applies from the next crash
         self.policy.retune(**_policy_limits(plan.config))
         now = time.monotonic()
         w = plan.config.watchdog
@@ -495,18 +528,26 @@ class Supervisor:
         (log.warning if plan.kept else log.info)("SIGHUP: %s", plan.summary())
         self.reporter.status(plan.summary()[:200])
 
-    def _take_restart_request(self) -> bool:
-        """Whether `daemon-watchdog restart` asked for a restart (its file, consumed here)."""
+    def _take_restart_request(self) -> dict[str, Any] | None:
+        """What `daemon-watchdog restart` asked for (its file, consumed here), or None."""
+        path = restart_request_file(self.ws)
         try:
-            os.unlink(restart_request_file(self.ws))
+            request = read_json(path)
+        except (OSError, ValueError):
+            request = {}  # a request all the same; read_json says what was wrong on its own
+        try:
+            os.unlink(path)
         except FileNotFoundError:
-            return False
+            return None
         except OSError as exc:
-            log.error(
-                "cannot remove the restart request %s: %s", restart_request_file(self.ws), exc
-            )
-            return False
-        return True
+            log.error("cannot remove the restart request %s: %s", path, exc)
+            return None
+        return request if isinstance(request, dict) else {}
+
+    def _reset_recovery(self) -> None:
+        """`restart --reset-recovery`: every knob recovery turned goes back (crash_actions)."""
+        applied = self.actions.reset(self.recovery)
+        self.recovery = applied.state
 
     def _operator_stop(self) -> None:
         self.restart_at = None
@@ -780,7 +821,8 @@ class Supervisor:
             )
         )
         self.diagnosed = True
-        self.unrecorded.append((diagnosis, _occurrence(daemon), code))
+        recovery: list[str] = []
+        self.unrecorded.append((diagnosis, _occurrence(daemon), code, recovery))
         refused = None
         if not hang and daemon.resumed_from is not None and self.last_progress is None:
             why = self.refusal.judge(
@@ -793,18 +835,29 @@ class Supervisor:
             if why is not None:
                 why = f"the trainer could not resume from it ({why}): {diagnosis.reason}"
                 refused = (Path(daemon.resumed_from), why)
+        died_at = self.last_progress.step if self.last_progress is not None else None
         self.pending_crash = _Crash(
-            diagnosis, code, hang, f"{refused[0].name}: {refused[1]}" if refused else None
-        )
+            diagnosis, code, hang, f"{refused[0].name}: {refused[1]}" if refused else None,
+            died_at, recovery,
+        )  # fmt: skip
+        rules = self.cfg.watchdog.recovery
+        entry = action_for(rules, diagnosis.category, diagnosis.evidence)
+        skip = rules.nan_loss.rewind if entry == "nan_loss" and rules.nan_loss else 0
+        prune = entry == "disk_full" and rules.disk_full is not None and rules.disk_full.prune
         # The worker first: it runs while this thread writes the state file (I/O frees the GIL).
         # Not fsync'd: the restart must not wait on a disk busy with a checkpoint write; the
         # state after it (STARTING, or BACKOFF with a delay, or FATAL) is.
-        self._choose(then="recover", room=True, refused=refused)
+        self._choose(then="recover", room=True, refused=refused, skip=skip, prune=prune)
         self._transition(
             State.BACKOFF, f"{diagnosis.reason}; choosing the checkpoint to resume", durable=False
         )
 
-    def _decide(self, checkpoint: CheckpointInfo | None) -> None:
+    def _decide(
+        self,
+        checkpoint: CheckpointInfo | None,
+        rewound: tuple[str, ...] = (),
+        pruned: int | None = None,
+    ) -> None:
         crash, self.pending_crash = self.pending_crash, None
         assert crash is not None
         diagnosis = crash.diagnosis
@@ -815,7 +868,11 @@ class Supervisor:
             # word, as from FATAL (a fresh restart budget, no backoff), not the policy's.
             self.policy.reset()
             self.refusal.reset()
-            self.last_crash = self._count_restart(self._crash_entry(crash, checkpoint))
+            acted = self._act_on(crash, checkpoint, rewound, pruned)
+            self.last_crash = self._count_restart(self._crash_entry(crash, checkpoint, acted))
+            if acted.fatal is not None:
+                self._recovery_fatal(crash, acted.fatal)
+                return
             log.info("%s; restarting now, as the operator asked", diagnosis.reason)
             self._spawn(checkpoint)
             return
@@ -824,9 +881,18 @@ class Supervisor:
             retryable=diagnosis.retryable or crash.refused is not None,
             category=diagnosis.category,
             checkpoint_step=step,
+            reached_step=crash.died_at,
         )
-        entry = self._crash_entry(crash, checkpoint)
+        applied: Applied | None = None
+        if decision.action == "restart":
+            applied = self._act_on(crash, checkpoint, rewound, pruned)
+        elif rewound:  # moved aside already: say so, though no restart follows
+            applied = self._act_on(crash, checkpoint, rewound, None, knobs=False)
+        entry = self._crash_entry(crash, checkpoint, applied)
         self.last_crash = entry
+        if applied is not None and applied.fatal is not None:
+            self._recovery_fatal(crash, applied.fatal)
+            return
         if decision.action == "give_up":
             self.fatal_reason = f"{decision.reason}; last crash: {diagnosis.reason}"
             advice = diagnosis.suggestion
@@ -842,6 +908,8 @@ class Supervisor:
             then = f"restarting in {delay:g} s from " + (
                 checkpoint.path.name if checkpoint is not None else "the start"
             )
+            if crash.recovery:
+                then += "\nrecovery: " + "\nrecovery: ".join(crash.recovery)
             self.reporter.crash(
                 diagnosis.category, diagnosis.reason, diagnosis.suggestion, diagnosis.evidence, then
             )
@@ -854,15 +922,51 @@ class Supervisor:
         self.restart_at = time.monotonic() + delay
         self._transition(State.BACKOFF, f"{diagnosis.reason}; restarting in {delay:g} s")
 
+    def _act_on(
+        self,
+        crash: _Crash,
+        checkpoint: CheckpointInfo | None,
+        rewound: tuple[str, ...],
+        pruned: int | None,
+        *,
+        knobs: bool = True,
+    ) -> Applied:
+        """The [watchdog.recovery] action for this crash, before its restart (`recovery`)."""
+        d = crash.diagnosis
+        died = crash.died_at if crash.died_at is not None else (
+            checkpoint.step if checkpoint is not None else None
+        )  # fmt: skip
+        self._ping()  # a GPU survey may take seconds
+        applied = self.actions.apply(
+            self.recovery, category=d.category, evidence=d.evidence, step=died,
+            rewound=rewound, pruned=pruned, knobs=knobs,
+        )  # fmt: skip
+        self.recovery = applied.state
+        crash.recovery.extend(e.text for e in applied.events)
+        if applied.changed and applied.fatal is None:
+            self.policy.changed_for_restart(died if died is not None else 0)
+        return applied
+
+    def _recovery_fatal(self, crash: _Crash, reason: str) -> None:
+        """An action says a restart cannot help (a floor reached, too few GPUs left)."""
+        self.fatal_reason = f"{reason}; last crash: {crash.diagnosis.reason}"
+        advice = crash.diagnosis.suggestion
+        log.error("FATAL: %s. %s", self.fatal_reason, advice)
+        self.reporter.fatal(crash.diagnosis.category, self.fatal_reason, advice)
+        self._finish(State.FATAL, self.fatal_reason)
+
     def _count_restart(self, entry: CrashRecord) -> CrashRecord:
         self.restarts = [*self.restarts, entry][-MAX_RESTARTS_KEPT:]
         self.restart_totals[entry.category] += 1
         return entry
 
     @staticmethod
-    def _crash_entry(crash: _Crash, checkpoint: CheckpointInfo | None) -> CrashRecord:
+    def _crash_entry(
+        crash: _Crash, checkpoint: CheckpointInfo | None, applied: Applied | None = None
+    ) -> CrashRecord:
         """The crash as the state file's `restarts` and `last_crash` hold it."""
         d = crash.diagnosis
+        texts = [e.text for e in applied.events] if applied is not None else []
         return CrashRecord(
             at=utc_now(),
             reason=d.reason,
@@ -872,6 +976,7 @@ class Supervisor:
             suggestion=d.suggestion,
             resume_from=checkpoint.path.name if checkpoint is not None else None,
             quarantined=crash.refused,
+            recovery=tuple(texts),
         )
 
     def _check_deadlines(self) -> None:
@@ -1032,8 +1137,9 @@ class Supervisor:
         return set(self.reporter.alert_senders())
 
     def _record_crashes(self) -> None:
-        for diagnosis, occurrence, code in self.unrecorded:
-            record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code)
+        for diagnosis, occurrence, code, recovery in self.unrecorded:
+            record_crash(self.ws, diagnosis, occurrence=occurrence, exit_code=code,
+                         recovery=recovery)  # fmt: skip
         self.unrecorded = []
 
     def _sweep_marked(self, token: str) -> None:
@@ -1123,6 +1229,7 @@ class Supervisor:
             liveness_note=note,
             step_rhythm=self.rhythm.longest(),
             hang_threshold=self._hang_threshold() if p is not None else None,
+            recovery=self.recovery,
         )
         self.published_mono = time.monotonic()
         self.last_status = status

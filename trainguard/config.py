@@ -160,6 +160,80 @@ def _phase_seconds(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
+KNOB_KINDS = ("config", "env")
+
+
+def _knob(value: str) -> str:
+    """`config:KEY` (a key of the job's config.json; dots reach into nested objects) or
+    `env:NAME` (an environment variable of the daemon); "" = none."""
+    if not value:
+        return value
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in KNOB_KINDS or not name:
+        raise ValueError(f'{value!r} must be "config:KEY" or "env:NAME" (e.g. config:batch_size)')
+    if kind == "env" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"{value!r}: {name!r} is not an environment variable name")
+    if kind == "config" and any(not part for part in name.split(".")):
+        raise ValueError(f"{value!r}: empty key in {name!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HalveAction(_Section):
+    """cuda_oom / host_oom: halve a knob before the restart, never below `floor`; `double`
+    (optional) doubles a gradient-accumulation knob with it, keeping the effective batch."""
+
+    halve: Annotated[str, MinLen(1), _Rule(_knob)]
+    floor: Annotated[float, Gt(0)] = 1
+    double: Annotated[str, _Rule(_knob)] = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuAction(_Section):
+    """gpu_hardware (and cuda_error with Xid/ECC evidence): restart without the failed GPU while
+    at least `min_gpus` remain; otherwise FATAL, naming it."""
+
+    exclude_gpu: bool = True
+    min_gpus: Annotated[int, Ge(1)] = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RewindAction(_Section):
+    """nan_loss: resume from an older checkpoint (skip the newest `rewind` complete ones, which
+    may hold diverged weights); optionally multiply a learning-rate knob by `factor`."""
+
+    rewind: Annotated[int, Ge(0)] = 1
+    scale: Annotated[str, _Rule(_knob)] = ""
+    factor: Annotated[float, Gt(0)] = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PruneAction(_Section):
+    """disk_full: prune checkpoints beyond keep_last before the restart, whatever the free space."""
+
+    prune: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoverySection(_Section):
+    """[watchdog.recovery]: what to change before restarting after each kind of crash; each
+    action is off unless configured (daemon_watchdog/crash_actions.py)."""
+
+    cuda_oom: HalveAction | None = None
+    host_oom: HalveAction | None = None
+    gpu_hardware: GpuAction | None = None
+    nan_loss: RewindAction | None = None
+    disk_full: PruneAction | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RecoverySection:
+        kinds = {"cuda_oom": HalveAction, "host_oom": HalveAction, "gpu_hardware": GpuAction,
+                 "nan_loss": RewindAction, "disk_full": PruneAction}  # fmt: skip
+        return cls(**{
+            name: None if value is None else kinds[name](**value) for name, value in data.items()
+        })  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WatchdogSection(_Section):
     check_interval: Annotated[float, Gt(0)] = 30
@@ -195,6 +269,7 @@ class WatchdogSection(_Section):
     liveness: Literal["auto", "progress", "log", "off"] = "auto"
     # Reads the step from log lines (its group `step`, else its first group), e.g. 'step (\d+)'.
     progress_regex: Annotated[str, _Rule(_step_regex)] = ""
+    recovery: RecoverySection = field(default_factory=RecoverySection)
 
 
 def _plain_file_names(value: list[str]) -> list[str]:
@@ -528,8 +603,12 @@ def _validator() -> Any:
 
 
 def config_as_dict(config: Config) -> dict[str, Any]:
-    """Every key with its value, sections as nested dicts (JSON-ready)."""
-    return asdict(config)
+    """Every key with its value, sections as nested dicts (JSON- and TOML-ready: a recovery
+    action that is not configured is left out, as in the file, since TOML has no null)."""
+    data = asdict(config)
+    recovery = data["watchdog"]["recovery"]
+    data["watchdog"]["recovery"] = {k: v for k, v in recovery.items() if v is not None}
+    return data
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
@@ -538,6 +617,9 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     for item in fields(Config):
         if isinstance(item.default_factory, type):  # a section: its class makes its default
             values[item.name] = item.default_factory(**data[item.name])
+    watchdog = values["watchdog"]
+    recovery = RecoverySection.from_dict(data["watchdog"].get("recovery", {}))
+    values["watchdog"] = replace(watchdog, recovery=recovery)
     queue = values["queue"]
     nodes = {host: QueueNode(**node) for host, node in data["queue"]["nodes"].items()}
     values["queue"] = replace(queue, nodes=nodes)

@@ -36,6 +36,7 @@ class CrashRecord:
     suggestion: str = ""
     resume_from: str | None = None  # the checkpoint's name, None: from the start
     quarantined: str | None = None  # "NAME: why", a checkpoint the trainer could not use
+    recovery: tuple[str, ...] = ()  # what [watchdog.recovery] changed for this restart
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -51,6 +52,8 @@ class CrashRecord:
         }
         if self.quarantined is not None:
             out["quarantined"] = self.quarantined
+        if self.recovery:
+            out["recovery"] = list(self.recovery)
         return out
 
     @classmethod
@@ -67,6 +70,7 @@ class CrashRecord:
             suggestion=_str(data.get("suggestion")) or "",
             resume_from=_str(data.get("resume_from")),
             quarantined=_str(data.get("quarantined")),
+            recovery=tuple(r for r in _list(data.get("recovery")) if isinstance(r, str)),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -112,6 +116,107 @@ class HangThreshold:
         return cls(_str(data.get("phase")) or "", seconds, learned, _str(data.get("why")) or "")
 
 
+Scalar = int | float | str | None  # a knob's value: a JSON scalar; None = an unset variable
+
+RECOVERY_EVENTS_KEPT = 20
+
+
+def show_scalar(value: object) -> str:
+    """A knob's value in a sentence: `unset`, `3e-05`, `32`, `0,2`."""
+    if value is None:
+        return "unset"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class KnobChange:
+    """A knob the watchdog changed after a crash: its value before the first change (what
+    `restart --reset-recovery` puts back) and now."""
+
+    original: Scalar
+    value: Scalar
+
+    def to_json(self) -> dict[str, Any]:
+        return {"original": self.original, "value": self.value}
+
+
+@dataclass(frozen=True)
+class RecoveryEvent:
+    """One recovery action (or its reset, or why it was skipped): from what to what."""
+
+    at: str | None
+    category: str  # the crash category that called for it ("" for a reset)
+    action: str  # halve double exclude_gpu rewind scale prune reset skipped fatal
+    text: str  # one line for the log, status and the alert
+    knob: str | None = None  # "config:batch_size", "env:CUDA_VISIBLE_DEVICES"
+    before: Scalar = None
+    after: Scalar = None
+    step: int | None = None  # the step the run died at
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "category": self.category, "action": self.action,
+                "text": self.text, "knob": self.knob, "from": self.before, "to": self.after,
+                "step": self.step}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: object) -> RecoveryEvent | None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("action"), str):
+            return None
+        return cls(
+            at=_str(data.get("at")), category=_str(data.get("category")) or "",
+            action=str(data["action"]), text=_str(data.get("text")) or "",
+            knob=_str(data.get("knob")), before=_scalar(data.get("from")),
+            after=_scalar(data.get("to")), step=_int(data.get("step")),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RecoveryState:
+    """What recovery actions changed and have not been put back (`knobs`), the newest events,
+    and how many actions of each kind were ever taken (the metric's counter)."""
+
+    knobs: Mapping[str, KnobChange] = field(default_factory=dict)
+    events: tuple[RecoveryEvent, ...] = ()
+    totals: Mapping[str, int] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str | None]:
+        """The daemon's environment as the knobs leave it: NAME -> value (None: unset)."""
+        out: dict[str, str | None] = {}
+        for key, change in self.knobs.items():
+            kind, _, name = key.partition(":")
+            if kind == "env":
+                out[name] = None if change.value is None else str(change.value)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "knobs": {k: v.to_json() for k, v in self.knobs.items()},
+            "events": [e.to_json() for e in self.events],
+            "totals": dict(sorted(self.totals.items())),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> RecoveryState:
+        if not isinstance(data, Mapping):
+            return cls()
+        knobs_raw = data.get("knobs")
+        knobs = {}
+        if isinstance(knobs_raw, Mapping):
+            for key, change in knobs_raw.items():
+                if isinstance(key, str) and isinstance(change, Mapping):
+                    knobs[key] = KnobChange(
+                        _scalar(change.get("original")), _scalar(change.get("value"))
+                    )
+        raw = data.get("events")
+        parsed = (RecoveryEvent.from_json(e) for e in (raw if isinstance(raw, list) else []))
+        totals_raw = data.get("totals")
+        totals = {
+            k: v for k, v in (totals_raw.items() if isinstance(totals_raw, Mapping) else ())
+            if isinstance(k, str) and _int(v) is not None and v >= 0
+        }  # fmt: skip
+        return cls(knobs, tuple(e for e in parsed if e is not None), totals)
+
+
 @dataclass(frozen=True)
 class WatchdogStatus:
     state: str  # one of daemon_watchdog.states.State's values
@@ -143,6 +248,8 @@ class WatchdogStatus:
     # learned hang thresholds stand on, kept across restarts (#20); and the threshold now.
     step_rhythm: Mapping[str, float] = field(default_factory=dict)
     hang_threshold: HangThreshold | None = None
+    # What recovery actions changed, kept across restarts until `restart --reset-recovery`.
+    recovery: RecoveryState = field(default_factory=RecoveryState)
     updated_at: str | None = None
     problems: tuple[str, ...] = ()  # fields that could not be read (not written back)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know
@@ -178,6 +285,7 @@ class WatchdogStatus:
             "restart_at": self.restart_at,
             "step_rhythm": dict(self.step_rhythm),
             "hang_threshold": self.hang_threshold.to_json() if self.hang_threshold else None,
+            "recovery": self.recovery.to_json(),
             "updated_at": self.updated_at,
         }
 
@@ -236,6 +344,7 @@ class WatchdogStatus:
             restart_at=_str(data.get("restart_at")),
             step_rhythm=seconds_by_name(data.get("step_rhythm")),
             hang_threshold=HangThreshold.from_json(data.get("hang_threshold")),
+            recovery=RecoveryState.from_json(data.get("recovery")),
             updated_at=_str(data.get("updated_at")),
             problems=tuple(problems),
             extra={k: v for k, v in data.items() if k not in known},
@@ -276,6 +385,16 @@ def _seconds(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if 0 <= value < 1e15 else None
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _scalar(value: object) -> Scalar:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    return value
 
 
 def _int(value: object) -> int | None:

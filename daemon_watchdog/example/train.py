@@ -29,10 +29,15 @@ Fault injection -- SIMULATION for tests and demos, never a real defect:
   hang        block forever inside `_wait_for_allreduce`, like a stuck collective
   exit:N      exit with code N
   cuda_oom    a `torch.OutOfMemoryError: CUDA out of memory...` traceback, exit 1
+  cuda_oom:N  the same, on every run while batch_size > N (a GPU whose memory fits N): the
+              watchdog's `[watchdog.recovery] cuda_oom = { halve = "config:batch_size" }` ends it
   nan         the step's loss becomes NaN; the trainer aborts with FloatingPointError
 A fault fires once per workspace: the marker `status/fault-fired-<KIND>@<STEP>` is written before
 it fires and suppresses it afterwards, so a supervisor that restarts the daemon recovers.
 `--fault-every-run` ignores the marker (a crash loop).
+
+The environment variable BATCH_SIZE, when set, overrides config.json's batch_size (what
+`[watchdog.recovery] host_oom = { halve = "env:BATCH_SIZE" }` turns).
 """
 
 from __future__ import annotations
@@ -98,8 +103,11 @@ OPTIONAL_KEYS = {"checkpoint_layout": "folder"}
 # An inbox job's checkpoints: checkpoints/jobs/<name>/checkpoint-<step>/, out of the watchdog's
 # sight (its pattern matches checkpoints/ only), so `--resume-from` always means config.json's job.
 JOBS_DIR = "jobs"
-FAULT_KINDS = ("exception", "segfault", "hang", "exit:N", "cuda_oom", "nan")
-_FAULT_RE = re.compile(r"(exception|segfault|hang|cuda_oom|nan|exit:(\d{1,3}))@(\d+)")
+FAULT_KINDS = ("exception", "segfault", "hang", "exit:N", "cuda_oom", "cuda_oom:N", "nan")
+_FAULT_RE = re.compile(
+    r"(exception|segfault|hang|cuda_oom(?::(\d{1,9}))?|nan|exit:(\d{1,3}))@(\d+)"
+)
+BATCH_SIZE_ENV = "BATCH_SIZE"
 
 log = logging.getLogger("train")
 
@@ -136,6 +144,12 @@ def load_config(base_dir: Path, job: Path | None = None) -> Config:
     """
     data = _read_object(base_dir / "config.json", "config.json")
     problems = _problems(data, "config.json", known={*CONFIG_KEYS, *OPTIONAL_KEYS}, complete=True)
+    override = os.environ.get(BATCH_SIZE_ENV)
+    if override is not None and not problems:
+        value = int(override) if override.strip().isdigit() else override
+        problems = _problems({"batch_size": value}, f"${BATCH_SIZE_ENV}", known={"batch_size"},
+                             complete=False)  # fmt: skip
+        data = {**data, "batch_size": value}
     if problems:
         raise ValueError("\n".join(problems))
     if job is None:
@@ -231,10 +245,13 @@ class Fault:
     kind: str  # one of FAULT_KINDS, with "exit:N" stored as "exit"
     step: int
     exit_code: int = 0
+    max_batch: int | None = None  # cuda_oom:N: fires while batch_size > N, on every run
 
     @property
     def spec(self) -> str:
         kind = f"exit:{self.exit_code}" if self.kind == "exit" else self.kind
+        if self.max_batch is not None:
+            kind = f"{kind}:{self.max_batch}"
         return f"{kind}@{self.step}"
 
 
@@ -245,9 +262,11 @@ def parse_fault(text: str) -> Fault:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected KIND@STEP with KIND one of {', '.join(FAULT_KINDS)}"
         )
-    kind, code, step = match.group(1), match.group(2), int(match.group(3))
+    kind, fits, code, step = match.group(1), match.group(2), match.group(3), int(match.group(4))
     if step < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: STEP must be >= 1")
+    if fits is not None:
+        return Fault("cuda_oom", step, max_batch=int(fits))
     if code is None:
         return Fault(kind, step)
     if int(code) > 255:
@@ -262,10 +281,16 @@ class OutOfMemoryError(RuntimeError):
 OutOfMemoryError.__module__ = "torch"
 
 
-def claim_fault(fault: Fault, step: int, status_dir: Path, *, every_run: bool) -> bool:
+def claim_fault(
+    fault: Fault, step: int, status_dir: Path, *, every_run: bool, batch_size: int = 0
+) -> bool:
     """Whether `fault` fires now; records the once-per-workspace marker before it does."""
     if fault.step != step:
         return False
+    if fault.max_batch is not None:  # a memory limit, not a one-off: no marker
+        if batch_size <= fault.max_batch:
+            log.info("simulated fault %s: batch_size %d fits; no OOM", fault.spec, batch_size)
+        return batch_size > fault.max_batch
     if every_run:
         return True
     marker = status_dir / f"fault-fired-{fault.spec}"
@@ -569,11 +594,12 @@ def run(args: argparse.Namespace) -> int:
         params, state = load_checkpoint(Path(args.resume_from), cfg)
         start = state["global_step"] + 1
         loss, eval_loss = state.get("loss"), state.get("eval_loss")
-        log.info("%sresuming from %s at step %d", tag, args.resume_from, start)
+        log.info("%sresuming from %s at step %d (batch_size %d)", tag, args.resume_from, start,
+                 cfg.batch_size)  # fmt: skip
     else:
         params = load_weights(cfg.base_model)
         start = 1
-        log.info("%straining from %s", tag, cfg.base_model)
+        log.info("%straining from %s (batch_size %d)", tag, cfg.base_model, cfg.batch_size)
     data = make_data(cfg.seed)
     fault: Fault | None = args.fault
     every_run: bool = args.fault_every_run
@@ -584,7 +610,9 @@ def run(args: argparse.Namespace) -> int:
             log.info("received %s: stopping before step %d", name, step)
             return 128 + stop.signum
         firing = None
-        if fault is not None and claim_fault(fault, step, status_dir, every_run=every_run):
+        if fault is not None and claim_fault(
+            fault, step, status_dir, every_run=every_run, batch_size=cfg.batch_size
+        ):
             firing = fault
             log.warning("SIMULATED FAULT (--fault %s): injecting it now", fault.spec)
             inject(fault)

@@ -60,3 +60,20 @@ def test_a_base_dir_change_is_never_applied(tmp_path: Path) -> None:
     assert plan.config.base_dir == old.base_dir
     assert len(plan.kept) == 1 and plan.kept[0].startswith("base_dir: ")
     assert plan.kept[0].endswith(" -> '/somewhere/else'")
+
+
+def test_a_recovery_table_applies_from_the_next_crash(tmp_path: Path) -> None:
+    old = _config(tmp_path, "[watchdog]\nprogress_timeout = 60\n")
+    new = _config(
+        tmp_path,
+        "[watchdog]\nprogress_timeout = 60\n"
+        '[watchdog.recovery]\ncuda_oom = { halve = "config:batch_size", floor = 2 }\n',
+    )
+    plan = plan_reload(old, new)
+    assert plan.config == new
+    rule = plan.config.watchdog.recovery.cuda_oom
+    assert rule is not None and (rule.halve, rule.floor) == ("config:batch_size", 2)
+    assert plan.applied == (
+        "watchdog.recovery: {} -> {'cuda_oom': {'halve': 'config:batch_size', 'floor': 2.0, "
+        "'double': ''}}",
+    )

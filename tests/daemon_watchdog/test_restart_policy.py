@@ -315,3 +315,69 @@ def test_retune_changes_the_limits_and_keeps_the_restarts_that_count() -> None:
             max_restarts=-1, window=300, backoff_base=5, backoff_max=120, reset_after=600,
             max_without_progress=5,
         )  # fmt: skip
+
+
+# -- a restart that changed something (recovery actions, #20) ----------------------------------
+
+
+def test_after_a_change_only_getting_past_the_step_it_died_at_is_progress(
+    clock: FakeClock,
+) -> None:
+    policy = make(clock, max_restarts=100, window=1.0, max_without_progress=2)
+    assert crash(policy, 20).action == "restart"  # first crash: checkpoint 20 is progress
+    policy.changed_for_restart(29)  # e.g. batch 64 -> 32: it died after step 29
+    # The same checkpoint again, but the run got past step 29 this time: progress.
+    for _ in range(5):
+        clock.advance(2.0)
+        decision = policy.decide(
+            retryable=True, category="cuda_oom", checkpoint_step=20, reached_step=35
+        )
+        assert decision.action == "restart", decision.reason
+        policy.changed_for_restart(35)
+        clock.advance(2.0)
+        decision = policy.decide(
+            retryable=True, category="cuda_oom", checkpoint_step=20, reached_step=41
+        )
+        assert decision.action == "restart", decision.reason
+        policy.changed_for_restart(29)
+
+
+def test_after_a_change_dying_before_that_step_again_is_no_progress(clock: FakeClock) -> None:
+    policy = make(clock, max_restarts=100, window=1.0, max_without_progress=2)
+    assert crash(policy, 20).action == "restart"
+    for _ in range(2):  # halved twice, and each run died before step 29 again
+        policy.changed_for_restart(29)
+        clock.advance(2.0)
+        decision = policy.decide(
+            retryable=True, category="cuda_oom", checkpoint_step=30, reached_step=29
+        )
+        assert decision.action == "restart", decision.reason
+    policy.changed_for_restart(29)
+    clock.advance(2.0)
+    # A newer checkpoint (30) would be progress without the change; with it, it is not.
+    decision = policy.decide(
+        retryable=True, category="cuda_oom", checkpoint_step=30, reached_step=29
+    )
+    assert decision == Decision(
+        "give_up",
+        0.0,
+        "restarts make no progress: 2 restarts in a row with a recovery change did not get the "
+        "run past step 29, where it died",
+    )
+
+
+def test_a_restart_without_a_change_is_judged_by_checkpoints_again(clock: FakeClock) -> None:
+    policy = make(clock, max_restarts=100, window=1.0, max_without_progress=1)
+    assert crash(policy, 20).action == "restart"
+    policy.changed_for_restart(29)
+    clock.advance(2.0)
+    assert (
+        policy.decide(
+            retryable=True, category="cuda_oom", checkpoint_step=20, reached_step=30
+        ).action
+        == "restart"
+    )  # past 29; and this restart changes nothing
+    clock.advance(2.0)
+    assert crash(policy, 20).action == "restart"  # stuck at 20: one allowed
+    clock.advance(2.0)
+    assert crash(policy, 20).action == "give_up"

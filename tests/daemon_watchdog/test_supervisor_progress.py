@@ -10,7 +10,7 @@ import os
 import queue
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,23 +30,51 @@ from trainguard.workspace import Workspace
 SLEEPER = Path(__file__).resolve().parent.parent / "children" / "sleeper.py"
 
 
-@pytest.fixture
-def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
+def driven_supervisor(
+    tmp_path: Path, command: list[str], more_toml: str = "", **kwargs: Any
+) -> Supervisor:
+    """A supervisor of `command` in tmp_path/ws that does only what the test drives (no
+    periodic work); `more_toml` is appended to its config."""
     base = tmp_path / "ws"
     (base / "status").mkdir(parents=True)
-    command = [sys.executable, str(SLEEPER), str(tmp_path / "ready")]
     (base / "trainguard.toml").write_text(
         f"[daemon]\ncommand = {json.dumps(command)}\n\n"
-        "[watchdog]\nbackoff_base = 0\nstartup_grace = 60\nprogress_timeout = 60\n"
+        "[watchdog]\nbackoff_base = 0\nstartup_grace = 60\nprogress_timeout = 60\n" + more_toml
     )
-    sup = Supervisor(Workspace(load_config(base / "trainguard.toml", env={})))
-    sup.next_check = sup.next_prune = math.inf  # no periodic work: only what the test drives
+    sup = Supervisor(Workspace(load_config(base / "trainguard.toml", env={})), **kwargs)
+    sup.next_check = sup.next_prune = math.inf
+    return sup
+
+
+@contextlib.contextmanager
+def killing_its_daemon(sup: Supervisor) -> Iterator[Supervisor]:
     try:
         yield sup
     finally:
         if sup.daemon is not None and sup.daemon.proc is not None:
             sup.daemon.proc.kill()
             sup.daemon.proc.wait()
+
+
+def handle_until(sup: Supervisor, done: Callable[[], bool], message: str) -> None:
+    """Run the loop's handlers until `done()`: what SIGCHLD posts (a reap once the daemon has
+    exited), then the events the checkpoint worker posted, as the loop would take them."""
+
+    def step() -> bool:
+        sup._handle(ev.ChildExited(0, 0))
+        with contextlib.suppress(queue.Empty):
+            while True:
+                sup._handle(sup.events.get_nowait())
+        return done()
+
+    wait_until(step, message=message)
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
+    command = [sys.executable, str(SLEEPER), str(tmp_path / "ready")]
+    with killing_its_daemon(driven_supervisor(tmp_path, command)) as sup:
+        yield sup
 
 
 def _step(sup: Supervisor) -> int | None:
@@ -67,14 +95,11 @@ def test_a_rewound_restart_takes_its_lower_steps_as_progress_not_the_old_file(
     assert killed is not None
     os.kill(killed.pid, signal.SIGKILL)
 
-    def restarted() -> bool:
-        sup._handle(ev.ChildExited(0, 0))  # what SIGCHLD posts; reaps once the kill has landed
-        with contextlib.suppress(queue.Empty):
-            while True:  # the checkpoint worker's answer, as the loop would take it
-                sup._handle(sup.events.get_nowait())
-        return sup.daemon is not None and sup.daemon.pid != killed.pid
-
-    wait_until(restarted, message="the SIGKILLed daemon reaped and a new one spawned (backoff 0)")
+    handle_until(
+        sup,
+        lambda: sup.daemon is not None and sup.daemon.pid != killed.pid,
+        "the SIGKILLed daemon reaped and a new one spawned (backoff 0)",
+    )
     assert sup.state == State.STARTING and sup.restarts[0].exit_code == -signal.SIGKILL
 
     # The killed run's file is still there: history, not the new daemon's first progress.

@@ -1,0 +1,114 @@
+"""The knobs a recovery action may turn: a key of the job's own config.json (`config:KEY`, dots
+reaching into nested objects) or an environment variable of the daemon (`env:NAME`).
+
+A config.json change is written atomically, the file as it was kept beside it
+(`config.json.before-recovery`). An environment change lives in the watchdog's state
+(`RecoveryState.knobs`) and is applied to each daemon it starts. A knob that cannot be read or
+changed is a `KnobError` with a one-line reason: the caller logs it and restarts unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainguard.atomicio import write_bytes_atomic
+from trainguard.errors import TrainguardError
+from trainguard.watchdog_status import Scalar
+from trainguard.workspace import Workspace
+
+BEFORE_SUFFIX = ".before-recovery"
+
+
+class KnobError(TrainguardError):
+    """A knob that cannot be read or changed; the message is one line naming it."""
+
+
+def previous_config(ws: Workspace) -> Path:
+    """Where config.json is kept as it was before the watchdog's last change to it."""
+    return ws.job_config.with_name(ws.job_config.name + BEFORE_SUFFIX)
+
+
+def read_knob(ws: Workspace, knob: str, env: Mapping[str, str | None]) -> Scalar:
+    """The knob's value now: config.json's, or the daemon's environment (`env`, the overrides
+    recovery made, over this process's own environment, which the daemon inherits)."""
+    kind, _, name = knob.partition(":")
+    if kind == "env":
+        return env[name] if name in env else os.environ.get(name)
+    data = _load(ws.job_config, knob)
+    node: Any = data
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KnobError(f"{knob}: no key {name!r} in {ws.job_config}")
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, (int, float, str)):
+        raise KnobError(f"{knob}: {ws.job_config} holds {json.dumps(node)[:60]}, not a number")
+    return node
+
+
+def number(knob: str, value: Scalar) -> int | float:
+    """A knob's value as a number: an int or float, or a string that spells one (environment
+    variables are strings)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                parsed = float(text)
+            except ValueError:
+                parsed = math.nan
+        if math.isfinite(parsed):
+            return parsed
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    shown = "unset" if value is None else json.dumps(value)[:60]
+    raise KnobError(f"{knob} is {shown}, not a number")
+
+
+def write_config_key(ws: Workspace, knob: str, value: Scalar) -> None:
+    """Set config.json's key `knob` (`config:KEY`) to `value`: atomically, the previous file
+    kept beside it. Other keys, their order and the file's indentation are kept."""
+    _, _, name = knob.partition(":")
+    path = ws.job_config
+    raw = _read_bytes(path, knob)
+    data = _parse(raw, path, knob)
+    node: Any = data
+    parts = name.split(".")
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise KnobError(f"{knob}: no key {name!r} in {path}")
+    node[parts[-1]] = value
+    indent = 2 if raw.lstrip()[1:2] in (b"\n", b"\r") else None
+    text = json.dumps(data, indent=indent) + "\n"
+    try:
+        write_bytes_atomic(previous_config(ws), raw)
+        write_bytes_atomic(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise KnobError(f"{knob}: cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _load(path: Path, knob: str) -> Any:
+    return _parse(_read_bytes(path, knob), path, knob)
+
+
+def _read_bytes(path: Path, knob: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise KnobError(f"{knob}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _parse(raw: bytes, path: Path, knob: str) -> Any:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KnobError(f"{knob}: {path} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise KnobError(f"{knob}: {path} holds no JSON object")
+    return data

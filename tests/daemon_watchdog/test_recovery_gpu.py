@@ -1,0 +1,94 @@
+"""#20: a GPU that fails is left out of the restarted daemon's CUDA_VISIBLE_DEVICES. A real
+supervisor and real daemon processes; the GPUs are a FakeNvml (there is no GPU here) read by
+health-check's real survey, with the Xid in a kernel log it is given."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+import pytest
+
+from daemon_watchdog.states import State
+from daemon_watchdog.supervisor import Supervisor
+from health_check.checks.gpu import survey
+from health_check.checks.gpu_model import GpuReading
+from tests.daemon_watchdog.test_supervisor_progress import (
+    driven_supervisor,
+    handle_until,
+    killing_its_daemon,
+)
+from tests.fakes import FakeGpu, FakeNvml
+from trainguard.config import HealthSection
+
+CHILD = Path(__file__).resolve().parent.parent / "children" / "gpu_falls_off.py"
+BUS0, BUS1 = "00000000:3B:00.0", "00000000:86:00.0"
+XID_79_ON_GPU1 = "[ 512.1] NVRM: Xid (PCI:0000:86:00): 79, pid=1, name=python, GPU has fallen off"
+
+
+def two_gpus_one_fallen_off() -> Sequence[GpuReading]:
+    nvml = FakeNvml([FakeGpu(bus_id=BUS0), FakeGpu(bus_id=BUS1)])
+    health = HealthSection(rocm_smi_command=["/nonexistent/rocm-smi"])
+    return survey(health, budget=5, ours=lambda _p: True, nvml=nvml,
+                  kernel_log=lambda: XID_79_ON_GPU1).gpus  # fmt: skip
+
+
+def make_supervisor(tmp_path: Path, min_gpus: int) -> Supervisor:
+    command = [sys.executable, str(CHILD), str(tmp_path / "failed-once")]
+    table = (
+        f"\n[watchdog.recovery]\ngpu_hardware = {{ exclude_gpu = true, min_gpus = {min_gpus} }}\n"
+    )
+    return driven_supervisor(tmp_path, command, table, gpu_survey=two_gpus_one_fallen_off)
+
+
+@pytest.fixture
+def cuda_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+
+
+@pytest.mark.usefixtures("cuda_env")
+def test_an_xid_79_on_gpu_1_restarts_the_daemon_without_gpu_1(tmp_path: Path) -> None:
+    with killing_its_daemon(make_supervisor(tmp_path, min_gpus=1)) as sup:
+        sup._spawn(None)
+        first = sup.daemon
+        assert first is not None
+        handle_until(
+            sup, lambda: sup.daemon is not None and sup.daemon.pid != first.pid, "restarted"
+        )
+        assert sup.daemon is not None
+        env = psutil.Process(sup.daemon.pid).environ()
+        assert env.get("CUDA_VISIBLE_DEVICES") == "0"
+        assert env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
+        (restart,) = sup.restarts
+        assert restart.category == "gpu_hardware"
+        assert restart.recovery[0] == (
+            "gpu_hardware: GPU1 (Xid 79: GPU has fallen off the bus): "
+            "env:CUDA_VISIBLE_DEVICES unset -> 0"
+        )
+        status = json.loads(sup.ws.state_file.read_text())
+        assert status["recovery"]["knobs"]["env:CUDA_VISIBLE_DEVICES"] == {
+            "original": None, "value": "0"
+        }  # fmt: skip
+
+        # A new watchdog keeps the GPU out until --reset-recovery.
+        successor = Supervisor(sup.ws, gpu_survey=two_gpus_one_fallen_off)
+        successor._restore(sup.last_status)
+        assert successor.recovery.env()["CUDA_VISIBLE_DEVICES"] == "0"
+        successor._reset_recovery()
+        assert successor.recovery.env() == {}
+
+
+@pytest.mark.usefixtures("cuda_env")
+def test_without_enough_gpus_left_it_is_fatal_naming_the_gpu(tmp_path: Path) -> None:
+    with killing_its_daemon(make_supervisor(tmp_path, min_gpus=2)) as sup:
+        sup._spawn(None)
+        handle_until(sup, lambda: sup.state == State.FATAL, "FATAL")
+        assert sup.daemon is None
+        assert sup.fatal_reason is not None and sup.fatal_reason.startswith(
+            "gpu_hardware: GPU1 (Xid 79: GPU has fallen off the bus) failed; without it 1 GPU(s) "
+            "would remain, fewer than min_gpus (2)"
+        ), sup.fatal_reason
