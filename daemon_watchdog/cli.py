@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="a short supervised run with one real crash, then a report"
     )
     demo.add_argument("--keep", action="store_true", help="keep the demo workspace for inspection")
+    demo.add_argument(
+        "--oom", action="store_true",
+        help="show recovery by crash type instead: a CUDA OOM (simulated) whose batch size "
+        "[watchdog.recovery] halves",
+    )  # fmt: skip
     return parser
 
 
@@ -121,7 +126,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return _show_config(args.config, as_json=args.json)
     from daemon_watchdog.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, oom=args.oom)
 
 
 def _show_config(path: str | None, *, as_json: bool) -> int:

@@ -3,6 +3,9 @@
 A throwaway workspace, a real `daemon-watchdog run`, a SIGKILL of the daemon mid-run, and a
 report of what the watchdog did: detection, orphan cleanup, classification, resume, and the
 final weights compared bit for bit with an uninterrupted run of the same job.
+
+`--oom` shows recovery by crash type instead: a trainer whose GPU fits a batch of 32 asked for
+64 (a simulated CUDA OOM), and `[watchdog.recovery] cuda_oom` halving config.json's batch_size.
 """
 
 from __future__ import annotations
@@ -32,10 +35,17 @@ DEADLINE_S = 120.0
 FAST_WATCHDOG = {"check_interval": "2", "backoff_base": "0.5", "progress_timeout": "20"}
 
 
-def run_demo(*, keep: bool = False) -> int:
+OOM_JOB = {"total_steps": 30, "save_steps": 10, "step_seconds": 0.05, "batch_size": 64}
+OOM_FAULT = "cuda_oom:32@15"  # SIMULATION: an OOM at step 15 while batch_size > 32
+OOM_RECOVERY = 'cuda_oom = { halve = "config:batch_size", floor = 4 }'
+
+
+def run_demo(*, keep: bool = False, oom: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="trainguard-demo-"))
     started: list[subprocess.Popen[bytes]] = []
     try:
+        if oom:
+            return _oom_demo(root, started, keep=keep)
         return _demo(root, started, keep=keep)
     finally:
         _stop(started)
@@ -57,18 +67,7 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]], *, keep: bool) -> 
         **os.environ,
         **{f"TRAINGUARD_WATCHDOG__{k.upper()}": v for k, v in FAST_WATCHDOG.items()},
     }
-    watchdog_cmd = [
-        sys.executable,
-        "-m",
-        "daemon_watchdog",
-        "run",
-        "--exit-when-done",
-        "-c",
-        str(config),
-    ]
-    watchdog = subprocess.Popen(
-        watchdog_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    watchdog = _start_watchdog(config, env)
     started.append(watchdog)
     status = _wait(ws, lambda s: s.state == "RUNNING" and s.step >= CRASH_AFTER_STEP)
     daemon_pid = status.daemon_pid
@@ -107,6 +106,50 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]], *, keep: bool) -> 
         print("   (its workspaces are removed now: `daemon-watchdog demo --keep` keeps them)")
     print("demo: OK" if ok else "demo: FAILED")
     return 0 if ok else 1
+
+
+def _oom_demo(root: Path, started: list[subprocess.Popen[bytes]], *, keep: bool) -> int:
+    ws = root / "oom"
+    config = init_workspace(ws, job=OOM_JOB)
+    text = config.read_text()
+    text = text.replace('"--base-dir", "{base_dir}"]', f'"--base-dir", "{{base_dir}}", '
+                        f'"--fault", "{OOM_FAULT}"]')  # fmt: skip
+    config.write_text(text.replace("# [watchdog.recovery]", f"[watchdog.recovery]\n{OOM_RECOVERY}"))
+    print(f"1. a workspace ({ws.name}): batch_size {OOM_JOB['batch_size']} in config.json, on a "
+          "(simulated) GPU that fits 32")  # fmt: skip
+    print(f"   trainguard.toml: [watchdog.recovery] {OOM_RECOVERY}")
+    env = {
+        **os.environ,
+        **{f"TRAINGUARD_WATCHDOG__{k.upper()}": v for k, v in FAST_WATCHDOG.items()},
+    }
+    watchdog = _start_watchdog(config, env)
+    started.append(watchdog)
+    code = watchdog.wait(DEADLINE_S)
+    last = _status(ws)
+    if last is None or not last.restarts:
+        print(f"demo: FAILED (no crash recorded; see {ws / 'logs'})")
+        return 1
+    crash = last.restarts[0]
+    print(f"2. crashed: {crash.reason}")
+    print(f"   evidence: {crash.evidence[:110]}")
+    for line in crash.recovery:
+        print(f"3. recovery: {line}")
+    print(f"4. restarted from {crash.resume_from}")
+    batch = json.loads((ws / "config.json").read_text())["batch_size"]
+    state = last.state
+    print(f"5. training finished: watchdog state {state}, exit {code}; config.json batch_size "
+          f"now {batch} (was {OOM_JOB['batch_size']}: config.json.before-recovery)")  # fmt: skip
+    print("   `daemon-watchdog restart --reset-recovery` would put it back")
+    ok = code == 0 and state == "STOPPED" and batch == 32 and len(last.restarts) == 1
+    if not keep:
+        print("   (its workspace is removed now: `daemon-watchdog demo --oom --keep` keeps it)")
+    print("demo: OK" if ok else "demo: FAILED")
+    return 0 if ok else 1
+
+
+def _start_watchdog(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "daemon_watchdog", "run", "--exit-when-done", "-c", str(config)]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _start_reference(base: Path) -> subprocess.Popen[bytes]:

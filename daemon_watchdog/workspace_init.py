@@ -45,6 +45,16 @@ eval = 60
 done = 0
 idle = 0  # the example daemon waiting on an empty inbox (--watch-inbox) is not hung
 
+# Before a restart, change what made the run crash: uncomment the table and the actions you
+# allow (docs/daemon-watchdog.md#recovery-by-crash-type; `restart --reset-recovery` undoes
+# them). The example daemon reads batch_size from config.json and BATCH_SIZE from its env.
+# [watchdog.recovery]
+# cuda_oom = { halve = "config:batch_size", floor = 4 }
+# host_oom = { halve = "env:BATCH_SIZE", floor = 1 }
+# gpu_hardware = { exclude_gpu = true, min_gpus = 1 }
+# nan_loss = { rewind = 1, scale = "config:learning_rate", factor = 0.5 }
+# disk_full = { prune = true }
+
 [checkpoints]
 dir = "checkpoints"
 # Folders or files: Lightning writes "*.ckpt", a plain torch.save loop e.g. "ckpt_*.pt".
@@ -95,6 +105,15 @@ liveness = "auto"
 progress_timeout = 600
 startup_grace = 600
 # orphan_patterns = ['/path/to/this/run/.*train\\.py']   # workers that must not outlive it
+
+# Before a restart, change what made the run crash: uncomment the table and the actions you
+# allow (docs/daemon-watchdog.md#recovery-by-crash-type). "config:KEY" is a key of config.json
+# (job_config), "env:NAME" a variable of your trainer's environment.
+# [watchdog.recovery]
+# cuda_oom = {{ halve = "env:BATCH_SIZE", floor = 1 }}
+# gpu_hardware = {{ exclude_gpu = true, min_gpus = 1 }}
+# nan_loss = {{ rewind = 1 }}
+# disk_full = {{ prune = true }}
 
 [checkpoints]
 dir = "{checkpoints_dir}"

@@ -145,6 +145,17 @@ def test_demo_recovers_a_sigkilled_daemon_with_identical_weights() -> None:
 
 
 @pytest.mark.e2e
+def test_demo_oom_act_halves_the_batch_size_and_finishes() -> None:
+    result = _run("demo", "--oom", timeout=110)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "torch.OutOfMemoryError: CUDA out of memory" in out
+    assert "3. recovery: cuda_oom after step 14: config:batch_size 64 -> 32" in out
+    assert "4. restarted from checkpoint-10" in out
+    assert "config.json batch_size now 32 (was 64" in out and out.rstrip().endswith("demo: OK")
+
+
+@pytest.mark.e2e
 def test_demo_keep_leaves_valid_checkpoints_behind(tmp_path: Path) -> None:
     result = _run("demo", "--keep", timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -303,3 +303,32 @@ def test_the_recovery_record_survives_the_state_file_round_trip(tmp_path: Path) 
         {"state": "RUNNING", "recovery": {"knobs": [1], "events": 3}}
     )
     assert garbage is not None and garbage.recovery == RecoveryState()
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_the_init_templates_recovery_examples_are_valid_once_uncommented(
+    tmp_path: Path, own: bool
+) -> None:
+    base = tmp_path / "ws"
+    if own:
+        from daemon_watchdog.workspace_init import init_own_workspace
+
+        init_own_workspace(base, ["python3", "train.py"])
+    else:
+        init_workspace(base)
+    config = base / "trainguard.toml"
+    lines = config.read_text().splitlines()
+    start = lines.index("# [watchdog.recovery]")
+    n = start + 1
+    while lines[n].startswith("# ") and " = { " in lines[n]:
+        lines[n] = lines[n][2:]
+        n += 1
+    lines[start] = "[watchdog.recovery]"
+    config.write_text("\n".join(lines) + "\n")
+    rules = load_config(config, env={}).watchdog.recovery
+    configured = [name for name in ("cuda_oom", "host_oom", "gpu_hardware", "nan_loss",
+                                    "disk_full") if getattr(rules, name) is not None]  # fmt: skip
+    assert configured == (
+        ["cuda_oom", "gpu_hardware", "nan_loss", "disk_full"] if own else
+        ["cuda_oom", "host_oom", "gpu_hardware", "nan_loss", "disk_full"]
+    )  # fmt: skip
