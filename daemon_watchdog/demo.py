@@ -1,8 +1,10 @@
 """`daemon-watchdog demo`: the watchdog supervises the example trainer through one real crash.
 
 A throwaway workspace, a real `daemon-watchdog run`, a SIGKILL of the daemon mid-run, and a
-report of what the watchdog did: detection, orphan cleanup, classification, resume, and the
-final weights compared bit for bit with an uninterrupted run of the same job.
+report of what the watchdog did: detection, orphan cleanup, classification, resume; then a
+planned stop (`daemon-watchdog stop`: the trainer saves the step it reached first) and a new
+watchdog that resumes from that checkpoint; and the final weights compared bit for bit with
+an uninterrupted run of the same job.
 
 `--oom` shows recovery by crash type instead: a trainer whose GPU fits a batch of 32 asked for
 64 (a simulated CUDA OOM), and `[watchdog.recovery] cuda_oom` halving config.json's batch_size.
@@ -31,6 +33,7 @@ from trainguard.watchdog_status import WatchdogStatus, read_watchdog_status
 
 JOB = {"total_steps": 40, "save_steps": 10, "step_seconds": 0.1}
 CRASH_AFTER_STEP = 25
+STOP_AFTER_STEP = 32  # a planned stop between two periodic checkpoints (30, 40)
 DEADLINE_S = 120.0
 FAST_WATCHDOG = {"check_interval": "2", "backoff_base": "0.5", "progress_timeout": "20"}
 
@@ -91,17 +94,33 @@ def _demo(root: Path, started: list[subprocess.Popen[bytes]], *, keep: bool) -> 
     resumed = int((crash.resume_from or "checkpoint-0").removeprefix("checkpoint-"))
     lost = max(0, crash_step - resumed)  # the orphan may have checkpointed once more
     print(f"5. restarted in {restart_s:.1f} s from {crash.resume_from}; steps lost: {lost}")
+    _wait(ws, lambda s: s.state == "RUNNING" and _trainer_step(ws) >= STOP_AFTER_STEP)
+    stop = subprocess.run(
+        [sys.executable, "-m", "daemon_watchdog", "stop", "-c", str(config)],
+        capture_output=True, text=True, timeout=DEADLINE_S, check=False,
+    )  # fmt: skip
+    stopped = watchdog.wait(DEADLINE_S)
+    reached = _trainer_step(ws)
+    saved = _newest_checkpoint_step(ws)
+    print(f"6. planned stop (`daemon-watchdog stop`) at step {reached}: the trainer saved "
+          f"checkpoint-{saved} first; steps lost: {reached - saved}")  # fmt: skip
+    watchdog = _start_watchdog(config, env)
+    started.append(watchdog)
+    _wait(ws, lambda s: s.daemon_started_at is not None)
+    resumed_from = Path((_status(ws) or status).resumed_from or "the start").name
+    print(f"7. a new watchdog resumed from {resumed_from}")
     code = watchdog.wait(DEADLINE_S)
-    started[-1].wait(DEADLINE_S)
+    started[0].wait(DEADLINE_S)  # the reference run
     final = f"checkpoints/checkpoint-{JOB['total_steps']}/model.safetensors"
     same = filecmp.cmp(ws / final, reference / final, shallow=False)
     last = _status(ws)
     state = last.state if last is not None else None
-    print(f"6. training finished: watchdog state {state}, exit {code}")
-    print(f"7. final weights identical to an uninterrupted run: {'yes' if same else 'NO'}")
+    print(f"8. training finished: watchdog state {state}, exit {code}")
+    print(f"9. final weights identical to an uninterrupted run: {'yes' if same else 'NO'}")
     history = (ws / ".crash_history.jsonl").read_text().splitlines()
-    print(f"8. crash history: {len(history)} record(s) in .crash_history.jsonl")
-    ok = same and code == 0 and not orphans_alive and state == "STOPPED"
+    print(f"10. crash history: {len(history)} record(s) in .crash_history.jsonl")
+    planned_ok = stop.returncode == 0 and stopped == 0 and saved == reached
+    ok = same and code == 0 and not orphans_alive and state == "STOPPED" and planned_ok
     if not keep:
         print("   (its workspaces are removed now: `daemon-watchdog demo --keep` keeps them)")
     print("demo: OK" if ok else "demo: FAILED")
@@ -178,6 +197,12 @@ def _trainer_step(ws: Path) -> int:
         return int(json.loads((ws / "status" / "progress.json").read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def _newest_checkpoint_step(ws: Path) -> int:
+    steps = [int(p.name.removeprefix("checkpoint-")) for p in (ws / "checkpoints").glob(
+        "checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()]  # fmt: skip
+    return max(steps, default=0)
 
 
 def _new_daemon(status: WatchdogStatus, old_pid: int) -> bool:

@@ -142,6 +142,17 @@ def test_demo_recovers_a_sigkilled_daemon_with_identical_weights() -> None:
     assert int(resumed) in (crashed_at // 10 * 10, (crashed_at + 1) // 10 * 10)
     assert int(lost) == max(0, crashed_at - int(resumed))
     assert "identical to an uninterrupted run: yes" in out and out.rstrip().endswith("demo: OK")
+    stopped = _planned_stop(out)
+    assert f"7. a new watchdog resumed from checkpoint-{stopped}" in out
+
+
+def _planned_stop(out: str) -> int:
+    """The step of the demo's planned stop, which must have lost nothing."""
+    saved = r"at step (\d+): the trainer saved checkpoint-(\d+) first; steps lost: 0\n"
+    match = re.search(saved, out)
+    assert match is not None, out
+    assert match[1] == match[2]
+    return int(match[1])
 
 
 @pytest.mark.e2e
@@ -162,7 +173,7 @@ def test_demo_keep_leaves_valid_checkpoints_behind(tmp_path: Path) -> None:
     kept = Path(result.stdout.strip().splitlines()[-1].removeprefix("workspaces kept in "))
     try:
         infos = list_checkpoints(kept / "supervised" / "checkpoints", CheckpointsSection())
-        assert [i.step for i in infos] == [10, 20, 30, 40]
+        assert [i.step for i in infos] == sorted({10, 20, 30, _planned_stop(result.stdout), 40})
         assert all(i.valid for i in infos)
     finally:
         shutil.rmtree(kept)
