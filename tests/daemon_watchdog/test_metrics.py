@@ -72,3 +72,24 @@ def test_nothing_published_yet_still_scrapes(tmp_path: Path) -> None:
     metrics = scrape(ws, {})
     assert all(s.value == 0 for s in metrics["trainguard_watchdog_state"])
     assert "trainguard_daemon_rss_bytes" not in metrics
+
+
+def test_recovery_actions_are_counted_and_changed_knobs_shown(tmp_path: Path) -> None:
+    ws = Workspace(load_config(init_workspace(tmp_path / "ws")))
+    recovery = {
+        "knobs": {"config:batch_size": {"original": 64, "value": 16}},
+        "events": [],
+        "totals": {"halve": 2, "rewind": 1},
+    }
+    metrics = scrape(ws, {"state": "RUNNING", "recovery": recovery})
+    actions = {
+        s.labels["action"]: s.value
+        for s in metrics["trainguard_watchdog_recovery_actions"]
+        if s.name.endswith("_total")
+    }
+    assert actions == {
+        "halve": 2, "double": 0, "exclude_gpu": 0, "rewind": 1, "scale": 0, "prune": 0, "reset": 0
+    }  # fmt: skip
+    assert metrics["trainguard_watchdog_recovery_knobs_changed"][0].value == 1
+    empty = scrape(ws, {})
+    assert empty["trainguard_watchdog_recovery_knobs_changed"][0].value == 0

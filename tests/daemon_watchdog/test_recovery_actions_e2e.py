@@ -14,6 +14,8 @@ import pytest
 
 from daemon_watchdog.workspace_init import init_workspace
 from tests.daemon_watchdog.test_supervisor_e2e import SCRIPT, Run
+from tests.polling import wait_until
+from tests.trainguard.test_alerts import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -61,8 +63,18 @@ def test_an_oom_halves_the_batch_size_resumes_and_finishes_then_reset_puts_it_ba
 ) -> None:
     run.configure(command_extra=["--fault", "cuda_oom:32@30"])
     _recovery(run, 'cuda_oom = { halve = "config:batch_size", floor = 1 }')
-    run.start()
-    status = run.wait_for(_finished, "OOM at step 30, batch 32, finished", timeout=60)
+    receiver = Receiver()
+    try:
+        with open(run.config, "a") as fh:
+            fh.write(f'\n[alerts]\nurls = ["{receiver.url}"]\n')
+        run.start()
+        status = run.wait_for(_finished, "OOM at step 30, batch 32, finished", timeout=60)
+        wait_until(lambda: receiver.posts, timeout=30, message="the crash alert")
+        alert = receiver.posts[0]["message"]
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+    assert "recovery: cuda_oom after step 29: config:batch_size 64 -> 32" in alert, alert
     (restart,) = status["restarts"]
     assert restart["category"] == "cuda_oom" and restart["resume_from"] == "checkpoint-20"
     assert restart["recovery"] == ["cuda_oom after step 29: config:batch_size 64 -> 32"]
