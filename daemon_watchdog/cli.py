@@ -66,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the state file's JSON")
     stop = commands.add_parser("stop", parents=with_config, help="stop the daemon and the watchdog")
     stop.add_argument(
-        "--timeout", type=float, default=180.0, metavar="S",
+        "--timeout", type=float, default=None, metavar="S",
         help="seconds to wait for the watchdog to stop: the trainer may be asked for a "
-        "checkpoint first (save_on_stop_timeout) (default 180)",
+        "checkpoint first (default: [daemon] save_on_stop_timeout + stop_timeout + 30)",
     )  # fmt: skip
     restart = commands.add_parser(
         "restart",
@@ -171,7 +171,11 @@ def _operate(args: argparse.Namespace) -> int:
     if args.command == "status":
         return control.show_status(ws, as_json=args.json)
     if args.command == "stop":
-        return control.stop(ws, timeout=args.timeout)
+        d = ws.config.daemon
+        timeout = args.timeout
+        if timeout is None:  # the save asked for, the stop signal's grace, the watchdog's exit
+            timeout = d.save_on_stop_timeout + d.stop_timeout + 30
+        return control.stop(ws, timeout=timeout)
     if args.command == "restart":
         return control.restart(ws, timeout=args.timeout, reset_recovery=args.reset_recovery)
     from daemon_watchdog.lock import WorkspaceLock
