@@ -187,6 +187,10 @@ class CrashActions:
             self._event(out, "", "reset", "reset: no knob had been changed")
         return out
 
+    def note(self, out: Applied, category: str, text: str) -> None:
+        """Record that an action could not be taken (`text`, one line)."""
+        self._event(out, category, "skipped", text)
+
     # --- the actions ----------------------------------------------------------------------
 
     def _halve(

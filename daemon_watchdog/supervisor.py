@@ -937,10 +937,16 @@ class Supervisor:
             checkpoint.step if checkpoint is not None else None
         )  # fmt: skip
         self._ping()  # a GPU survey may take seconds
-        applied = self.actions.apply(
-            self.recovery, category=d.category, evidence=d.evidence, step=died,
-            rewound=rewound, pruned=pruned, knobs=knobs,
-        )  # fmt: skip
+        try:
+            applied = self.actions.apply(
+                self.recovery, category=d.category, evidence=d.evidence, step=died,
+                rewound=rewound, pruned=pruned, knobs=knobs,
+            )  # fmt: skip
+        except Exception as exc:  # a bug in an action must not take supervision down
+            log.exception("recovery action for %s failed", d.category)
+            applied = Applied(self.recovery)
+            self.actions.note(applied, d.category, f"{d.category}: the recovery action failed "
+                              f"({type(exc).__name__}: {exc}); restarting unchanged")  # fmt: skip
         self.recovery = applied.state
         crash.recovery.extend(e.text for e in applied.events)
         if applied.changed and applied.fatal is None:

@@ -92,3 +92,27 @@ def test_without_enough_gpus_left_it_is_fatal_naming_the_gpu(tmp_path: Path) -> 
             "gpu_hardware: GPU1 (Xid 79: GPU has fallen off the bus) failed; without it 1 GPU(s) "
             "would remain, fewer than min_gpus (2)"
         ), sup.fatal_reason
+
+
+@pytest.mark.usefixtures("cuda_env")
+def test_an_action_that_breaks_is_recorded_and_the_restart_still_happens(tmp_path: Path) -> None:
+    def broken_survey() -> Sequence[GpuReading]:
+        raise RuntimeError("NVML exploded")
+
+    command = [sys.executable, str(CHILD), str(tmp_path / "failed-once")]
+    table = "\n[watchdog.recovery]\ngpu_hardware = { min_gpus = 1 }\n"
+    with killing_its_daemon(
+        driven_supervisor(tmp_path, command, table, gpu_survey=broken_survey)
+    ) as sup:
+        sup._spawn(None)
+        first = sup.daemon
+        assert first is not None
+        handle_until(
+            sup, lambda: sup.daemon is not None and sup.daemon.pid != first.pid, "restarted"
+        )
+        assert sup.daemon is not None
+        assert "CUDA_VISIBLE_DEVICES" not in psutil.Process(sup.daemon.pid).environ()
+        assert sup.restarts[0].recovery == (
+            "gpu_hardware: the recovery action failed (RuntimeError: NVML exploded); "
+            "restarting unchanged",
+        )
