@@ -101,10 +101,14 @@ class Sandbox:
         self.set_job(where, **{**DEFAULT_JOB, **job})
 
     def set_job(self, where: Path | None = None, **knobs: Any) -> None:
-        path = (where or self.base) / "config.json"
-        data = json.loads(path.read_text())
+        data = self.job(where)
         data.update(knobs)
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        ((where or self.base) / "config.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    def job(self, where: Path | None = None) -> dict[str, Any]:
+        """The job's config.json as it is now (a recovery action may have rewritten it)."""
+        data: dict[str, Any] = json.loads(((where or self.base) / "config.json").read_text())
+        return data
 
     def configure(self, section: str, **values: Any) -> None:
         """Set keys of one trainguard.toml section, as an operator would edit the file."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -34,3 +35,22 @@ def unmount(where: Path) -> None:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             if subprocess.run(argv, capture_output=True, timeout=10).returncode == 0:
                 return
+
+
+def fill(path: Path) -> int:
+    """Write `path` until the filesystem says ENOSPC; the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for chunk in (64 * 1024, 4096, 512):
+            block = b"\xee" * chunk
+            while True:
+                try:
+                    written += os.write(fd, block)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return written

@@ -14,8 +14,10 @@ from edge_cases.scenarios import (
     preflight,
     processes,
     queue,
+    recovery,
     runners,
     status,
+    stops,
     studies,
     watchdog,
 )
@@ -28,12 +30,14 @@ ALL: tuple[Scenario, ...] = (
     *gpu.SCENARIOS,
     *status.SCENARIOS,
     *crashes.SCENARIOS,
+    *recovery.SCENARIOS,
     *queue.SCENARIOS,
     *runners.SCENARIOS,
     *studies.SCENARIOS,
     *pipelines.SCENARIOS,
     *preflight.SCENARIOS,
     *hangs.SCENARIOS,
+    *stops.SCENARIOS,
     *watchdog.SCENARIOS,
 )
 

@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import signal
-from pathlib import Path
 
 from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 from edge_cases.state_file import resumed_step
+from edge_cases.tmpfs import fill
 
 NAGIOS_CRITICAL = 2
 KEEP_LAST = 2
-
-
-def fill(path: Path) -> int:
-    """Write `path` until the filesystem says ENOSPC; the bytes written."""
-    written = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        for chunk in (64 * 1024, 4096, 512):
-            block = b"\xee" * chunk
-            while True:
-                try:
-                    written += os.write(fd, block)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    return written
 
 
 def disk_full(sb: Sandbox) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from edge_cases.reaper import alive
@@ -10,6 +11,9 @@ from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 
 PROGRESS_TIMEOUT = 3
+DEFAULT_PROGRESS_TIMEOUT = 600  # [watchdog] progress_timeout's default
+# The hang reason's threshold when the trainer's rhythm set it (daemon_watchdog/step_rhythm.py).
+LEARNED_THRESHOLD = re.compile(r"; threshold ([0-9.]+) s, learned: (\S+ x \S+ s)")
 STOP_TIMEOUT = 2
 
 
@@ -55,6 +59,40 @@ def daemon_hang_no_progress(sb: Sandbox) -> str:
     sb.wait_running(past_step=25, restarts=1)
     took = time.monotonic() - started
     return f"hang at step 20 seen, stacks saved (in _wait_for_allreduce), resumed; {took:.0f} s"
+
+
+def hang_seen_by_learned_rhythm(sb: Sandbox) -> str:
+    sb.create()
+    # The default progress_timeout: ten minutes, far past the deadline. Only a threshold
+    # learned from the trainer's 50 ms steps (5 x its longest silence, at least the floor)
+    # can see this hang in time.
+    floor = PROGRESS_TIMEOUT
+    sb.configure("watchdog", progress_timeout=DEFAULT_PROGRESS_TIMEOUT, progress_timeout_min=floor)
+    sb.daemon_args("--fault", "hang@40")
+    sb.start_watchdog()
+    started = time.monotonic()
+    status = sb.wait_running(restarts=1)
+    took = time.monotonic() - started
+    crash = status.restarts[0]
+    expect(crash.category == "timeout", f"classified {crash.category!r}")
+    expect("at step 39 (train;" in crash.reason, f"not the hang at step 40: {crash.reason!r}")
+    judged = LEARNED_THRESHOLD.search(crash.reason)
+    expect(judged is not None, f"not judged by a learned threshold: {crash.reason!r}")
+    assert judged is not None
+    threshold = float(judged[1])
+    expect(
+        PROGRESS_TIMEOUT <= threshold < DEFAULT_PROGRESS_TIMEOUT,
+        f"a learned threshold of {threshold:g} s, not within the floor ({PROGRESS_TIMEOUT} s) "
+        f"and progress_timeout ({DEFAULT_PROGRESS_TIMEOUT} s)",
+    )
+    kept = status.step_rhythm.get("train")
+    expect(kept is not None and kept > 0, f"status step_rhythm: {dict(status.step_rhythm)}")
+    sb.wait_running(past_step=45, restarts=1)
+    return (
+        f"hang at step 40 restarted {took:.0f} s after the start on a learned threshold of "
+        f"{threshold:g} s ({judged[2]}), not progress_timeout {DEFAULT_PROGRESS_TIMEOUT} s; "
+        "resumed past step 45"
+    )
 
 
 def sigterm_ignored_escalates_to_sigkill(sb: Sandbox) -> str:
@@ -143,6 +181,18 @@ SCENARIOS = (
             "TRAINGUARD_WATCHDOG__PHASE_TIMEOUTS__EVAL": "3600",
         },
         sabotage_deadline=12,
+    ),
+    Scenario(
+        name="hang_seen_by_learned_rhythm",
+        summary="a fast trainer that hangs is restarted on the threshold learned from its "
+        "rhythm, long before the default 600 s progress_timeout",
+        fault="--fault hang@40 in a 50 ms-a-step trainer, progress_timeout 600 (the default), "
+        "progress_timeout_min 3",
+        expected="restart (category timeout) whose reason names the hang at step 39 and a "
+        "learned threshold ('learned: 5 x ...', between 3 and 600 s); status step_rhythm has "
+        "the train phase; training passes step 45",
+        deadline=45,
+        run=hang_seen_by_learned_rhythm,
     ),
     Scenario(
         name="trainer_that_only_prints",

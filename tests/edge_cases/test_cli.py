@@ -50,6 +50,12 @@ REQUIRED = {
     "pipeline_phase_without_outputs",
     "preflight_unreachable_node",
     "preflight_study_missing_input",
+    "oom_halves_batch_size",
+    "oom_at_floor_goes_fatal",
+    "nan_rewinds_past_newest_checkpoint",
+    "disk_full_prunes",
+    "hang_seen_by_learned_rhythm",
+    "planned_stop_loses_nothing",
 }
 
 

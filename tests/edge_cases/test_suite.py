@@ -30,6 +30,8 @@ SABOTAGED = (
     "low_disk_threshold",
     "daemon_hang_no_progress",
     "partial_inplace_checkpoint_skipped",
+    "nan_rewinds_past_newest_checkpoint",
+    "planned_stop_loses_nothing",
 )
 # task-queue has no config key that switches off what these guard: a sitecustomize on
 # PYTHONPATH does it in `python -m task_queue` (see sabotage/sitecustomize.py).
@@ -75,7 +77,7 @@ def _skips_expected_here(scratch: Path) -> set[str]:
     try:
         mount_tmpfs(probe, "64k")
     except ScenarioSkipped:
-        expected.add("disk_full")
+        expected.update(("disk_full", "disk_full_prunes"))
     else:
         unmount(probe)
     finally:
@@ -112,7 +114,7 @@ def test_whole_suite_passes_and_reports_json() -> None:
 
 @pytest.fixture(scope="module")
 def sabotaged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Result]]:
-    """The three scenarios run once, each with the mechanism it guards switched off."""
+    """The SABOTAGED scenarios run once, each with the mechanism it guards switched off."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("sabotaged")))
         results = run_scenarios(select(SABOTAGED), sabotage=set(SABOTAGED))
@@ -155,6 +157,20 @@ def test_printing_trainer_scenario_fails_when_only_a_progress_file_shows_life(
     result = sabotaged["trainer_that_only_prints"]
     assert result.status == "fail", result
     assert result.detail == "liveness 'progress file'", result
+
+
+def test_nan_scenario_fails_when_the_recovery_rewinds_nothing(sabotaged: dict[str, Result]) -> None:
+    result = sabotaged["nan_rewinds_past_newest_checkpoint"]
+    assert result.status == "fail", result
+    assert result.detail == "resumed from checkpoint-30, not checkpoint-20", result
+
+
+def test_planned_stop_scenario_fails_when_a_stop_asks_for_no_checkpoint(
+    sabotaged: dict[str, Result],
+) -> None:
+    result = sabotaged["planned_stop_loses_nothing"]
+    assert result.status == "fail", result
+    assert result.detail.startswith("no checkpoint after the stop: steps 1.."), result
 
 
 @pytest.fixture(scope="module")
