@@ -288,6 +288,7 @@ def _reset_without_watchdog(ws: Workspace, status: WatchdogStatus | None) -> str
     except WorkspaceBusy as exc:
         raise TrainguardError(f"{exc}: try again once it has started") from None
     try:
+        status = read_watchdog_status(ws.state_file) or status  # as it is now, under the lock
         applied = CrashActions(ws, lambda: []).reset(status.recovery)
         try:
             replace(status, recovery=applied.state).write(ws.state_file)

@@ -50,6 +50,8 @@ _GPU_EVIDENCE = re.compile(
     r"\bXid\b|\bECC\b|uncorrectable|fallen off the bus|GPU is lost|row remap", re.IGNORECASE
 )
 VISIBLE_VAR = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "HIP_VISIBLE_DEVICES"}
+# Events that are not an action taken (for the metric's counter and the restart policy).
+NOT_COUNTED = frozenset({"skipped", "fatal", "noop", "device_order"})
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Applied:
     @property
     def changed(self) -> bool:
         """Whether the restart runs with something changed (the restart policy's bar)."""
-        return any(e.action not in ("skipped", "fatal") for e in self.events)
+        return any(e.action not in NOT_COUNTED for e in self.events)
 
 
 def action_for(rules: RecoverySection, category: str, evidence: str) -> str | None:
@@ -111,6 +113,28 @@ class CrashActions:
                 if (rules.nan_loss is not None)
                 else rules
             )
+        try:
+            self._act(out, rules, entry, category, evidence, where, step, rewound, pruned)
+        except Exception as exc:  # a bug in an action: what it changed so far is kept, and said
+            log.exception("recovery action for %s failed", category)
+            then = "restarting with what it changed so far" if out.changed else (
+                "restarting unchanged")  # fmt: skip
+            self.note(out, category, f"{where}: the recovery action failed "
+                      f"({type(exc).__name__}: {exc}); {then}")  # fmt: skip
+        return out
+
+    def _act(
+        self,
+        out: Applied,
+        rules: RecoverySection,
+        entry: str | None,
+        category: str,
+        evidence: str,
+        where: str,
+        step: int | None,
+        rewound: Sequence[str],
+        pruned: int | None,
+    ) -> None:
         if entry in ("cuda_oom", "host_oom"):
             halve = getattr(rules, entry)
             assert isinstance(halve, HalveAction)
@@ -149,12 +173,11 @@ class CrashActions:
                 f"keep_last ({self.ws.config.checkpoints.keep_last})",
                 step,
             )
-        return out
 
     def reset(self, state: RecoveryState) -> Applied:
         """Put every knob back as it was before the first change (`restart --reset-recovery`).
         A config key changed since by someone else is left as it is, and said so."""
-        out = Applied(replace(state, knobs={}))
+        out = Applied(state)
         env = state.env()
         for knob, change in state.knobs.items():
             kind = knob.partition(":")[0]
@@ -169,11 +192,13 @@ class CrashActions:
                             f"reset: {knob} is {show_scalar(now)} now, not "
                             f"the {show_scalar(change.value)} recovery set: left as it is",
                         )
+                        self._forget(out, knob)
                         continue
                     write_config_key(self.ws, knob, change.original)
-            except KnobError as exc:
-                self._event(out, "", "skipped", f"reset: {exc}")
+            except KnobError as exc:  # kept: a later reset may succeed
+                self._event(out, "", "skipped", f"reset: {exc}; still changed")
                 continue
+            self._forget(out, knob)
             self._event(
                 out,
                 "",
@@ -184,8 +209,14 @@ class CrashActions:
                 after=change.original,
             )
         if not state.knobs:
-            self._event(out, "", "reset", "reset: no knob had been changed")
+            self._event(out, "", "noop", "reset: no knob had been changed")
         return out
+
+    @staticmethod
+    def _forget(out: Applied, knob: str) -> None:
+        out.state = replace(
+            out.state, knobs={k: v for k, v in out.state.knobs.items() if k != knob}
+        )
 
     def note(self, out: Applied, category: str, text: str) -> None:
         """Record that an action could not be taken (`text`, one line)."""
@@ -324,7 +355,7 @@ class CrashActions:
                     category,
                     where,
                     step,
-                    "exclude_gpu",
+                    "device_order",  # part of the exclusion: not counted as one more
                 )
 
     # --- bookkeeping ----------------------------------------------------------------------
@@ -348,7 +379,7 @@ class CrashActions:
             if kind == "config":
                 write_config_key(self.ws, knob, after)
         except KnobError as exc:
-            self._event(out, category, "skipped", f"{where}: {exc}; restarting unchanged", step)
+            self._event(out, category, "skipped", f"{where}: {exc}; not changed", step)
             return False
         original = out.state.knobs[knob].original if knob in out.state.knobs else before
         if kind == "env" and isinstance(original, (int, float)):
@@ -375,7 +406,7 @@ class CrashActions:
         (log.error if action in ("fatal", "skipped") else log.warning)("recovery: %s", text)
         out.events.append(event)
         totals = dict(out.state.totals)
-        if action not in ("skipped", "fatal"):
+        if action not in NOT_COUNTED:
             totals[action] = totals.get(action, 0) + 1
         events = (*out.state.events, event)[-RECOVERY_EVENTS_KEPT:]
         out.state = replace(out.state, events=events, totals=totals)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,10 @@ def number(knob: str, value: Scalar) -> int | float:
 
 def write_config_key(ws: Workspace, knob: str, value: Scalar) -> None:
     """Set config.json's key `knob` (`config:KEY`) to `value`: atomically, the previous file
-    kept beside it. Other keys, their order and the file's indentation are kept."""
+    kept beside it. Other keys and their order are kept; the file is written indented by 2
+    (compact if it was one line), with its permissions, through a symlink to its target."""
     _, _, name = knob.partition(":")
-    path = ws.job_config
+    path = Path(os.path.realpath(ws.job_config))
     raw = _read_bytes(path, knob)
     data = _parse(raw, path, knob)
     node: Any = data
@@ -87,8 +89,9 @@ def write_config_key(ws: Workspace, knob: str, value: Scalar) -> None:
     indent = 2 if raw.lstrip()[1:2] in (b"\n", b"\r") else None
     text = json.dumps(data, indent=indent) + "\n"
     try:
-        write_bytes_atomic(previous_config(ws), raw)
-        write_bytes_atomic(path, text.encode("utf-8"))
+        mode = stat.S_IMODE(path.stat().st_mode)
+        write_bytes_atomic(previous_config(ws), raw, mode=mode)
+        write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
     except OSError as exc:
         raise KnobError(f"{knob}: cannot write {path}: {exc.strerror or exc}") from None
 

@@ -81,26 +81,35 @@ def choose_checkpoint(ws: Workspace) -> CheckpointInfo | None:
 
 
 def rewind(ws: Workspace, skip: int) -> list[str]:
-    """Move the newest `skip` valid checkpoints into quarantine/ (a NaN crash: they may hold
-    diverged weights), keeping at least one valid checkpoint; the names moved, newest first.
-    Invalid ones are left to `choose_checkpoint`. One that cannot be moved stops the rewind
-    there: resuming from it is what would have happened anyway."""
+    """Move the newest `skip` valid numbered checkpoints into quarantine/ (a NaN crash: they may
+    hold diverged weights), with every valid step-less one newer than the checkpoint kept (a
+    Lightning `last.ckpt` holds the newest weights too), keeping at least one valid checkpoint;
+    the names moved, newest first. Invalid ones are left to `choose_checkpoint`. One that cannot
+    be moved stops the rewind there: resuming from it is what would have happened anyway."""
     rules = ws.config.checkpoints
     try:
         candidates = find_candidates(ws.checkpoints_dir, rules.pattern)
     except OSError:
         return []  # `choose_checkpoint` says why, in the FATAL reason
-    valid: list[CheckpointInfo] = []
+    newer: list[CheckpointInfo] = []  # valid, newest first, until the one to resume from
+    numbered = 0
+    kept = False
     for candidate in reversed(candidates):
         if candidate.staged:
             continue
         info = inspect(candidate, rules)
-        if info is not None and info.valid:
-            valid.append(info)
-            if len(valid) > skip:
+        if info is None or not info.valid:
+            continue
+        if info.step is not None:
+            numbered += 1
+            if numbered > skip:
+                kept = True
                 break
+        newer.append(info)
+    if not kept:
+        newer = newer[:-1]  # not enough older ones: the oldest valid one stays
     moved: list[str] = []
-    for info in valid[: min(skip, len(valid) - 1)]:
+    for info in newer:
         if refuse(info.path, "rewound past after a nan_loss crash") is None:
             break
         moved.append(info.path.name)
@@ -123,7 +132,7 @@ def refuse(path: Path, why: str) -> Path | None:
         log.error("cannot quarantine invalid checkpoint %s (%s): %s; left where it is, skipped",
                   path.name, why, exc.strerror or exc)  # fmt: skip
         return None
-    log.warning("quarantined invalid checkpoint %s (%s) as %s", path.name, why, moved)
+    log.warning("quarantined checkpoint %s (%s) as %s", path.name, why, moved)
     return moved
 
 

@@ -126,8 +126,10 @@ class RestartPolicy:
 
     def changed_for_restart(self, died_at_step: int) -> None:
         """The restart just decided changes a knob (or the checkpoint) because the run died at
-        `died_at_step`: the next crash is progress only if the run got past that step."""
-        self._recovery_bar = died_at_step
+        `died_at_step`: from now on a crash is progress only if the run got past the highest
+        step it died at since it last made progress (a bar that never falls)."""
+        bar = self._recovery_bar
+        self._recovery_bar = died_at_step if bar is None else max(bar, died_at_step)
 
     def decide(
         self,
@@ -163,8 +165,9 @@ class RestartPolicy:
             self._best_step is None or checkpoint_step > self._best_step
         )
         bar = self._recovery_bar
-        if bar is not None:
-            progressed = reached_step is not None and reached_step > bar
+        if bar is not None and reached_step is not None:
+            # A trainer that reports no step (log liveness) is judged by its checkpoints.
+            progressed = reached_step > bar
         without_progress = 0 if progressed else self._without_progress + 1
         if without_progress > self._max_without_progress:
             n = _count(self._without_progress, "restart")
@@ -186,7 +189,8 @@ class RestartPolicy:
         )
         self._restarts.append(now)
         self._without_progress = without_progress
-        self._recovery_bar = None  # until the caller says this restart changes something too
+        if progressed:
+            self._recovery_bar = None  # got past it: judged by checkpoints again
         if progressed and checkpoint_step is not None:
             self._best_step = max(checkpoint_step, self._best_step or checkpoint_step)
         # Uptime is measured from the next started(); a restart that never got up (spawn

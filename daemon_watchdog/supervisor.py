@@ -869,10 +869,11 @@ class Supervisor:
             self.policy.reset()
             self.refusal.reset()
             acted = self._act_on(crash, checkpoint, rewound, pruned)
-            self.last_crash = self._count_restart(self._crash_entry(crash, checkpoint, acted))
+            self.last_crash = self._crash_entry(crash, checkpoint, acted)
             if acted.fatal is not None:
                 self._recovery_fatal(crash, acted.fatal)
                 return
+            self._count_restart(self.last_crash)
             log.info("%s; restarting now, as the operator asked", diagnosis.reason)
             self._spawn(checkpoint)
             return
@@ -886,8 +887,8 @@ class Supervisor:
         applied: Applied | None = None
         if decision.action == "restart":
             applied = self._act_on(crash, checkpoint, rewound, pruned)
-        elif rewound:  # moved aside already: say so, though no restart follows
-            applied = self._act_on(crash, checkpoint, rewound, None, knobs=False)
+        elif rewound or pruned is not None:  # done already: said, though no restart follows
+            applied = self._act_on(crash, checkpoint, rewound, pruned, knobs=False)
         entry = self._crash_entry(crash, checkpoint, applied)
         self.last_crash = entry
         if applied is not None and applied.fatal is not None:

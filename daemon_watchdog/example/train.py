@@ -37,7 +37,8 @@ it fires and suppresses it afterwards, so a supervisor that restarts the daemon 
 `--fault-every-run` ignores the marker (a crash loop).
 
 The environment variable BATCH_SIZE, when set, overrides config.json's batch_size (what
-`[watchdog.recovery] host_oom = { halve = "env:BATCH_SIZE" }` turns).
+`[watchdog.recovery] host_oom = { halve = "env:BATCH_SIZE" }` turns); an inbox job file that
+sets its own batch_size overrides both, so recovery does not reach it.
 """
 
 from __future__ import annotations

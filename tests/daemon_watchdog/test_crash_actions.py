@@ -5,6 +5,7 @@ log, and every knob put back by a reset."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ def test_an_xid_79_on_gpu_1_restarts_without_gpu_1(
     )
     assert done.fatal is None
     assert done.state.env() == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert done.state.totals == {"exclude_gpu": 1}  # the device order is part of it
     assert done.events[0].text == (
         "gpu_hardware after step 12: GPU1 (Xid 79: GPU has fallen off the bus): "
         "env:CUDA_VISIBLE_DEVICES unset -> 0"
@@ -332,3 +334,85 @@ def test_the_init_templates_recovery_examples_are_valid_once_uncommented(
         ["cuda_oom", "gpu_hardware", "nan_loss", "disk_full"] if own else
         ["cuda_oom", "host_oom", "gpu_hardware", "nan_loss", "disk_full"]
     )  # fmt: skip
+
+
+def test_a_reset_that_cannot_write_keeps_the_knob_for_the_next_reset(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, 'cuda_oom = { halve = "config:batch_size" }', batch_size=64)
+    actions = CrashActions(ws, no_gpus)
+    state = actions.apply(RecoveryState(), category="cuda_oom", evidence="", step=1).state
+    good = ws.job_config.read_text()
+    ws.job_config.write_text("{half a file")
+    failed = actions.reset(state)
+    assert failed.state.knobs == state.knobs
+    last = failed.events[-1].text
+    assert last.startswith("reset: config:batch_size: ") and "is not JSON" in last, last
+    assert last.endswith("; still changed"), last
+    ws.job_config.write_text(good)
+    done = actions.reset(failed.state)
+    assert done.state.knobs == {} and job(ws)["batch_size"] == 64
+    noop = actions.reset(done.state)
+    assert [e.action for e in noop.events] == ["noop"] and noop.state.totals == done.state.totals
+
+
+def test_config_json_keeps_its_permissions_and_its_symlink(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, 'cuda_oom = { halve = "config:batch_size" }', batch_size=64)
+    real = tmp_path / "elsewhere.json"
+    real.write_text(ws.job_config.read_text())
+    real.chmod(0o600)
+    ws.job_config.unlink()
+    ws.job_config.symlink_to(real)
+    CrashActions(ws, no_gpus).apply(RecoveryState(), category="cuda_oom", evidence="", step=1)
+    assert ws.job_config.is_symlink() and json.loads(real.read_text())["batch_size"] == 32
+    assert real.stat().st_mode & 0o777 == 0o600
+    assert previous_config(ws).stat().st_mode & 0o777 == 0o600
+
+
+def test_an_action_that_breaks_half_way_keeps_and_says_what_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = workspace(
+        tmp_path,
+        'cuda_oom = { halve = "config:batch_size", double = "config:learning_rate" }',
+        batch_size=64,
+    )
+    from daemon_watchdog import crash_actions, knobs
+
+    real_write = knobs.write_config_key
+    calls: list[str] = []
+
+    def second_write_breaks(ws_: Workspace, knob: str, value: object) -> None:
+        calls.append(knob)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        real_write(ws_, knob, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(crash_actions, "write_config_key", second_write_breaks)
+    done = CrashActions(ws, no_gpus).apply(RecoveryState(), category="cuda_oom", evidence="",
+                                          step=3)  # fmt: skip
+    assert job(ws)["batch_size"] == 32 and done.state.knobs["config:batch_size"].value == 32
+    assert done.events[-1].text == (
+        "cuda_oom after step 3: the recovery action failed (RuntimeError: disk on fire); "
+        "restarting with what it changed so far"
+    )
+
+
+def test_a_rewind_past_lightning_files_takes_last_ckpt_with_it(tmp_path: Path) -> None:
+    from tests.trainguard.test_checkpoints import write_lightning_ckpt
+
+    workspace(tmp_path, "nan_loss = { rewind = 1 }")
+    config = tmp_path / "ws" / "trainguard.toml"
+    config.write_text(
+        config.read_text().replace('pattern = "checkpoint-*"', 'pattern = "*.ckpt"')
+        .replace('required_files = ["trainer_state.json"]', "required_files = []")
+    )  # fmt: skip
+    ws = Workspace(load_config(config, env={}))
+    now = 1_700_000_000.0
+    for step in (10, 20):
+        path = ws.checkpoints_dir / f"epoch=0-step={step}.ckpt"
+        write_lightning_ckpt(path)
+        os.utime(path, (now + step, now + step))
+    write_lightning_ckpt(ws.checkpoints_dir / "last.ckpt")
+    os.utime(ws.checkpoints_dir / "last.ckpt", (now + 21, now + 21))
+    assert rewind(ws, 1) == ["last.ckpt", "epoch=0-step=20.ckpt"]
+    chosen = choose_checkpoint(ws)
+    assert chosen is not None and chosen.path.name == "epoch=0-step=10.ckpt"

@@ -381,3 +381,39 @@ def test_a_restart_without_a_change_is_judged_by_checkpoints_again(clock: FakeCl
     assert crash(policy, 20).action == "restart"  # stuck at 20: one allowed
     clock.advance(2.0)
     assert crash(policy, 20).action == "give_up"
+
+
+def test_the_bar_never_falls_until_the_run_gets_past_it(clock: FakeClock) -> None:
+    """A NaN that strikes anywhere between steps 950 and 1000 after each rewind to 900: dying
+    at 980, then 970, then 995 is no progress, as none got past 980 and then 995 only by
+    chance... the bar is the highest step died at, so only passing 995 would be."""
+    policy = make(clock, max_restarts=100, window=1.0, max_without_progress=2)
+    assert crash(policy, 900).action == "restart"
+    policy.changed_for_restart(980)
+    for died in (970, 975):
+        clock.advance(2.0)
+        decision = policy.decide(
+            retryable=True, category="nan_loss", checkpoint_step=900, reached_step=died
+        )
+        assert decision.action == "restart", decision.reason
+        policy.changed_for_restart(died)  # lower than 980: the bar stays at 980
+    clock.advance(2.0)
+    decision = policy.decide(
+        retryable=True, category="nan_loss", checkpoint_step=900, reached_step=979
+    )
+    assert decision.action == "give_up" and "past step 980" in decision.reason
+
+
+def test_a_trainer_that_reports_no_step_is_judged_by_its_checkpoints_after_a_change(
+    clock: FakeClock,
+) -> None:
+    policy = make(clock, max_restarts=100, window=1.0, max_without_progress=1)
+    assert crash(policy, 20).action == "restart"
+    policy.changed_for_restart(20)  # no step known: the checkpoint's
+    for step in (30, 40, 50):  # hours later, checkpoints far on: progress every time
+        clock.advance(2.0)
+        decision = policy.decide(
+            retryable=True, category="cuda_oom", checkpoint_step=step, reached_step=None
+        )
+        assert decision.action == "restart", decision.reason
+        policy.changed_for_restart(step)
