@@ -31,7 +31,11 @@ stop_timeout = 10
 
 [watchdog]
 check_interval = 5
+# The hang threshold is learned from the trainer's rhythm (5x its longest silence per phase),
+# between progress_timeout_min and progress_timeout: a 0.5 s/step trainer that freezes is
+# restarted after ~5 s. The key defaults (30, 600) suit a trainer not yet seen saving.
 progress_timeout = 30
+progress_timeout_min = 5
 startup_grace = 30
 max_restarts = 3
 restart_window = 300

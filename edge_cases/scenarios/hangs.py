@@ -179,6 +179,7 @@ SCENARIOS = (
         sabotage={
             "TRAINGUARD_WATCHDOG__PROGRESS_TIMEOUT": "3600",
             "TRAINGUARD_WATCHDOG__PHASE_TIMEOUTS__EVAL": "3600",
+            "TRAINGUARD_WATCHDOG__ADAPTIVE_TIMEOUT": "false",  # nothing learned below it
         },
         sabotage_deadline=12,
     ),
