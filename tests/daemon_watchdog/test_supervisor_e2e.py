@@ -277,6 +277,28 @@ def test_a_hang_is_judged_by_the_rhythm_learned_not_the_fixed_timeout(run: Run) 
     assert "longest silences: " in out.stdout and "train " in out.stdout, out.stdout
 
 
+def test_the_init_workspace_as_written_restarts_a_frozen_trainer_on_a_5_s_threshold(
+    tmp_path: Path,
+) -> None:
+    """#20's goal with the config `init` writes, untouched but for the simulated hang: the
+    threshold is learned, floored at the template's 5 s, not its progress_timeout of 30 s."""
+    base = tmp_path / "ws"
+    init_workspace(base, job={"total_steps": 400, "save_steps": 50, "step_seconds": 0.1})
+    run = Run(base)
+    try:
+        run.start()
+        run.wait_for(_running_past(20), "training past step 20")
+        for proc in run.daemon_tree():  # frozen: a SIGSTOPped tree stops at once when killed
+            proc.suspend()
+        status = run.wait_for(_restarted(1), "restart after the hang", timeout=90)
+    finally:
+        run.stop_all()
+    reason = status["restarts"][0]["reason"]
+    assert "(train; threshold 5 s, learned: 5 x " in reason and "raised to the floor" in reason, (
+        reason
+    )
+
+
 def _checkpoint_steps(base: Path) -> list[int]:
     names = (
         p.name.removeprefix("checkpoint-") for p in (base / "checkpoints").glob("checkpoint-*")
