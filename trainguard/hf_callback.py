@@ -18,8 +18,10 @@ of teaching the `train` phase to wait for them.
 A planned stop (`daemon-watchdog stop`, systemd's stop, a scheduler's SIGTERM to the watchdog)
 loses no step: the watchdog's save request makes the Trainer save at the next step's end, and
 the request is removed once `on_save` says the checkpoint is written; the watchdog stops the
-run then. Every rank must see the request file (one node, or the workspace on a shared
-filesystem): a save is collective under FSDP and DeepSpeed.
+run then. Under torch.distributed every rank decides alike: the ranks agree at each step's
+end (an all-reduce of one flag, MAX) whether any of them sees a request, since a save is
+collective under FSDP and DeepSpeed and ranks that disagreed would wait on each other (each
+rank looks at its own node's request file, which that node's watchdog writes).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainguard.progress import ProgressWriter
+from trainguard.ranks import any_rank
 
 
 class TrainguardCallback(TrainerCallback):
@@ -55,7 +58,7 @@ class TrainguardCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if self.writer.save_requested():
+        if any_rank(self.writer.save_requested()):
             control.should_save = True  # a planned stop: checkpoint this step first
         self._write(state, self._before_save_or_eval(control))
 
