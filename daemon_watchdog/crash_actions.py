@@ -84,9 +84,17 @@ class CrashActions:
     """Turns the knobs `[watchdog.recovery]` names. `gpu_survey` reads this machine's GPUs,
     graded as health-check does (NVML, amdsmi / rocm-smi, the kernel log's Xids)."""
 
-    def __init__(self, ws: Workspace, gpu_survey: Callable[[], Sequence[GpuReading]]) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        gpu_survey: Callable[[], Sequence[GpuReading]],
+        record: Callable[[RecoveryState], None] | None = None,
+    ) -> None:
         self.ws = ws
         self.gpu_survey = gpu_survey
+        # Saves a state before config.json is changed (the watchdog's state file): a watchdog
+        # killed between the two still knows the key's original value.
+        self.record = record or (lambda _state: None)
 
     def apply(
         self,
@@ -375,17 +383,19 @@ class CrashActions:
         stored: Scalar = after
         if kind == "env" and after is not None:
             stored = str(after)
-        try:
-            if kind == "config":
-                write_config_key(self.ws, knob, after)
-        except KnobError as exc:
-            self._event(out, category, "skipped", f"{where}: {exc}; not changed", step)
-            return False
         original = out.state.knobs[knob].original if knob in out.state.knobs else before
         if kind == "env" and isinstance(original, (int, float)):
             original = str(original)
-        knobs = {**out.state.knobs, knob: KnobChange(original, stored)}
-        out.state = replace(out.state, knobs=knobs)
+        changed = replace(out.state, knobs={**out.state.knobs, knob: KnobChange(original, stored)})
+        if kind == "config":
+            self.record(changed)  # first: the original is on record before the file changes
+            try:
+                write_config_key(self.ws, knob, after)
+            except KnobError as exc:
+                self.record(out.state)
+                self._event(out, category, "skipped", f"{where}: {exc}; not changed", step)
+                return False
+        out.state = changed
         text = f"{where}: {knob} {show_scalar(before)} -> {show_scalar(stored)}"
         self._event(out, category, action, text, step, knob=knob, before=before, after=stored)
         return True

@@ -142,7 +142,9 @@ class Supervisor:
         self.ws = ws
         # What [watchdog.recovery] changed (knobs, kept across restarts), and the one who acts.
         self.recovery = RecoveryState()
-        self.actions = CrashActions(ws, gpu_survey or (lambda: survey_gpus(self.ws)))
+        self.actions = CrashActions(
+            ws, gpu_survey or (lambda: survey_gpus(self.ws)), record=self._record_recovery
+        )
         self.reload_config = reload_config  # SIGHUP reads the config again with it
         self.reload_note: str | None = None  # what the last SIGHUP applied
         self.reporter = reporter or Reporter(ws)
@@ -953,6 +955,12 @@ class Supervisor:
         if applied.changed and applied.fatal is None:
             self.policy.changed_for_restart(died if died is not None else 0)
         return applied
+
+    def _record_recovery(self, state: RecoveryState) -> None:
+        """A knob's change, in the state file before config.json is written (atomic, not
+        fsync'd: it must survive this process being killed; the crash's own state follows)."""
+        self.recovery = state
+        self._publish(durable=False)
 
     def _recovery_fatal(self, crash: _Crash, reason: str) -> None:
         """An action says a restart cannot help (a floor reached, too few GPUs left)."""

@@ -416,3 +416,23 @@ def test_a_rewind_past_lightning_files_takes_last_ckpt_with_it(tmp_path: Path) -
     assert rewind(ws, 1) == ["last.ckpt", "epoch=0-step=20.ckpt"]
     chosen = choose_checkpoint(ws)
     assert chosen is not None and chosen.path.name == "epoch=0-step=10.ckpt"
+
+
+def test_the_original_is_on_record_before_config_json_changes(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, 'cuda_oom = { halve = "config:batch_size" }', batch_size=64)
+    seen: list[tuple[dict[str, KnobChange], int]] = []
+
+    def record(state: RecoveryState) -> None:  # what the watchdog's state file gets, and when
+        seen.append((dict(state.knobs), job(ws)["batch_size"]))
+
+    CrashActions(ws, no_gpus, record).apply(RecoveryState(), category="cuda_oom", evidence="",
+                                            step=1)  # fmt: skip
+    assert seen == [({"config:batch_size": KnobChange(64, 32)}, 64)]
+    assert job(ws)["batch_size"] == 32
+    previous_config(ws).unlink()
+    previous_config(ws).mkdir()  # where the previous file goes: the write fails, even as root
+    seen.clear()
+    done = CrashActions(ws, no_gpus, record).apply(RecoveryState(), category="cuda_oom",
+                                                  evidence="", step=1)  # fmt: skip
+    assert [knobs for knobs, _ in seen] == [{"config:batch_size": KnobChange(32, 16)}, {}]
+    assert not done.changed and done.state.knobs == {} and job(ws)["batch_size"] == 32
