@@ -6,8 +6,9 @@ Writes a small log (`--lines` lines of training progress, then a CUDA OOM) in a 
 folder with no trainguard.toml, and times each command `--runs` times as a fresh process,
 taking turns so that a noisy neighbour hits them all alike: `python -c pass`, the installed
 `crash-detector` entry point with the readable report (stdout a pipe), the same with `--json`,
-and `python -m crash_detector --json`. Prints the median, the spread and the ratio of each
-median to `python -c pass` (the goal of #19: <= 5x).
+and `python -m crash_detector --json`; and the readable report on a terminal (a pty: styled,
+rich's styles), against `python -c pass` on a pty too. Prints the median, the spread and the
+ratio of each median to `python -c pass` (the goal of #19: <= 5x).
 
 `--before DIR`: also time the two entry-point commands against the source tree in DIR (e.g.
 `git archive HEAD | tar -x -C DIR`), put first on PYTHONPATH: before and after in one run.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pty
 import statistics
 import subprocess
 import sys
@@ -60,7 +62,11 @@ def main() -> int:
         commands["before: crash-detector --last-n-lines 1000 FILE --json"] = (
             [*text, "--json"], before,
         )  # fmt: skip
-    times: dict[str, list[float]] = {name: [] for name in commands}
+    on_pty = {  # on a terminal: the styled report
+        "tty: python -c pass": [sys.executable, "-c", "pass"],
+        "tty: crash-detector --last-n-lines 1000 FILE": text,
+    }
+    times: dict[str, list[float]] = {name: [] for name in [*commands, *on_pty]}
     with tempfile.TemporaryDirectory(prefix="cd-startup-") as tmp:
         write_log(Path(tmp) / "t.log", args.lines)
         for argv, environ in commands.values():  # a warm-up each: page cache, the db cache
@@ -73,15 +79,36 @@ def main() -> int:
                 if done.returncode not in (0, 1):
                     print(done.stderr.decode(), file=sys.stderr)
                     return 1
-    base = statistics.median(times["python -c pass"])
-    print(f"{args.runs} runs each, taking turns; median (min-max), ratio to python -c pass")
+            for name, argv in on_pty.items():
+                times[name].append(on_terminal(argv, tmp, env))
+    print(f"{args.runs} runs each, taking turns; median (min-max), ratio to python -c pass "
+          "(on a pty: to python -c pass on a pty)")  # fmt: skip
     for name, walls in times.items():
+        base = statistics.median(times["tty: python -c pass" if name.startswith("tty:") else
+                                       "python -c pass"])  # fmt: skip
         median = statistics.median(walls)
         print(
             f"  {name:58s} {median * 1000:6.1f} ms ({min(walls) * 1000:.1f}-"
             f"{max(walls) * 1000:.1f})  {median / base:4.1f}x"
         )
     return 0
+
+
+def on_terminal(argv: list[str], cwd: str, env: dict[str, str]) -> float:
+    """Seconds `argv` takes with a pseudo-terminal as its stdout (read until it closes)."""
+    started = time.perf_counter()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        os.chdir(cwd)
+        os.execve(argv[0], argv, env)
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:  # EIO: the child closed the terminal
+        pass
+    os.waitpid(pid, 0)
+    os.close(fd)
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

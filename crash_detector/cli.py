@@ -118,10 +118,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     else:
         lines = report.text_lines(detection, found_recurring, recorded or ())
         if report.styled(sys.stdout, os.environ):
-            from rich.console import Console
-
-            console = Console(highlight=False, soft_wrap=True, emoji=False)
-            report.print_styled(lines, console)
+            report.print_styled(lines, sys.stdout, os.environ)
         else:
             report.print_plain(lines, sys.stdout)
     return 1 if detection.result.primary is not None else 0

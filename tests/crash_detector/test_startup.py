@@ -62,6 +62,16 @@ def test_a_named_log_without_a_config_imports_no_config_models_history_or_rich(
     assert _unwanted(modules) == []
 
 
+def test_a_styled_report_takes_rich_styles_without_its_console(tmp_path: Path) -> None:
+    (tmp_path / "t.log").write_text(OOM_LOG)
+    # FORCE_COLOR: styled as on a terminal (rich's own switch).
+    code, modules = _imports("--last-n-lines", "10", "t.log", cwd=tmp_path,
+                             env={"FORCE_COLOR": "1"})  # fmt: skip
+    assert code == 1
+    assert "rich.style" in modules  # the probe works: it was styled
+    assert not any(m == "rich.console" or m.startswith("rich.console.") for m in modules)
+
+
 def test_with_a_config_the_workspace_and_its_history_are_loaded(tmp_path: Path) -> None:
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "t.log").write_text(OOM_LOG)
