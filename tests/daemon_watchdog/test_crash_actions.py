@@ -436,3 +436,22 @@ def test_the_original_is_on_record_before_config_json_changes(tmp_path: Path) ->
                                                   evidence="", step=1)  # fmt: skip
     assert [knobs for knobs, _ in seen] == [{"config:batch_size": KnobChange(32, 16)}, {}]
     assert not done.changed and done.state.knobs == {} and job(ws)["batch_size"] == 32
+
+
+def test_a_hugging_face_arguments_file_is_the_job_config_it_halves(tmp_path: Path) -> None:
+    """HF example scripts take one JSON file of arguments (`python run_clm.py args.json`)."""
+    base = tmp_path / "hf"
+    base.mkdir()
+    args = {"output_dir": "checkpoints", "per_device_train_batch_size": 16,
+            "gradient_accumulation_steps": 2, "learning_rate": 5e-5}  # fmt: skip
+    (base / "args.json").write_text(json.dumps(args, indent=2))
+    (base / "trainguard.toml").write_text(
+        '[daemon]\ncommand = ["python3", "run_clm.py", "args.json"]\n\n'
+        '[watchdog.recovery]\ncuda_oom = { halve = "config:per_device_train_batch_size", '
+        'double = "config:gradient_accumulation_steps" }\n\n'
+        '[health]\njob_config = "args.json"\njob_config_required_keys = ["output_dir"]\n'
+    )
+    ws = Workspace(load_config(base / "trainguard.toml", env={}))
+    CrashActions(ws, no_gpus).apply(RecoveryState(), category="cuda_oom", evidence="", step=9)
+    now = json.loads((base / "args.json").read_text())
+    assert now == {**args, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 4}
