@@ -33,7 +33,8 @@ stop_timeout = 10
 check_interval = 5
 # The hang threshold is learned from the trainer's rhythm (5x its longest silence per phase),
 # between progress_timeout_min and progress_timeout: a 0.5 s/step trainer that freezes is
-# restarted after ~5 s. The key defaults (30, 600) suit a trainer not yet seen saving.
+# restarted after ~5 s. Keep the key defaults (30, 600) for real trainers: a checkpoint save
+# the watchdog has not seen yet must not look like a hang.
 progress_timeout = 30
 progress_timeout_min = 5
 startup_grace = 30
@@ -51,10 +52,11 @@ idle = 0  # the example daemon waiting on an empty inbox (--watch-inbox) is not 
 
 # Before a restart, change what made the run crash: uncomment the table and the actions you
 # allow (docs/daemon-watchdog.md#recovery-by-crash-type; `restart --reset-recovery` undoes
-# them). The example daemon reads batch_size from config.json and BATCH_SIZE from its env.
+# them). The example daemon reads batch_size from config.json (BATCH_SIZE in its environment,
+# when set, overrides it: then name "env:BATCH_SIZE" in both lines instead).
 # [watchdog.recovery]
 # cuda_oom = { halve = "config:batch_size", floor = 4 }
-# host_oom = { halve = "env:BATCH_SIZE", floor = 1 }
+# host_oom = { halve = "config:batch_size", floor = 4 }
 # gpu_hardware = { exclude_gpu = true, min_gpus = 1 }
 # nan_loss = { rewind = 1, scale = "config:learning_rate", factor = 0.5 }
 # disk_full = { prune = true }
@@ -111,8 +113,10 @@ startup_grace = 600
 # orphan_patterns = ['/path/to/this/run/.*train\\.py']   # workers that must not outlive it
 
 # Before a restart, change what made the run crash: uncomment the table and the actions you
-# allow (docs/daemon-watchdog.md#recovery-by-crash-type). "config:KEY" is a key of config.json
-# (job_config), "env:NAME" a variable of your trainer's environment.
+# allow (docs/daemon-watchdog.md#recovery-by-crash-type). A knob is "env:NAME", a variable
+# your trainer reads from its environment (set it where the watchdog starts: the command is
+# never run through a shell, so a flag cannot be changed), or "config:KEY", a key of the JSON
+# file [health] job_config names (e.g. the args.json a Hugging Face script takes).
 # [watchdog.recovery]
 # cuda_oom = {{ halve = "env:BATCH_SIZE", floor = 1 }}
 # gpu_hardware = {{ exclude_gpu = true, min_gpus = 1 }}
