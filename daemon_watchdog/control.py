@@ -27,7 +27,6 @@ from trainguard.watchdog_status import (
     WatchdogStatus,
     read_watchdog_status,
     restart_request_file,
-    show_scalar,
     utc_now,
 )
 from trainguard.workspace import Workspace
@@ -97,12 +96,8 @@ def _recovery_lines(status: WatchdogStatus) -> list[str]:
     rec = status.recovery
     lines = []
     if rec.knobs:
-        changed = "; ".join(
-            f"{knob} = {show_scalar(c.value)} (was {show_scalar(c.original)})"
-            for knob, c in rec.knobs.items()
-        )
-        lines.append(f"recovery: {changed} (`daemon-watchdog restart --reset-recovery` puts "
-                     "them back)")  # fmt: skip
+        lines.append(f"recovery: {rec.changed()} (`daemon-watchdog restart --reset-recovery` "
+                     "puts them back)")  # fmt: skip
     if rec.events:
         last = rec.events[-1]
         lines.append(f"{'recovery:' if not rec.knobs else '         '} last: {last.text} "

@@ -188,6 +188,13 @@ class RecoveryState:
                 out[name] = None if change.value is None else str(change.value)
         return out
 
+    def changed(self) -> str:
+        """The knobs still changed, in words: `config:batch_size = 32 (was 64); ...`."""
+        return "; ".join(
+            f"{knob} = {show_scalar(c.value)} (was {show_scalar(c.original)})"
+            for knob, c in self.knobs.items()
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "knobs": {k: v.to_json() for k, v in self.knobs.items()},

@@ -40,6 +40,9 @@ def probe(ctx: Context) -> CheckResult:
     where = f"watchdog {state}" if state else "no watchdog state"
     alive = f"pid {sup.watchdog.pid} alive" if sup.watchdog else "not running"
     details = [f"watchdog: {alive}"]
+    if sup.state is not None and sup.state.recovery.knobs:
+        changed = sup.state.recovery.changed()
+        details.append(f"recovery changed: {changed} (`daemon-watchdog restart --reset-recovery`)")
     if state == "FATAL":
         reason = (sup.state.fatal_reason if sup.state else None) or "see status/watchdog.json"
         return CheckResult(

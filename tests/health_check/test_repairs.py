@@ -410,3 +410,21 @@ def test_a_pid_file_no_watchdog_recorded_is_not_vouched_for(
     assert check["status"] == "WARNING" and "cannot prove" in check["summary"]
     assert check["fix"] is None  # a live process's pid file is not ours to remove
     assert (example.base / ".daemon.pid").exists()
+
+
+def test_the_daemon_check_says_what_recovery_changed(
+    example: Example,
+    idle: tuple[subprocess.Popen[bytes], ProcessIdentity],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    proc, me = idle
+    (example.base / ".daemon.pid").write_text(f"{proc.pid}\n")
+    knobs = {"config:batch_size": {"original": 64, "value": 32},
+             "env:CUDA_VISIBLE_DEVICES": {"original": None, "value": "0"}}  # fmt: skip
+    example.record(daemon=me.to_json(), owner_token="t", recovery={"knobs": knobs})
+    run = example.health(capsys, "--only", "daemon", "--json")
+    details = run.check("daemon")["details"]
+    assert (
+        "recovery changed: config:batch_size = 32 (was 64); env:CUDA_VISIBLE_DEVICES = 0 "
+        "(was unset) (`daemon-watchdog restart --reset-recovery`)"
+    ) in details, details
