@@ -753,6 +753,9 @@ class Supervisor:
     def _on_daemon_exit(self, code: int | None) -> None:
         daemon = self.daemon
         assert daemon is not None
+        # Its last progress, which its exit may have overtaken in the queue: the step it died
+        # at (what recovery and the restart policy judge by) and whether it got going at all.
+        self._on_progress()
         self.daemon = None
         how = (
             decode_wait_status(code) if code is not None else "ended (adopted: exit status unknown)"

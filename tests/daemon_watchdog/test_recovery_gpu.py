@@ -23,6 +23,7 @@ from tests.daemon_watchdog.test_supervisor_progress import (
 )
 from tests.fakes import FakeGpu, FakeNvml
 from trainguard.config import HealthSection
+from trainguard.progress import write_progress
 
 CHILD = Path(__file__).resolve().parent.parent / "children" / "gpu_falls_off.py"
 BUS0, BUS1 = "00000000:3B:00.0", "00000000:86:00.0"
@@ -116,3 +117,20 @@ def test_an_action_that_breaks_is_recorded_and_the_restart_still_happens(tmp_pat
             "gpu_hardware: the recovery action failed (RuntimeError: NVML exploded); "
             "restarting unchanged",
         )
+
+
+@pytest.mark.usefixtures("cuda_env")
+def test_the_step_it_died_at_counts_its_last_progress_even_if_its_exit_came_first(
+    tmp_path: Path,
+) -> None:
+    """The progress event and the exit race in the loop's queue: the exit handled first must
+    still see the last step the trainer wrote (what recovery and the restart policy judge)."""
+    with killing_its_daemon(make_supervisor(tmp_path, min_gpus=1)) as sup:
+        sup._spawn(None)
+        first = sup.daemon
+        assert first is not None
+        write_progress(sup.ws.progress_file, 12)  # its event never handled before the exit
+        handle_until(
+            sup, lambda: sup.daemon is not None and sup.daemon.pid != first.pid, "restarted"
+        )
+        assert sup.restarts[0].recovery[0].startswith("gpu_hardware after step 12: GPU1 ")
