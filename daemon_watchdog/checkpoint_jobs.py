@@ -15,11 +15,10 @@ from daemon_watchdog import events as ev
 from daemon_watchdog.recovery import (
     CheckpointsUnreadable,
     NoValidCheckpoint,
-    choose_checkpoint,
+    choose_after_rewind,
     make_room,
     prune_now,
     refuse,
-    rewind,
 )
 from trainguard.checkpoints import Cancelled
 from trainguard.workspace import Workspace
@@ -90,9 +89,7 @@ class CheckpointJobs:
                     log.error("recovery: cannot prune checkpoints: %s", exc)
             if room:
                 disk_low = make_room(self.ws, self._closing.is_set)
-            if skip:
-                rewound = rewind(self.ws, skip)
-            checkpoint = choose_checkpoint(self.ws)
+            checkpoint, rewound = choose_after_rewind(self.ws, skip)
         except (CheckpointsUnreadable, NoValidCheckpoint) as exc:
             error = str(exc)
         except Cancelled:

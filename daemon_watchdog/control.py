@@ -144,6 +144,15 @@ def stop(ws: Workspace, *, timeout: float) -> int:
         return 0
     # No watchdog: hold its lock while stopping what it left, so that none starts meanwhile
     # and adopts a daemon being stopped, and so that the state file is ours to correct.
+    with _instead_of_the_watchdog(ws):
+        message = _stop_without_watchdog(ws, status)
+    print(message)
+    return 0
+
+
+@contextmanager
+def _instead_of_the_watchdog(ws: Workspace) -> Iterator[None]:
+    """Hold the watchdog's own lock: none starts while we change what it would own."""
     lock = WorkspaceLock(ws.lock_file)
     try:
         lock.acquire()
@@ -152,11 +161,9 @@ def stop(ws: Workspace, *, timeout: float) -> int:
             f"{exc}, but {ws.state_file} does not name it (is it starting?); try again"
         ) from None
     try:
-        message = _stop_without_watchdog(ws, status)
+        yield
     finally:
         lock.release()
-    print(message)
-    return 0
 
 
 def _stop_without_watchdog(ws: Workspace, status: WatchdogStatus | None) -> str:
@@ -277,20 +284,13 @@ def _reset_without_watchdog(ws: Workspace, status: WatchdogStatus | None) -> str
 
     if status is None or not status.recovery.knobs:
         return "no knob to put back"
-    lock = WorkspaceLock(ws.lock_file)
-    try:
-        lock.acquire()
-    except WorkspaceBusy as exc:
-        raise TrainguardError(f"{exc}: try again once it has started") from None
-    try:
+    with _instead_of_the_watchdog(ws):
         status = read_watchdog_status(ws.state_file) or status  # as it is now, under the lock
         applied = CrashActions(ws, lambda: []).reset(status.recovery)
         try:
             replace(status, recovery=applied.state).write(ws.state_file)
         except OSError as exc:
             raise TrainguardError(f"cannot update {ws.state_file}: {exc.strerror or exc}") from None
-    finally:
-        lock.release()
     for event in applied.events:
         print(event.text)
     return "knobs put back"

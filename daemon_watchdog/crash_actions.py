@@ -114,15 +114,20 @@ class CrashActions:
         out = Applied(state)
         entry = action_for(rules, category, evidence)
         where = f"{category} after step {step}" if step is not None else category
-        if not knobs:
-            entry = entry if entry in ("nan_loss", "disk_full") else None
-            rules = (
-                replace(rules, nan_loss=replace(rules.nan_loss, scale=""))
-                if (rules.nan_loss is not None)
-                else rules
-            )
         try:
-            self._act(out, rules, entry, category, evidence, where, step, rewound, pruned)
+            if entry == "nan_loss" and rewound:
+                self._event(out, category, "rewind", f"{where}: rewound past "
+                            f"{', '.join(rewound)} (moved to quarantine/: they may hold diverged "
+                            "weights)", step)  # fmt: skip
+            elif entry == "nan_loss" and rules.nan_loss and rules.nan_loss.rewind:
+                self._event(out, category, "skipped", f"{where}: no older complete checkpoint "
+                            "to rewind to: resuming from the newest", step)  # fmt: skip
+            elif entry == "disk_full" and pruned is not None:
+                keep = self.ws.config.checkpoints.keep_last
+                self._event(out, category, "prune", f"{where}: pruned {pruned} checkpoint(s) "
+                            f"beyond keep_last ({keep})", step)  # fmt: skip
+            if knobs:
+                self._turn_knobs(out, rules, entry, category, evidence, where, step)
         except Exception as exc:  # a bug in an action: what it changed so far is kept, and said
             log.exception("recovery action for %s failed", category)
             then = "restarting with what it changed so far" if out.changed else (
@@ -131,7 +136,7 @@ class CrashActions:
                       f"({type(exc).__name__}: {exc}); {then}")  # fmt: skip
         return out
 
-    def _act(
+    def _turn_knobs(
         self,
         out: Applied,
         rules: RecoverySection,
@@ -140,8 +145,6 @@ class CrashActions:
         evidence: str,
         where: str,
         step: int | None,
-        rewound: Sequence[str],
-        pruned: int | None,
     ) -> None:
         if entry in ("cuda_oom", "host_oom"):
             halve = getattr(rules, entry)
@@ -150,37 +153,8 @@ class CrashActions:
         elif entry == "gpu_hardware":
             assert rules.gpu_hardware is not None
             self._exclude_gpu(out, rules.gpu_hardware, category, evidence, where, step)
-        elif entry == "nan_loss":
-            assert rules.nan_loss is not None
-            if rewound:
-                names = ", ".join(rewound)
-                self._event(
-                    out,
-                    category,
-                    "rewind",
-                    f"{where}: rewound past {names} "
-                    "(moved to quarantine/: they may hold diverged weights)",
-                    step,
-                )
-            elif rules.nan_loss.rewind:
-                self._event(
-                    out,
-                    category,
-                    "skipped",
-                    f"{where}: no older complete checkpoint to rewind to: resuming from the newest",
-                    step,
-                )
-            if rules.nan_loss.scale:
-                self._scale(out, rules.nan_loss.scale, rules.nan_loss.factor, category, where, step)
-        elif entry == "disk_full" and pruned is not None:
-            self._event(
-                out,
-                category,
-                "prune",
-                f"{where}: pruned {pruned} checkpoint(s) beyond "
-                f"keep_last ({self.ws.config.checkpoints.keep_last})",
-                step,
-            )
+        elif entry == "nan_loss" and rules.nan_loss is not None and rules.nan_loss.scale:
+            self._scale(out, rules.nan_loss.scale, rules.nan_loss.factor, category, where, step)
 
     def reset(self, state: RecoveryState) -> Applied:
         """Put every knob back as it was before the first change (`restart --reset-recovery`).

@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from daemon_watchdog.workspace_init import init_workspace
+from trainguard.checkpoints import step_of
 from trainguard.config import expand_argv, load_config
 from trainguard.process_tree import stop_started
 from trainguard.watchdog_status import WatchdogStatus, read_watchdog_status
@@ -200,9 +201,8 @@ def _trainer_step(ws: Path) -> int:
 
 
 def _newest_checkpoint_step(ws: Path) -> int:
-    steps = [int(p.name.removeprefix("checkpoint-")) for p in (ws / "checkpoints").glob(
-        "checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()]  # fmt: skip
-    return max(steps, default=0)
+    steps = (step_of(p.name) for p in (ws / "checkpoints").glob("checkpoint-*"))
+    return max((step for step in steps if step is not None), default=0)
 
 
 def _new_daemon(status: WatchdogStatus, old_pid: int) -> bool:

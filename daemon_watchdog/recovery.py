@@ -34,13 +34,25 @@ class NoValidCheckpoint(TrainguardError):
 
 
 def choose_checkpoint(ws: Workspace) -> CheckpointInfo | None:
-    """The newest valid checkpoint, or None to start from scratch.
+    """The newest valid checkpoint, or None to start from scratch (`choose_after_rewind`)."""
+    return choose_after_rewind(ws, 0)[0]
+
+
+def choose_after_rewind(ws: Workspace, skip: int) -> tuple[CheckpointInfo | None, list[str]]:
+    """The checkpoint to resume from, or None to start from scratch; and the names of those
+    rewound past, newest first.
 
     The daemon is gone, so nothing is in flight: an incomplete or corrupt checkpoint newer
-    than the valid one is quarantined (renamed), so the trainer cannot trip on it again.
+    than the chosen one is quarantined (renamed), so the trainer cannot trip on it again.
     When checkpoints exist but none is valid, they stay where they are and NoValidCheckpoint
     is raised, unless `[checkpoints] allow_fresh_start`: then they are quarantined first, so
     the fresh run cannot overwrite them.
+
+    `skip` (a nan_loss rewind): the newest `skip` valid numbered checkpoints are moved into
+    quarantine/ too, as they may hold diverged weights, with every valid step-less one newer
+    than the chosen one (a Lightning `last.ckpt` holds the newest weights); at least one valid
+    checkpoint stays. One that cannot be moved stops the rewind: it is resumed from. Each
+    checkpoint is checked once (a deep check reads every byte).
     """
     rules = ws.config.checkpoints
     try:
@@ -50,19 +62,37 @@ def choose_checkpoint(ws: Workspace) -> CheckpointInfo | None:
             f"cannot list the checkpoints in {ws.checkpoints_dir}: {exc.strerror or exc}"
         ) from None
     bad: list[CheckpointInfo] = []
+    passed: list[CheckpointInfo] = []  # valid, newer than the chosen one: rewound past
+    numbered = 0
+    chosen: CheckpointInfo | None = None
     for candidate in reversed(candidates):
         if candidate.staged:
             continue  # the trainer's own staging folder: not ours to move
         info = inspect(candidate, rules)
         if info is None:
             continue
-        if info.valid:
-            for stale in bad:  # one that cannot be moved is logged and left: it is skipped
-                refuse(stale.path, stale.reason or "invalid")
-            return info
-        bad.append(info)
+        if not info.valid:
+            bad.append(info)
+            continue
+        numbered += info.step is not None
+        if skip == 0 or numbered > skip:
+            chosen = info
+            break
+        passed.append(info)
+    if chosen is None and passed:
+        chosen = passed.pop()  # not enough older ones: the oldest valid one stays
+    rewound: list[str] = []
+    for info in passed:
+        if refuse(info.path, "rewound past after a nan_loss crash") is None:
+            chosen = info
+            break
+        rewound.append(info.path.name)
+    if chosen is not None:
+        for stale in bad:  # one that cannot be moved is logged and left: it is skipped
+            refuse(stale.path, stale.reason or "invalid")
+        return chosen, rewound
     if not bad:
-        return None
+        return None, []
     if not rules.allow_fresh_start:
         newest = bad[0]
         raise NoValidCheckpoint(
@@ -77,43 +107,7 @@ def choose_checkpoint(ws: Workspace) -> CheckpointInfo | None:
             "a start from scratch could overwrite it; move it away, then restart"
         )
     log.warning("no valid checkpoint among %d: starting from scratch (allow_fresh_start)", len(bad))
-    return None
-
-
-def rewind(ws: Workspace, skip: int) -> list[str]:
-    """Move the newest `skip` valid numbered checkpoints into quarantine/ (a NaN crash: they may
-    hold diverged weights), with every valid step-less one newer than the checkpoint kept (a
-    Lightning `last.ckpt` holds the newest weights too), keeping at least one valid checkpoint;
-    the names moved, newest first. Invalid ones are left to `choose_checkpoint`. One that cannot
-    be moved stops the rewind there: resuming from it is what would have happened anyway."""
-    rules = ws.config.checkpoints
-    try:
-        candidates = find_candidates(ws.checkpoints_dir, rules.pattern)
-    except OSError:
-        return []  # `choose_checkpoint` says why, in the FATAL reason
-    newer: list[CheckpointInfo] = []  # valid, newest first, until the one to resume from
-    numbered = 0
-    kept = False
-    for candidate in reversed(candidates):
-        if candidate.staged:
-            continue
-        info = inspect(candidate, rules)
-        if info is None or not info.valid:
-            continue
-        if info.step is not None:
-            numbered += 1
-            if numbered > skip:
-                kept = True
-                break
-        newer.append(info)
-    if not kept:
-        newer = newer[:-1]  # not enough older ones: the oldest valid one stays
-    moved: list[str] = []
-    for info in newer:
-        if refuse(info.path, "rewound past after a nan_loss crash") is None:
-            break
-        moved.append(info.path.name)
-    return moved
+    return None, []
 
 
 def refuse(path: Path, why: str) -> Path | None:

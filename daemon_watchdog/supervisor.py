@@ -874,7 +874,7 @@ class Supervisor:
             self.policy.reset()
             self.refusal.reset()
             acted = self._act_on(crash, checkpoint, rewound, pruned)
-            self.last_crash = self._crash_entry(crash, checkpoint, acted)
+            self.last_crash = self._crash_entry(crash, checkpoint)
             if acted.fatal is not None:
                 self._recovery_fatal(crash, acted.fatal)
                 return
@@ -894,7 +894,7 @@ class Supervisor:
             applied = self._act_on(crash, checkpoint, rewound, pruned)
         elif rewound or pruned is not None:  # done already: said, though no restart follows
             applied = self._act_on(crash, checkpoint, rewound, pruned, knobs=False)
-        entry = self._crash_entry(crash, checkpoint, applied)
+        entry = self._crash_entry(crash, checkpoint)
         self.last_crash = entry
         if applied is not None and applied.fatal is not None:
             self._recovery_fatal(crash, applied.fatal)
@@ -943,16 +943,11 @@ class Supervisor:
             checkpoint.step if checkpoint is not None else None
         )  # fmt: skip
         self._ping()  # a GPU survey may take seconds
-        try:
-            applied = self.actions.apply(
-                self.recovery, category=d.category, evidence=d.evidence, step=died,
-                rewound=rewound, pruned=pruned, knobs=knobs,
-            )  # fmt: skip
-        except Exception as exc:  # a bug in an action must not take supervision down
-            log.exception("recovery action for %s failed", d.category)
-            applied = Applied(self.recovery)
-            self.actions.note(applied, d.category, f"{d.category}: the recovery action failed "
-                              f"({type(exc).__name__}: {exc}); restarting unchanged")  # fmt: skip
+        # An action that raises is caught there, what it changed kept and said.
+        applied = self.actions.apply(
+            self.recovery, category=d.category, evidence=d.evidence, step=died,
+            rewound=rewound, pruned=pruned, knobs=knobs,
+        )  # fmt: skip
         self.recovery = applied.state
         crash.recovery.extend(e.text for e in applied.events)
         if applied.changed and applied.fatal is None:
@@ -979,12 +974,9 @@ class Supervisor:
         return entry
 
     @staticmethod
-    def _crash_entry(
-        crash: _Crash, checkpoint: CheckpointInfo | None, applied: Applied | None = None
-    ) -> CrashRecord:
+    def _crash_entry(crash: _Crash, checkpoint: CheckpointInfo | None) -> CrashRecord:
         """The crash as the state file's `restarts` and `last_crash` hold it."""
         d = crash.diagnosis
-        texts = [e.text for e in applied.events] if applied is not None else []
         return CrashRecord(
             at=utc_now(),
             reason=d.reason,
@@ -994,7 +986,7 @@ class Supervisor:
             suggestion=d.suggestion,
             resume_from=checkpoint.path.name if checkpoint is not None else None,
             quarantined=crash.refused,
-            recovery=tuple(texts),
+            recovery=tuple(crash.recovery),
         )
 
     def _check_deadlines(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from daemon_watchdog.crash_actions import CrashActions, action_for
 from daemon_watchdog.knobs import previous_config
-from daemon_watchdog.recovery import choose_checkpoint, rewind
+from daemon_watchdog.recovery import choose_after_rewind
 from daemon_watchdog.workspace_init import init_workspace
 from health_check.checks.gpu import survey
 from health_check.checks.gpu_model import GpuReading
@@ -240,11 +240,11 @@ def test_a_rewind_moves_the_newest_valid_checkpoints_aside_but_keeps_one(tmp_pat
     for step in (10, 20, 30):
         make_checkpoint(ws.checkpoints_dir, step)
     settle(ws.checkpoints_dir)
-    assert rewind(ws, 1) == ["checkpoint-30"]
-    chosen = choose_checkpoint(ws)
+    chosen, rewound = choose_after_rewind(ws, 1)
+    assert rewound == ["checkpoint-30"]
     assert chosen is not None and chosen.path.name == "checkpoint-20"
     assert (ws.checkpoints_dir / "quarantine").is_dir()
-    assert rewind(ws, 5) == ["checkpoint-20"]  # never the last one
+    assert choose_after_rewind(ws, 5)[1] == ["checkpoint-20"]  # never the last one
     assert sorted(p.name for p in ws.checkpoints_dir.glob("checkpoint-*")) == ["checkpoint-10"]
 
 
@@ -413,8 +413,8 @@ def test_a_rewind_past_lightning_files_takes_last_ckpt_with_it(tmp_path: Path) -
         os.utime(path, (now + step, now + step))
     write_lightning_ckpt(ws.checkpoints_dir / "last.ckpt")
     os.utime(ws.checkpoints_dir / "last.ckpt", (now + 21, now + 21))
-    assert rewind(ws, 1) == ["last.ckpt", "epoch=0-step=20.ckpt"]
-    chosen = choose_checkpoint(ws)
+    chosen, rewound = choose_after_rewind(ws, 1)
+    assert rewound == ["last.ckpt", "epoch=0-step=20.ckpt"]
     assert chosen is not None and chosen.path.name == "epoch=0-step=10.ckpt"
 
 

@@ -45,6 +45,15 @@ def make_supervisor(tmp_path: Path, min_gpus: int) -> Supervisor:
     return driven_supervisor(tmp_path, command, table, gpu_survey=two_gpus_one_fallen_off)
 
 
+def _restarted(sup: Supervisor) -> int:
+    """Drive the loop until the spawned daemon has died and a new one runs; its pid."""
+    first = sup.daemon
+    assert first is not None
+    handle_until(sup, lambda: sup.daemon is not None and sup.daemon.pid != first.pid, "restarted")
+    assert sup.daemon is not None
+    return sup.daemon.pid
+
+
 @pytest.fixture
 def cuda_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -55,13 +64,7 @@ def cuda_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_xid_79_on_gpu_1_restarts_the_daemon_without_gpu_1(tmp_path: Path) -> None:
     with killing_its_daemon(make_supervisor(tmp_path, min_gpus=1)) as sup:
         sup._spawn(None)
-        first = sup.daemon
-        assert first is not None
-        handle_until(
-            sup, lambda: sup.daemon is not None and sup.daemon.pid != first.pid, "restarted"
-        )
-        assert sup.daemon is not None
-        env = psutil.Process(sup.daemon.pid).environ()
+        env = psutil.Process(_restarted(sup)).environ()
         assert env.get("CUDA_VISIBLE_DEVICES") == "0"
         assert env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID"
         (restart,) = sup.restarts
@@ -106,13 +109,7 @@ def test_an_action_that_breaks_is_recorded_and_the_restart_still_happens(tmp_pat
         driven_supervisor(tmp_path, command, table, gpu_survey=broken_survey)
     ) as sup:
         sup._spawn(None)
-        first = sup.daemon
-        assert first is not None
-        handle_until(
-            sup, lambda: sup.daemon is not None and sup.daemon.pid != first.pid, "restarted"
-        )
-        assert sup.daemon is not None
-        assert "CUDA_VISIBLE_DEVICES" not in psutil.Process(sup.daemon.pid).environ()
+        assert "CUDA_VISIBLE_DEVICES" not in psutil.Process(_restarted(sup)).environ()
         assert sup.restarts[0].recovery == (
             "gpu_hardware: the recovery action failed (RuntimeError: NVML exploded); "
             "restarting unchanged",
@@ -127,10 +124,6 @@ def test_the_step_it_died_at_counts_its_last_progress_even_if_its_exit_came_firs
     still see the last step the trainer wrote (what recovery and the restart policy judge)."""
     with killing_its_daemon(make_supervisor(tmp_path, min_gpus=1)) as sup:
         sup._spawn(None)
-        first = sup.daemon
-        assert first is not None
         write_progress(sup.ws.progress_file, 12)  # its event never handled before the exit
-        handle_until(
-            sup, lambda: sup.daemon is not None and sup.daemon.pid != first.pid, "restarted"
-        )
+        _restarted(sup)
         assert sup.restarts[0].recovery[0].startswith("gpu_hardware after step 12: GPU1 ")
