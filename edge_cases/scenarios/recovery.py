@@ -1,15 +1,20 @@
 """Recovery by crash type (`[watchdog.recovery]`): the watchdog changes what made the run crash
 before it restarts it, and says what it changed; FATAL when the change it may make cannot help.
 
-The GPU-exclusion action has no scenario: a GPU cannot be made to fail for real here (see
-tests/daemon_watchdog/test_recovery_gpu.py, against a fake NVML).
+The GPU-exclusion scenario simulates the one thing that cannot be made to fail for real, the
+GPU: its watchdog (`edge_cases.children.gpu_watchdog`) is the real supervisor whose GPU survey
+says GPU1 fell off the bus, and its daemon prints what the driver and CUDA print then.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 
+import psutil
+
+from edge_cases.children import LOST_GPU_FINDING
 from edge_cases.sandbox import Sandbox
 from edge_cases.scenario import Scenario, expect
 from edge_cases.state_file import resumed_step
@@ -186,6 +191,41 @@ def disk_full_prunes(sb: Sandbox) -> str:
     )
 
 
+def gpu_failure_left_out(sb: Sandbox) -> str:
+    sb.create()
+    marker = sb.path("status/gpu-failed-once")
+    sb.configure("daemon", command=[sys.executable, "-m", "edge_cases.children.gpu_falls_off",
+                                    str(marker)])  # fmt: skip
+    sb.configure("watchdog", startup_grace=60)  # the restarted daemon idles, silent
+    sb.configure("watchdog.recovery", gpu_hardware={"exclude_gpu": True, "min_gpus": 1})
+    hidden = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")  # this machine's own: not the test's
+    env = {k: v for k, v in sb.env().items() if k not in hidden}
+    argv = [sys.executable, "-m", "edge_cases.children.gpu_watchdog", str(sb.config)]
+    watchdog = sb.spawn(argv, label="watchdog", env=env)
+    status = sb.wait_status(
+        lambda s: s.restart_count >= 1 and s.daemon_pid is not None,
+        "the daemon restarted after GPU1 fell off the bus",
+    )
+    crash = status.restarts[0]
+    expect(crash.category == "gpu_hardware", f"classified {crash.category!r}")
+    wanted = f"gpu_hardware: GPU1 ({LOST_GPU_FINDING}): env:CUDA_VISIBLE_DEVICES unset -> 0"
+    expect(wanted in crash.recovery, f"the restart's recovery: {list(crash.recovery)}")
+    assert status.daemon_pid is not None
+    try:
+        seen = psutil.Process(status.daemon_pid).environ()
+    except psutil.Error as exc:
+        raise AssertionError(f"cannot read the new daemon's environment: {exc}") from None
+    got = {name: seen.get(name) for name in hidden}
+    expect(
+        got == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+        f"the new daemon's environment: {got}",
+    )
+    stop = sb.tool("daemon_watchdog", "stop")
+    expect(stop.returncode == 0, f"`stop` exit {stop.returncode}: {stop.stderr.strip()[-300:]}")
+    sb.deadline.wait_for(lambda: watchdog.poll() is not None, "the watchdog exiting", within=10)
+    return "GPU1 fell off the bus (simulated): the daemon restarted with CUDA_VISIBLE_DEVICES=0"
+
+
 SCENARIOS = (
     Scenario(
         name="oom_halves_batch_size",
@@ -233,5 +273,17 @@ SCENARIOS = (
         deadline=60,
         run=disk_full_prunes,
         requires="root (mount -t tmpfs); skipped otherwise",
+    ),
+    Scenario(
+        name="gpu_failure_left_out",
+        summary="a GPU that fell off the bus is left out of the restarted daemon's GPUs",
+        fault="SIMULATED: the watchdog's GPU survey says GPU1 (of 2) has Xid 79; the daemon "
+        "prints the driver's Xid line and a CUDA error, exits 1; gpu_hardware = { min_gpus = 1 }",
+        expected="1 restart (gpu_hardware), its recovery says CUDA_VISIBLE_DEVICES unset -> 0; "
+        "the new daemon runs with CUDA_VISIBLE_DEVICES=0 and CUDA_DEVICE_ORDER=PCI_BUS_ID",
+        deadline=30,
+        run=gpu_failure_left_out,
+        sabotage={"TRAINGUARD_WATCHDOG__RECOVERY__GPU_HARDWARE__EXCLUDE_GPU": "false"},
+        sabotage_deadline=20,
     ),
 )

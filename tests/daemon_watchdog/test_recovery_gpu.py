@@ -25,7 +25,7 @@ from tests.fakes import FakeGpu, FakeNvml
 from trainguard.config import HealthSection
 from trainguard.progress import write_progress
 
-CHILD = Path(__file__).resolve().parent.parent / "children" / "gpu_falls_off.py"
+CHILD = Path(__file__).resolve().parents[2] / "edge_cases" / "children" / "gpu_falls_off.py"
 BUS0, BUS1 = "00000000:3B:00.0", "00000000:86:00.0"
 XID_79_ON_GPU1 = "[ 512.1] NVRM: Xid (PCI:0000:86:00): 79, pid=1, name=python, GPU has fallen off"
 

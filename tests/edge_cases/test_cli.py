@@ -56,6 +56,7 @@ REQUIRED = {
     "disk_full_prunes",
     "hang_seen_by_learned_rhythm",
     "planned_stop_loses_nothing",
+    "gpu_failure_left_out",
 }
 
 

@@ -32,6 +32,7 @@ SABOTAGED = (
     "partial_inplace_checkpoint_skipped",
     "nan_rewinds_past_newest_checkpoint",
     "planned_stop_loses_nothing",
+    "gpu_failure_left_out",
 )
 # task-queue has no config key that switches off what these guard: a sitecustomize on
 # PYTHONPATH does it in `python -m task_queue` (see sabotage/sitecustomize.py).
@@ -171,6 +172,12 @@ def test_planned_stop_scenario_fails_when_a_stop_asks_for_no_checkpoint(
     result = sabotaged["planned_stop_loses_nothing"]
     assert result.status == "fail", result
     assert result.detail.startswith("no checkpoint after the stop: steps 1.."), result
+
+
+def test_gpu_scenario_fails_when_no_gpu_may_be_left_out(sabotaged: dict[str, Result]) -> None:
+    result = sabotaged["gpu_failure_left_out"]
+    assert result.status == "fail", result
+    assert result.detail == "the restart's recovery: []", result
 
 
 @pytest.fixture(scope="module")

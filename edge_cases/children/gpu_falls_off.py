@@ -1,7 +1,8 @@
 """A trainer whose GPU 1 falls off the bus once: the first run prints what the driver and CUDA
 say (an Xid 79 line, a CUDA error) and exits 1; every later run sleeps until signalled.
 
-usage: gpu_falls_off.py MARKER -- MARKER records that the failure already happened.
+usage: python -m edge_cases.children.gpu_falls_off MARKER -- MARKER records that the failure
+already happened. SIMULATION: the lines are what the driver and CUDA print; no GPU failed.
 """
 
 from __future__ import annotations
