@@ -37,6 +37,18 @@ def _prefixed(prefix: str) -> Callable[[str], str]:
     return lambda log: "\n".join(prefix + line for line in log.split("\n"))
 
 
+def _wrapped(width: int) -> Callable[[str], str]:
+    """A terminal (or `fold -w`) that hard-wraps every line at `width` columns."""
+
+    def wrap(log: str) -> str:
+        out = []
+        for line in log.split("\n"):
+            out += [line[i : i + width] for i in range(0, len(line), width)] or [""]
+        return "\n".join(out)
+
+    return wrap
+
+
 SHAPES: dict[str, Callable[[str], str]] = {
     "as-is": lambda log: log,
     "rank": _prefixed("[rank0]: "),
@@ -47,6 +59,8 @@ SHAPES: dict[str, Callable[[str], str]] = {
     "journald": _prefixed("Dec 05 10:00:00 gpu07 python[48213]: "),
     "ansi": lambda log: "\n".join(f"\x1b[31m{line}\x1b[0m" for line in log.split("\n")),
     "crlf": lambda log: log.replace("\n", "\r\n"),
+    "wrap80": _wrapped(80),
+    "wrap120": _wrapped(120),
 }
 
 

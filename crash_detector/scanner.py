@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from crash_detector import db_cache
+from crash_detector import db_cache, wrapped_lines
 from crash_detector.rules import Catalog, CatalogPattern, Rule
 
 hyperscan: Any
@@ -120,22 +120,11 @@ class Scanner:
         names state rules matched in earlier buffers whose clearing the caller still needs.
         `newlines`, the count of b"\\n" in `buffer` if the caller has it, saves counting them.
         """
-        confirmed: list[tuple[int, str, tuple[Rule, ...], bool]] = []
-        for start, candidates in sorted(self._rules.lines(buffer).items()):
-            end = buffer.find(b"\n", start)
-            match = self._confirm(
-                buffer, start, len(buffer) if end < 0 else end, candidates, previous_line
-            )
-            if match is not None:
-                confirmed.append((start, *match))
         total = buffer.count(b"\n") if newlines is None else newlines
-        indexes = _line_indexes(buffer, [start for start, *_ in confirmed], total)
-        found = [
-            Match(index, start, text, rules)
-            for index, (start, text, rules, _marker) in zip(indexes, confirmed, strict=True)
-            if rules
-        ]
-        chains = [index for index, (*_, marker) in zip(indexes, confirmed, strict=True) if marker]
+        found, chains = self._matches(buffer, previous_line, total)
+        unwrapped = wrapped_lines.unwrap(buffer)
+        if unwrapped is not None:
+            found = self._with_unwrapped(found, unwrapped, previous_line)
 
         def line_of(offset: int) -> int:  # offsets sought are near the end: count from there
             return total - buffer.count(b"\n", offset)
@@ -150,6 +139,49 @@ class Scanner:
         if self._progress is not None:
             progress = _last_line(buffer, partial(self._last_progress, buffer))
         return ScanResult(found, clears, None if progress is None else line_of(progress), chains)
+
+    def _matches(
+        self, buffer: bytes, previous_line: bytes, total: int
+    ) -> tuple[list[Match], list[int]]:
+        """The lines that match a rule, and the indexes of the chain markers."""
+        confirmed: list[tuple[int, str, tuple[Rule, ...], bool]] = []
+        for start, candidates in sorted(self._rules.lines(buffer).items()):
+            end = buffer.find(b"\n", start)
+            match = self._confirm(
+                buffer, start, len(buffer) if end < 0 else end, candidates, previous_line
+            )
+            if match is not None:
+                confirmed.append((start, *match))
+        indexes = _line_indexes(buffer, [start for start, *_ in confirmed], total)
+        found = [
+            Match(index, start, text, rules)
+            for index, (start, text, rules, _marker) in zip(indexes, confirmed, strict=True)
+            if rules
+        ]
+        chains = [index for index, (*_, marker) in zip(indexes, confirmed, strict=True) if marker]
+        return found, chains
+
+    def _with_unwrapped(
+        self, found: list[Match], unwrapped: wrapped_lines.Unwrapped, previous_line: bytes
+    ) -> list[Match]:
+        """`found` and what the wrapped runs match only once joined (see wrapped_lines)."""
+        joined, _ = self._matches(unwrapped.buffer, previous_line, unwrapped.buffer.count(b"\n"))
+        by_index = {match.index: match for match in found}
+        order = {rule.id: position for position, rule in enumerate(self.rules)}
+        for match in joined:
+            if match.index not in unwrapped.runs:
+                continue
+            pieces = unwrapped.pieces(match.index)
+            seen = {r.id for i in pieces if i in by_index for r in by_index[i].rules}
+            new = [rule for rule in match.rules if rule.id not in seen]
+            if not new:
+                continue
+            first = pieces.start
+            before = by_index[first].rules if first in by_index else ()
+            rules = tuple(sorted((*before, *new), key=lambda rule: order[rule.id]))
+            offset = unwrapped.offset[match.index]
+            by_index[first] = Match(first, offset, match.text, rules)
+        return [by_index[index] for index in sorted(by_index)]
 
     def _confirm(
         self,
