@@ -9,14 +9,18 @@ Prints accuracy overall and per category, the crash/no-crash confusion, and (wit
 `--shape NAME` rewrites every log first as another tool would have printed it: each line
 behind a rank tag (`rank`, `torchrun`, `mpirun`), Ray's worker prefix (`ray`), kubectl's or
 journald's timestamp (`kubectl`, `journald`), in colour (`ansi`), with CRLF line ends
-(`crlf`). The label stays right: the same run, collected another way. `--shapes` prints one
-line per shape. A rule that holds only for the way one report was collected shows here.
+(`crlf`), with each exception's class coloured as IPython does (`ipython`; `pasted`: the codes
+without their ESC byte, as a copy from a web page keeps them), hard-wrapped by a terminal 80
+or 120 columns wide (`wrap80`, `wrap120`). The label stays right: the same run, collected
+another way. `--shapes` prints one line per shape. A rule that holds only for the way one
+report was collected shows here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -49,6 +53,14 @@ def _wrapped(width: int) -> Callable[[str], str]:
     return wrap
 
 
+_EXCEPTION = re.compile(r"^((?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt))(:)", re.M)
+
+
+def _ipython(esc: str) -> Callable[[str], str]:
+    """IPython/Colab colouring the class of each exception line; `esc=""`: pasted without ESC."""
+    return lambda log: _EXCEPTION.sub(lambda m: f"{esc}[0;31m{m[1]}{esc}[0m{m[2]}", log)
+
+
 SHAPES: dict[str, Callable[[str], str]] = {
     "as-is": lambda log: log,
     "rank": _prefixed("[rank0]: "),
@@ -59,6 +71,8 @@ SHAPES: dict[str, Callable[[str], str]] = {
     "journald": _prefixed("Dec 05 10:00:00 gpu07 python[48213]: "),
     "ansi": lambda log: "\n".join(f"\x1b[31m{line}\x1b[0m" for line in log.split("\n")),
     "crlf": lambda log: log.replace("\n", "\r\n"),
+    "ipython": _ipython("\x1b"),
+    "pasted": _ipython(""),
     "wrap80": _wrapped(80),
     "wrap120": _wrapped(120),
 }

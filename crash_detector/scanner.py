@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from crash_detector import db_cache, wrapped_lines
+from crash_detector import db_cache, log_views
 from crash_detector.rules import Catalog, CatalogPattern, Rule
 
 hyperscan: Any
@@ -122,9 +122,12 @@ class Scanner:
         """
         total = buffer.count(b"\n") if newlines is None else newlines
         found, chains = self._matches(buffer, previous_line, total)
-        unwrapped = wrapped_lines.unwrap(buffer)
-        if unwrapped is not None:
-            found = self._with_unwrapped(found, unwrapped, previous_line)
+        plain = log_views.decolour(buffer)
+        if plain is not None:
+            found = self._with_view(buffer, found, plain, previous_line)
+        unwrapped = log_views.unwrap(buffer if plain is None else plain.buffer)
+        if unwrapped is not None:  # lines as many as the buffer's: the indexes hold
+            found = self._with_view(buffer, found, unwrapped, previous_line)
 
         def line_of(offset: int) -> int:  # offsets sought are near the end: count from there
             return total - buffer.count(b"\n", offset)
@@ -161,26 +164,28 @@ class Scanner:
         chains = [index for index, (*_, marker) in zip(indexes, confirmed, strict=True) if marker]
         return found, chains
 
-    def _with_unwrapped(
-        self, found: list[Match], unwrapped: wrapped_lines.Unwrapped, previous_line: bytes
+    def _with_view(
+        self, buffer: bytes, found: list[Match], view: log_views.View, previous_line: bytes
     ) -> list[Match]:
-        """`found` and what the wrapped runs match only once joined (see wrapped_lines)."""
-        joined, _ = self._matches(unwrapped.buffer, previous_line, unwrapped.buffer.count(b"\n"))
+        """`found` and what the view's changed lines match that their own lines did not."""
+        seen, _ = self._matches(view.buffer, previous_line, view.buffer.count(b"\n"))
         by_index = {match.index: match for match in found}
         order = {rule.id: position for position, rule in enumerate(self.rules)}
-        for match in joined:
-            if match.index not in unwrapped.runs:
+        starts: list[int] | None = None
+        for match in seen:
+            if match.index not in view.changed:
                 continue
-            pieces = unwrapped.pieces(match.index)
-            seen = {r.id for i in pieces if i in by_index for r in by_index[i].rules}
-            new = [rule for rule in match.rules if rule.id not in seen]
+            pieces = view.pieces(match.index)
+            known = {r.id for i in pieces if i in by_index for r in by_index[i].rules}
+            new = [rule for rule in match.rules if rule.id not in known]
             if not new:
                 continue
             first = pieces.start
             before = by_index[first].rules if first in by_index else ()
             rules = tuple(sorted((*before, *new), key=lambda rule: order[rule.id]))
-            offset = unwrapped.offset[match.index]
-            by_index[first] = Match(first, offset, match.text, rules)
+            if starts is None:  # rare: the offsets of the lines, counted once
+                starts = [0, *(m.end() for m in re.finditer(b"\n", buffer))]
+            by_index[first] = Match(first, starts[first], match.text, rules)
         return [by_index[index] for index in sorted(by_index)]
 
     def _confirm(

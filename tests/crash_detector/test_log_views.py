@@ -1,10 +1,10 @@
-"""A log that a terminal hard-wrapped: its lines joined back, and nothing a line says lost."""
+"""Other ways to read a tail: colour codes inside lines removed, hard-wrapped lines joined."""
 
 from __future__ import annotations
 
 import pytest
 
-from crash_detector import wrapped_lines
+from crash_detector import log_views
 from crash_detector.classify import classify_text
 from crash_detector.rules import load_rules
 from crash_detector.scanner import Scanner, hyperscan, re2
@@ -79,14 +79,14 @@ def test_a_wrapped_log_with_crlf_and_colour_is_read_whole() -> None:
 def test_a_log_as_written_is_not_joined() -> None:
     # One longest line, at no terminal's width: lines as they were printed.
     log = f"step 1 loss 2.0\n{'x' * 90}\n{'y' * 70}\nstep 2 loss 1.9".encode()
-    assert wrapped_lines.unwrap(log) is None
-    assert wrapped_lines.unwrap(b"short\nlines\n") is None
+    assert log_views.unwrap(log) is None
+    assert log_views.unwrap(b"short\nlines\n") is None
 
 
 def test_wide_characters_count_as_columns_not_bytes() -> None:
     # 80 characters, most of them 3 bytes in UTF-8: still 80 columns wide.
     piece = "显存不足" * 20
-    unwrapped = wrapped_lines.unwrap(f"{piece}\nrest of it\nnext".encode())
+    unwrapped = log_views.unwrap(f"{piece}\nrest of it\nnext".encode())
     assert unwrapped is not None
     assert unwrapped.buffer.decode().split("\n") == [f"{piece}rest of it", "next"]
     assert list(unwrapped.pieces(0)) == [0, 1]
@@ -95,9 +95,9 @@ def test_wide_characters_count_as_columns_not_bytes() -> None:
 
 def test_a_buffer_too_big_to_be_a_tail_is_read_as_written() -> None:
     line = b"a" * 79 + b"\n"
-    big = line * (wrapped_lines.MAX_BYTES // len(line) + 1)
-    assert wrapped_lines.unwrap(big[:4000]) is not None
-    assert wrapped_lines.unwrap(big) is None
+    big = line * (log_views.MAX_BYTES // len(line) + 1)
+    assert log_views.unwrap(big[:4000]) is not None
+    assert log_views.unwrap(big) is None
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -108,6 +108,63 @@ def test_joining_never_hides_what_a_line_says(engine: str) -> None:
     error = "RuntimeError: CUDA error: an illegal memory access was encountered"
     width = len(warning)
     log = "\n".join([warning, "step 3 loss 1.2", warning, error.ljust(width)[:width], "x"])
-    unwrapped = wrapped_lines.unwrap(log.encode())
-    assert unwrapped is not None and unwrapped.runs  # taken for wrapped
+    unwrapped = log_views.unwrap(log.encode())
+    assert unwrapped is not None and unwrapped.changed  # taken for wrapped
     assert _primary(log, Scanner(CATALOG, engine=engine)) == "cuda_error"
+
+
+# --- colour inside a line ----------------------------------------------------------------------
+
+
+def _ipython(name: str, message: str, esc: str) -> str:
+    """An IPython/Colab traceback: the class coloured in the header and in the last line."""
+    red, reset = f"{esc}[0;31m", f"{esc}[0m"
+    return "\n".join(
+        [
+            f"{red}{'-' * 75}{reset}",
+            f"{red}{name}{reset}{' ' * 20}Traceback (most recent call last)",
+            f"Cell {esc}[0;32mIn[4], line 3{reset}",
+            f"{red}----> 3{reset} trainer{esc}[38;5;241m.{reset}train()",
+            "",
+            f"{red}{name}{reset}: {message}",
+        ]
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("esc", ["\x1b", ""], ids=["ansi", "pasted_without_esc"])
+@pytest.mark.parametrize(
+    ("name", "message", "category"),
+    [
+        ("ModuleNotFoundError", "No module named 'flash_attn'", "import_error"),
+        ("PermissionError", "[Errno 13] Permission denied: '/data/out'", "permission_error"),
+        ("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB", "cuda_oom"),
+        ("KeyError", "'learning_rate'", "unknown"),
+    ],
+)
+def test_colour_codes_inside_a_line_do_not_hide_the_error(
+    engine: str, esc: str, name: str, message: str, category: str
+) -> None:
+    log = _ipython(name, message, esc)
+    assert _primary(log, Scanner(CATALOG, engine=engine)) == category
+
+
+def test_a_decoloured_finding_is_on_its_own_line_with_the_plain_text() -> None:
+    log = (
+        "step 1 loss 2.0\n" + _ipython("ModuleNotFoundError", "No module named 'x'", "")
+    ).encode()
+    lines = log.split(b"\n")
+    found = [
+        m for m in SCANNER.scan(log).matches if any(r.id == "import_error.python" for r in m.rules)
+    ]
+    assert [m.index for m in found] == [2, 6]  # the header and the last line
+    assert found[-1].offset == sum(len(line) + 1 for line in lines[:6])
+    assert found[-1].text == "ModuleNotFoundError: No module named 'x'"
+
+
+def test_a_log_without_codes_inside_its_lines_has_no_decoloured_view() -> None:
+    assert log_views.decolour(b"step 1 loss [0.5]\nTraceback (most recent call last):\n") is None
+    view = log_views.decolour(b"ok\n[1mKeyError[0m: 'x'\nok")
+    assert view is not None
+    assert view.buffer == b"ok\nKeyError: 'x'\nok"
+    assert view.changed == frozenset({1})

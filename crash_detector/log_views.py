@@ -1,0 +1,116 @@
+"""Other ways to read a log's lines: colour codes inside them removed, wrapped ones joined.
+
+Rules are matched line by line on the bytes as written, and two ways of printing hide the
+words they look for. Each view below is the same lines read another way; the scanner scans a
+view when a buffer needs it and keeps only what a view ADDS (see Scanner.scan): a rule that
+matches a line of the view but none of the lines it was made from is a finding on the first
+of them; whatever the lines matched stays as it was. A wrong guess can therefore never hide a
+crash. Only buffers up to MAX_BYTES are looked at (the tails the watchdog, the task queue and
+`--last-n-lines` read); a full scan of a big log reads its lines as they were written.
+
+Colour inside a line. IPython, rich and colorlog colour parts of a line ("\x1b[0;31m
+ModuleNotFoundError\x1b[0m: No module named 'x'"); a log pasted from a terminal or a web page
+often keeps the codes without their ESC byte ("[0;31mKeyError[0m: 'lr'"). Codes at the ends of
+a line are already read through; the decoloured view removes the others.
+
+Wrapped lines. A console that hard-wraps at W columns (a notebook's output cell, a CI job's
+console, `fold`, a copy from a narrow tmux pane) cuts one long log line into pieces of exactly
+W characters and a shorter rest, with no space added: "CUDA out of mem" / "ory. Tried to
+allocate". The sign of such a log is its widest line: no line is wider than W, and several are
+exactly W wide (a log written as it was printed has one longest line, or lines of many
+widths), or one is, at a width terminals open at (80, 120 columns...). Each run of W-wide
+lines is joined with the line that follows it: the logical line as printed. A wrong guess (two
+unrelated lines that happen to share the widest width) could only join two lines into a
+match, which the rules' specific wording makes unlikely.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MIN_WIDTH = 60  # narrower "wraps" are more likely short lines of equal length
+MIN_PIECES = 2  # lines exactly as wide as the widest, for the log to count as wrapped
+# Widths terminals open at: one line of exactly such a width is enough (one long error line
+# wrapped once is the common case, in a tail of short lines).
+TERMINAL_WIDTHS = frozenset({80, 100, 120, 132, 160, 200})
+MAX_BYTES = 4 * 1024 * 1024
+
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+# SGR codes with or without their ESC byte ("[0;31m", "[1m", "[0m"): what a paste keeps.
+_COLOUR = re.compile(rb"\x1b?\[(?:\d{1,3};){0,4}\d{1,3}m")
+
+
+@dataclass(frozen=True)
+class View:
+    """Lines read another way: line i of `buffer` stands for the original lines `pieces(i)`;
+    `changed` names the lines of `buffer` that differ from the original (the others need no
+    second look)."""
+
+    buffer: bytes
+    first: list[int]  # index of the original line each line of `buffer` starts at
+    changed: frozenset[int]
+    lines: int  # lines in the original buffer
+
+    def pieces(self, index: int) -> range:
+        """The original lines that line `index` of `buffer` was made from."""
+        end = self.first[index + 1] if index + 1 < len(self.first) else self.lines
+        return range(self.first[index], end)
+
+
+def decolour(buffer: bytes) -> View | None:
+    """The buffer without colour codes inside its lines, or None if none has one."""
+    if len(buffer) > MAX_BYTES or _COLOUR.search(buffer) is None:
+        return None
+    lines = buffer.split(b"\n")
+    plain = [_COLOUR.sub(b"", line) for line in lines]
+    changed = frozenset(i for i, (a, b) in enumerate(zip(lines, plain, strict=True)) if a != b)
+    return View(b"\n".join(plain), list(range(len(lines))), changed, len(lines))
+
+
+def _width(line: bytes) -> int:
+    """Columns a line takes, near enough: characters, without colour codes and a CR."""
+    if b"\x1b" in line:
+        line = _ANSI.sub(b"", line)
+    line = line.rstrip(b"\r")
+    return len(line) if line.isascii() else len(line.decode("utf-8", "replace"))
+
+
+def wrap_width(widths: list[int]) -> int | None:
+    """The width a terminal wrapped lines of these widths at, or None if they look as written."""
+    widest = max(widths, default=0)
+    if widest < MIN_WIDTH:
+        return None
+    if widest not in TERMINAL_WIDTHS and widths.count(widest) < MIN_PIECES:
+        return None
+    return widest
+
+
+def unwrap(buffer: bytes) -> View | None:
+    """The buffer with its wrapped lines joined, or None if it is not wrapped (or too big)."""
+    if len(buffer) > MAX_BYTES:
+        return None
+    lines = buffer.split(b"\n")
+    widths = [_width(line) for line in lines]
+    width = wrap_width(widths)
+    if width is None:
+        return None
+    joined: list[bytes] = []
+    first: list[int] = []
+    runs: set[int] = set()
+    index = 0
+    while index < len(lines):
+        start = index
+        while index + 1 < len(lines) and widths[index] == width:
+            index += 1
+        if index > start:
+            runs.add(len(joined))
+            pieces = (_ANSI.sub(b"", line).rstrip(b"\r") for line in lines[start : index + 1])
+            joined.append(b"".join(pieces))  # colour codes would sit inside the words
+        else:
+            joined.append(lines[index])
+        first.append(start)
+        index += 1
+    if not runs:
+        return None
+    return View(b"\n".join(joined), first, frozenset(runs), len(lines))
