@@ -13,6 +13,14 @@ ModuleNotFoundError\x1b[0m: No module named 'x'"); a log pasted from a terminal 
 often keeps the codes without their ESC byte ("[0;31mKeyError[0m: 'lr'"). Codes at the ends of
 a line are already read through; the decoloured view removes the others.
 
+Lines glued together. A progress bar redraws itself with carriage returns and ends without a
+newline, so the message printed after it (on stderr, where tqdm writes too) starts on the bar's
+line: "...| 1/2 [00:09<00:09, 9.1s/it]Killed", "...it/s]Traceback (most recent call last):".
+Two streams interleave the same way: a warning written mid-line, after an error's message. Rules
+anchored at a line's start never see what follows a bar, and an error followed by a warning
+is taken for the warning; the unglued view cuts such a line at each CR, after each bar and
+before each warning's "file.py:N: XWarning: ".
+
 Wrapped lines. A console that hard-wraps at W columns (a notebook's output cell, a CI job's
 console, `fold`, a copy from a narrow tmux pane) cuts one long log line into pieces of exactly
 W characters and a shorter rest, with no space added: "CUDA out of mem" / "ory. Tried to
@@ -41,6 +49,16 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 _COLOUR = re.compile(rb"\x1b?\[(?:\d{1,3};){0,4}\d{1,3}m")
 
 
+# Where one printed line ends and another begins on the same line of the file: a carriage
+# return (a progress bar redrawn in place), or the end of a tqdm bar ("[00:09<00:09, 1.1it/s]")
+# that the next message was written straight after, because the bar never printed its newline.
+_GLUE = re.compile(rb"\r|\d+/\d+ \[[\d:]+<[^\]\r\n]{0,80}\](?=\S)")
+# ...and where a warning that another stream wrote begins ("...Good luck!/usr/lib/python3.10/
+# site-packages/torch/autograd/__init__.py:200: UserWarning: ..."): Python's warnings start
+# with the file and line that warned.
+_WARNING = re.compile(rb"(?<=[^\s\w./\\:-])(?=[\w./\\:-]+\.py:\d+: [A-Z]\w*Warning: )")
+
+
 @dataclass(frozen=True)
 class View:
     """Lines read another way: line i of `buffer` stands for the original lines `pieces(i)`;
@@ -48,14 +66,14 @@ class View:
     second look)."""
 
     buffer: bytes
-    first: list[int]  # index of the original line each line of `buffer` starts at
+    first: list[int]  # index of the original line each line of `buffer` starts at (or is in)
     changed: frozenset[int]
     lines: int  # lines in the original buffer
 
     def pieces(self, index: int) -> range:
         """The original lines that line `index` of `buffer` was made from."""
         end = self.first[index + 1] if index + 1 < len(self.first) else self.lines
-        return range(self.first[index], end)
+        return range(self.first[index], max(end, self.first[index] + 1))  # parts share one
 
 
 def decolour(buffer: bytes) -> View | None:
@@ -66,6 +84,26 @@ def decolour(buffer: bytes) -> View | None:
     plain = [_COLOUR.sub(b"", line) for line in lines]
     changed = frozenset(i for i, (a, b) in enumerate(zip(lines, plain, strict=True)) if a != b)
     return View(b"\n".join(plain), list(range(len(lines))), changed, len(lines))
+
+
+def unglue(buffer: bytes) -> View | None:
+    """The buffer with each line that holds several cut apart, or None if none does."""
+    if len(buffer) > MAX_BYTES or not (b"\r" in buffer or b"<" in buffer or b"Warning: " in buffer):
+        return None
+    parts: list[bytes] = []
+    first: list[int] = []
+    changed: set[int] = set()
+    lines = buffer.split(b"\n")
+    for index, line in enumerate(lines):
+        cut = _WARNING.sub(b"\n", _GLUE.sub(b"\\g<0>\n", line.rstrip(b"\r"))).split(b"\n")
+        cut = [part for part in cut if part.strip()] or [line]
+        if len(cut) > 1:
+            changed.update(range(len(parts), len(parts) + len(cut)))
+        parts += cut
+        first += [index] * len(cut)
+    if not changed:
+        return None
+    return View(b"\n".join(parts), first, frozenset(changed), len(lines))
 
 
 def _width(line: bytes) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from crash_detector import db_cache, log_views
+from crash_detector import db_cache, log_views, unraisable
 from crash_detector.rules import Catalog, CatalogPattern, Rule
 
 hyperscan: Any
@@ -123,11 +123,14 @@ class Scanner:
         total = buffer.count(b"\n") if newlines is None else newlines
         found, chains = self._matches(buffer, previous_line, total)
         plain = log_views.decolour(buffer)
-        if plain is not None:
-            found = self._with_view(buffer, found, plain, previous_line)
-        unwrapped = log_views.unwrap(buffer if plain is None else plain.buffer)
-        if unwrapped is not None:  # lines as many as the buffer's: the indexes hold
-            found = self._with_view(buffer, found, unwrapped, previous_line)
+        lines = buffer if plain is None else plain.buffer  # as many lines as the buffer
+        for view in (plain, log_views.unglue(lines), log_views.unwrap(lines)):
+            if view is not None:
+                found = self._with_view(buffer, found, view, previous_line)
+        if unraisable.HEADER in buffer:  # exceptions Python printed and went on from
+            ignored = unraisable.spans(buffer)
+            found = [m for m in found if not any(a <= m.index <= b for a, b in ignored)]
+            chains = [i for i in chains if not any(a <= i <= b for a, b in ignored)]
 
         def line_of(offset: int) -> int:  # offsets sought are near the end: count from there
             return total - buffer.count(b"\n", offset)

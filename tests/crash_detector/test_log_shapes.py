@@ -638,3 +638,109 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_not_retried() -> None:
 )
 def test_look_alikes_of_the_third_set_are_no_crash(log: str) -> None:
     assert _primary(log) == "none"
+
+
+# --- families a fourth labelled set showed (#19; collected like the third, not in the repo) -----
+
+
+@pytest.mark.parametrize(
+    ("log", "category"),
+    [
+        # device memory in older or other frameworks' words
+        ("ResourceExhaustedError (see above for traceback): OOM when allocating tensor with "
+         "shape[64,256,56,56]\n\t [[Node: conv2/Conv2D = Conv2D[_device=\"/job:localhost/"
+         "replica:0/task:0/gpu:0\"]]]", "cuda_oom"),
+        ("OOM when allocating tensor with shape[8192,8192] and type float on "
+         "/job:localhost/replica:0/task:0/device:CPU:0 by allocator cpu", "host_oom"),
+        ("E0101 local_client.cc:600] Execution of replica 0 failed: Resource exhausted: Out of "
+         "memory while trying to allocate 1073741824 bytes.", "cuda_oom"),
+        ("paddle.fluid.core.EnforceNotMet: enforce allocating <= available failed, 9000000000 > "
+         "1000000000", "cuda_oom"),
+        # cuDNN and the CUDA runtime outside PyTorch's wording
+        ("tensorflow.python.framework.errors_impl.UnknownError: Failed to get convolution "
+         "algorithm. This is probably because cuDNN failed to initialize, so try looking to see "
+         "if a warning log message was printed above.", "cuda_error"),
+        ('ERROR (train[5.5]:CopyFromVec():cu-vector.cc:1000) cudaError_t 719 : "unspecified '
+         'launch failure" returned from \'cudaMemcpy(data_, src, dim_)\'', "cuda_error"),
+        # switches, collectives and their C++ checks
+        ("kernel: nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 20034, Fatal, Link 30 LTSSM Fault",
+         "gpu_hardware"),
+        ("F0101 10:00:00.000 4411 nccl_ops.cpp:80] Check failed: result == ncclSuccess (2 vs. "
+         "0)  unhandled system error", "nccl"),
+        ("[PID: 4411] Communication_Error_Bind_IP_Port(EI0003): Failed to bind the IP port.",
+         "nccl"),
+        # libraries the environment mismatched or could not load
+        ("RuntimeError: jaxlib version 0.4.30 is newer than and incompatible with jax version "
+         "0.4.20. Please update your jax and/or jaxlib packages.", "import_error"),
+        ("RuntimeError: Detected that PyTorch and torchvision were compiled with different CUDA "
+         "major versions. PyTorch has CUDA Version=11.8 and torchvision has CUDA Version=12.1.",
+         "import_error"),
+        ("OSError: libgomp.so.1: 无法打开共享对象文件: 没有那个文件或目录", "import_error"),
+        ("PreconditionNotMetError: Cannot load cudnn shared library. Cannot invoke method "
+         "cudnnGetVersion.\n  [Hint: cudnn_dso_handle should not be null.]", "import_error"),
+        # files, permissions and hosts in C++, Go and Rust words
+        ("terminate called after throwing an instance of 'c10::Error'\n  what():  open file "
+         "failed because of errno 2 on fopen: No such file, file path: model.pt",
+         "file_not_found"),
+        ("F0101 io.cpp:36] Check failed: fd != -1 (-1 vs. -1) File not found: solver.prototxt\n"
+         "*** Check failure stack trace: ***\nAborted (core dumped)", "file_not_found"),
+        ('Error: Os { code: 2, kind: NotFound, message: "No such file or directory" }',
+         "file_not_found"),
+        ('SafetensorError: Error while serializing: IoError(Os { code: 13, kind: '
+         'PermissionDenied, message: "Permission denied" })', "permission_error"),
+        ("time=\"2024-05-01T10:00:00Z\" level=error msg=\"listen unix /run/x.sock: bind: "
+         "permission denied\"", "permission_error"),
+        ("tensorflow.python.framework.errors_impl.UnknownError: Failed to rename: ckpt.tmp to: "
+         "ckpt : Access is denied.\r\n; Input/output error", "permission_error"),
+        ("RuntimeError: [enforce fail at gloo/transport/tcp/device.cc:83] ifa != nullptr. Unable "
+         "to find address for: eth7", "network"),
+        # native aborts, MPI and worker pools
+        ("src/tcmalloc.cc:300] Attempt to free invalid pointer 0x55d0c0ffee00", "segfault"),
+        ("=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES\n=   PID 4411 RUNNING AT "
+         "node3\n=   EXIT CODE: 9", "host_oom"),
+        ("joblib.externals.loky.process_executor.TerminatedWorkerError: A worker process managed "
+         "by the executor was unexpectedly terminated. This could be caused by a segmentation "
+         "fault while calling the function or by an excessive memory usage.", "multiprocessing"),
+        # a full disk in SQLite's words; schedulers' wall-clock limits; stores that time out
+        ("sqlite3.OperationalError: database or disk is full", "disk_full"),
+        ("=>> PBS: job killed: walltime 7215 exceeded limit 7200", "timeout"),
+        ("MOAB_INFO:  job exceeded wallclock limit", "timeout"),
+        ("terminate called after throwing an instance of 'gloo::IoException'\n  what():  "
+         "[http_store.cc:57] Wait timeout after 30 seconds for key(s): 0\n*** SIGABRT received "
+         "at time=1700000000 ***", "timeout"),
+        # NaN tripwires
+        ("InvalidArgumentError: Nan in summary histogram for: layer1/weights", "nan_loss"),
+        ("RuntimeError: NaN detected in latents: data/img/0001.png", "nan_loss"),
+        # an exception behind two prefixes (a rank tag and JAX's stack-trace wrapper)
+        ("[rank0]: jax._src.traceback_util.UnfilteredStackTrace: jax.errors."
+         "ConcretizationTypeError: Abstract tracer value encountered", "unknown"),
+    ],
+)  # fmt: skip
+def test_families_of_the_fourth_set(log: str, category: str) -> None:
+    assert _primary(log) == category
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        # an IB device NCCL skips at start-up, after which it picks another
+        "node3:4411:4500 [0] misc/ibvwrap.cc:100 NCCL WARN Call to ibv_open_device failed\n"
+        "node3:4411:4500 [0] NCCL INFO Using network IB\nstep 1 loss 2.0",
+        # a script's advice names an error it did not have
+        "If you encounter CUDA out of memory, try to set --tile with a smaller number.\n"
+        "Testing 0 img_001\nTesting 1 img_002",
+        # Paddle's loader warns about an optional library and goes on
+        "W0101 10:00:00.000 4411 dynamic_loader.cc:287] The third-party dynamic library "
+        "(libcudnn.so) that Paddle depends on is not configured correctly. (error code is "
+        "libcudnn.so: cannot open shared object file: No such file or directory)\nstep 1 loss 2.0",
+    ],
+    ids=["ibv_open_device", "advice", "paddle_loader_warning"],
+)
+def test_look_alikes_of_the_fourth_set_are_no_crash(log: str) -> None:
+    assert _primary(log) == "none"
+
+
+def test_the_line_that_names_exit_137_beats_the_bare_status() -> None:
+    log = "Process finished with exit code 137 (interrupted by signal 9: SIGKILL)"
+    assert _primary(log, exit_code=137) == "host_oom"
+    assert _primary("step 9 loss 1.0", exit_code=137) == "unknown"  # the status alone says less

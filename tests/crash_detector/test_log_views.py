@@ -168,3 +168,38 @@ def test_a_log_without_codes_inside_its_lines_has_no_decoloured_view() -> None:
     assert view is not None
     assert view.buffer == b"ok\nKeyError: 'x'\nok"
     assert view.changed == frozenset({1})
+
+
+# --- lines glued together ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("log", "category"),
+    [
+        ("Loading checkpoint shards:  50%|#####     | 1/2 [00:09<00:09,  9.10s/it]Killed",
+         "host_oom"),
+        (" 20%|##        | 2/10 [00:02<00:08,  1.00it/s]\r 30%|###       | 3/10 [00:03<00:07,"
+         "  1.00it/s]ValueError: Expected input batch_size (8) to match target batch_size (4).",
+         "unknown"),
+        ("step 3\rstep 4\rKilled", "host_oom"),
+        # an error's line with a warning that another stream wrote straight after it
+        ("RuntimeError: Expected all tensors to be on the same device, but found at least two "
+         "devices, cuda:0 and cpu!/opt/venv/lib/python3.10/site-packages/torch/autograd/"
+         "graph.py:744: UserWarning: Error detected in AddmmBackward0.", "unknown"),
+    ],
+)  # fmt: skip
+def test_what_was_printed_after_a_progress_bar_or_before_a_warning_is_read(
+    engine: str, log: str, category: str
+) -> None:
+    assert _primary(log, Scanner(CATALOG, engine=engine)) == category
+
+
+def test_a_line_printed_as_written_has_no_unglued_view() -> None:
+    assert log_views.unglue(b"epoch 1: 100%|##########| 10/10 [00:01<00:00, 9.9it/s]\n") is None
+    assert log_views.unglue(b"/opt/x.py:3: UserWarning: a warning on its own line\n") is None
+    view = log_views.unglue(b"a\n 1/2 [00:01<00:01, 1.0it/s]Killed\nb")
+    assert view is not None
+    assert view.buffer == b"a\n 1/2 [00:01<00:01, 1.0it/s]\nKilled\nb"
+    assert view.first == [0, 1, 1, 2]
+    assert [list(view.pieces(i)) for i in range(4)] == [[0], [1], [1], [2]]
