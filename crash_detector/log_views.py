@@ -42,6 +42,8 @@ MIN_PIECES = 2  # lines exactly as wide as the widest, for the log to count as w
 # Widths terminals open at: one line of exactly such a width is enough (one long error line
 # wrapped once is the common case, in a tail of short lines).
 TERMINAL_WIDTHS = frozenset({80, 100, 120, 132, 160, 200})
+MAX_PIECES = 24  # lines joined into one at most (2,000 characters at 80 columns): a run of
+# full-width progress bars is no message, and a finding's text stays readable
 MAX_BYTES = 4 * 1024 * 1024
 
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
@@ -139,7 +141,7 @@ def unwrap(buffer: bytes) -> View | None:
     index = 0
     while index < len(lines):
         start = index
-        while index + 1 < len(lines) and widths[index] == width:
+        while index + 1 < len(lines) and widths[index] == width and index - start < MAX_PIECES:
             index += 1
         if index > start:
             runs.add(len(joined))

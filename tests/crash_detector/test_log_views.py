@@ -203,3 +203,12 @@ def test_a_line_printed_as_written_has_no_unglued_view() -> None:
     assert view.buffer == b"a\n 1/2 [00:01<00:01, 1.0it/s]\nKilled\nb"
     assert view.first == [0, 1, 1, 2]
     assert [list(view.pieces(i)) for i in range(4)] == [[0], [1], [1], [2]]
+
+
+def test_a_run_of_full_width_lines_is_joined_a_bounded_number_at_a_time() -> None:
+    bars = [f"{i:>3}/999 " + "#" * 72 for i in range(100)]  # 80 wide each
+    unwrapped = log_views.unwrap("\n".join([*bars, "done"]).encode())
+    assert unwrapped is not None
+    longest = max(len(line) for line in unwrapped.buffer.split(b"\n"))
+    assert longest == 80 * (log_views.MAX_PIECES + 1)
+    assert unwrapped.buffer.replace(b"\n", b"") == "".join([*bars, "done"]).encode()
