@@ -12,6 +12,10 @@ Besides findings, a scan reports three facts a caller needs across chunks: where
 rule (`cleared_by`) was last cleared, the last line that shows training going on, and the lines
 that link the tracebacks of a chained exception. The chain patterns are searched by the same
 engine in the same pass as the rules, so on a big log they cost next to nothing.
+
+A buffer the size of a tail is also read as `log_views` shows it (colour codes inside lines
+removed, glued lines cut apart, wrapped ones joined), keeping what that adds; and the lines of
+an exception Python printed and ignored (`unraisable`) are no finding.
 """
 
 from __future__ import annotations
