@@ -128,11 +128,17 @@ class Scanner:
         found, chains = self._matches(buffer, previous_line, total)
         plain = log_views.decolour(buffer)
         lines = buffer if plain is None else plain.buffer  # as many lines as the buffer
-        for view in (plain, log_views.unglue(lines), log_views.unwrap(lines)):
+        unwrapped = log_views.unwrap(lines)
+        for view in (plain, log_views.unglue(lines), unwrapped):
             if view is not None:
                 found = self._with_view(buffer, found, view, previous_line)
         if unraisable.HEADER in buffer:  # exceptions Python printed and went on from
             ignored = unraisable.spans(buffer)
+            if unwrapped is not None:  # a wrapped header or frame must not end one early
+                ignored += [
+                    (unwrapped.pieces(a).start, unwrapped.pieces(b).stop - 1)
+                    for a, b in unraisable.spans(unwrapped.buffer)
+                ]
             found = [m for m in found if not any(a <= m.index <= b for a, b in ignored)]
             chains = [i for i in chains if not any(a <= i <= b for a, b in ignored)]
 

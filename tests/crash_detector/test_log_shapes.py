@@ -744,3 +744,88 @@ def test_the_line_that_names_exit_137_beats_the_bare_status() -> None:
     log = "Process finished with exit code 137 (interrupted by signal 9: SIGKILL)"
     assert _primary(log, exit_code=137) == "host_oom"
     assert _primary("step 9 loss 1.0", exit_code=137) == "unknown"  # the status alone says less
+
+
+# --- families a fifth labelled set showed (#19; other runtimes, schedulers and platforms) ------
+
+
+@pytest.mark.parametrize(
+    ("log", "category"),
+    [
+        # device memory in the words of MLX, ONNX Runtime, TensorRT, CANN and MindSpore
+        ("RuntimeError: [metal::malloc] Attempting to allocate 40000000000 bytes which is greater "
+         "than the maximum allowed buffer size of 30000000000 bytes.", "cuda_oom"),
+        ("[METAL] Command buffer execution failed: Insufficient Memory "
+         "(00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)", "cuda_oom"),
+        ("onnxruntime.capi.onnxruntime_pybind11_state.RuntimeException: [ONNXRuntimeError] : 6 : "
+         "RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. Status "
+         "Message: BFCArena::AllocateRawInternal(size_t, bool) Failed to allocate memory for "
+         "requested buffer of size 2000000000", "cuda_oom"),
+        ("[TensorRT] ERROR: Out of memory error during getBestTactic: node_of_conv1", "cuda_oom"),
+        ("EL0004: [PID: 4411] Memory_Allocation_Failure(EL0004): Failed to allocate memory.",
+         "cuda_oom"),
+        ("[ERROR] DEVICE(4411) mem_dynamic_allocator.cc:300] alloc size : 3000000000 is more "
+         "than total mem size : 2000000000.", "cuda_oom"),
+        # device errors outside the CUDA runtime's own words
+        ("F0101 tensor_gpu-inl.cuh:110] Check failed: err == cudaSuccess (8 vs. 0) Name: "
+         "MapPlanKernel ErrStr:invalid device function", "cuda_error"),
+        ("[rank0]:[W101 compiler_depend.ts:57] Warning: EZ9999: Inner Error!\nThe error from "
+         "device(chipId:0, dieId:0), serial number is 7, there is an aivec error exception",
+         "cuda_error"),
+        ("[1000.1] amdgpu: failed to send message 200 ret is 0", "gpu_hardware"),
+        ("node3: Test NCCL failure common.cu:1285 'unhandled system error'", "nccl"),
+        # NaN tripwires of Megatron, Paddle and JAX
+        ("Unexpected result inf (message='found Inf in local grad norm for bucket #3 in backward "
+         "pass before data-parallel communication collective')", "nan_loss"),
+        ("Error: nan_inf_utils_detail.cu:105 Assertion `false` failed. ===ERROR: in [op=divide] "
+         "find nan or inf===\nterminate called after throwing an instance of 'thrust::system::"
+         "system_error'\n  what():  cudaErrorLaunchFailure: unspecified launch failure",
+         "nan_loss"),
+        ("FloatingPointError: invalid value (nan) encountered in jit(train_step). Because "
+         "jax_config.debug_nans.value and/or config.jax_debug_infs is set", "nan_loss"),
+        # model files that do not parse
+        ("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from models/a.onnx failed:"
+         "Protobuf parsing failed.", "checkpoint_corrupt"),
+        # errors not named *Error
+        ("paddle.fluid.core.EnforceNotMet: Enforce failed. Expected x == y, but received x:3 != "
+         "y:4.", "unknown"),
+        ("E0101 pjrt_stream_executor_client.cc:2410] Execution of replica 0 failed: "
+         "INVALID_ARGUMENT: Executable expected shape f32[8,4] but got f32[8,2]", "unknown"),
+        # the kernel, the shell and Windows
+        ("[Mon Jan  1 10:00:00 2024] Tasks state (memory values in pages):\n[Mon Jan  1 10:00:00 "
+         "2024] [  pid  ]   uid  tgid total_vm      rss pgtables_bytes swapents oom_score_adj "
+         "name", "host_oom"),
+        ("[1]    4411 killed     python train.py --epochs 10", "host_oom"),
+        ("Windows fatal exception: access violation\n\nCurrent thread 0x00002604 (most recent "
+         "call first):", "segfault"),
+        ("2024-01-01T10:00:00Z Windows fatal exception: code 0xc0000374", "segfault"),
+        # pools that lost a worker; Paddle's data loader
+        ("RuntimeError: One of the subprocesses has abruptly died during map operation.To debug "
+         "the error, disable multiprocessing.", "multiprocessing"),
+        ("RuntimeError: DataLoader 4 workers exit unexpectedly, pids: 101, 102", "multiprocessing"),
+        # TensorFlow's checkpoint write that found the disk full
+        ("ResourceExhaustedError: ./model/model-49.tempstate5787507096018461664", "disk_full"),
+        # the c10d store, not NCCL, timing out while handing out NCCL's id; gRPC's deadline
+        ("[rank1]: torch.distributed.DistBackendError: [1] is setting up NCCL communicator and "
+         "retrieving ncclUniqueId from [0] via c10d key-value store by key '0', but "
+         "store->get('0') got error: wait timeout after 600000ms", "timeout"),
+        ("E0101 grpc_tpu_driver.cc:1070] Failed to open the gRPC driver: 4: Deadline Exceeded:",
+         "timeout"),
+    ],
+)  # fmt: skip
+def test_families_of_the_fifth_set(log: str, category: str) -> None:
+    assert _primary(log) == category
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "[TensorRT] WARNING: Skipping tactic 3 due to insufficient memory on requested size of "
+        "4000000 detected for tactic 0x1.\nBuilding engine done",
+        "E0101 delay_kernel_cuda.cc:50] Delay kernel timed out: measured time has sub-optimal "
+        "accuracy.\nEpoch 1/10 - loss: 0.41",
+    ],
+    ids=["tensorrt_tactic", "xla_delay_kernel"],
+)
+def test_look_alikes_of_the_fifth_set_are_no_crash(log: str) -> None:
+    assert _primary(log) == "none"

@@ -61,3 +61,18 @@ def test_the_span_ends_at_the_exception_line_and_takes_a_chain_with_it() -> None
 def test_two_ignored_exceptions_and_one_without_a_traceback() -> None:
     log = f"{IGNORED}\nstep 2\nException ignored in: <function f>\nValueError: x\nstep 3"
     assert unraisable.spans(log.encode()) == [(0, 6), (8, 9)]
+
+
+def test_an_ignored_exception_whose_header_a_terminal_wrapped_is_still_ignored() -> None:
+    header = (
+        "Exception ignored in: <bound method BaseSession.__del__ of <tensorflow.python.client."
+        "session.Session object at 0x7f2b1c3d4e50>>"
+    )
+    lines = [header[i : i + 80] for i in range(0, len(header), 80)]
+    log = "\n".join(
+        ["step 9 loss 0.2", *lines, "Traceback (most recent call last):",
+         '  File "session.py", line 738, in __del__',
+         "TypeError: 'NoneType' object is not callable"]
+    )  # fmt: skip
+    assert len(lines) == 2 and len(lines[0]) == 80
+    assert _primary(log) == "none"
