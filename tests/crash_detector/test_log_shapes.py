@@ -625,19 +625,14 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_not_retried() -> None:
     assert (primary.category, primary.retryable) == ("unknown", False)
 
 
-@pytest.mark.parametrize(
-    "log",
-    [
-        "iter: 10, loss: [nan]\niter: 20, loss: [2.31]",  # one bad batch, then finite again
-        "W tensorflow/core/util/tensor_slice_reader.cc:97] Could not open ckpt/old: DATA_LOSS: "
-        "not an sstable (bad magic number): perhaps your file is in a different file format\n"
-        "step 4 loss 1.2",
-        "Processing batch 12 of 40 [done]\nnothing killed here, all workers joined",
-    ],
-    ids=["nan_then_finite", "tf_probe_warning", "killed_in_prose"],
-)
-def test_look_alikes_of_the_third_set_are_no_crash(log: str) -> None:
-    assert _primary(log) == "none"
+# healthy runs' look-alikes of the sets' families, checked together at the end of this file
+LOOK_ALIKES = {
+    "nan_then_finite": "iter: 10, loss: [nan]\niter: 20, loss: [2.31]",  # one bad batch
+    "tf_probe_warning": "W tensorflow/core/util/tensor_slice_reader.cc:97] Could not open "
+    "ckpt/old: DATA_LOSS: not an sstable (bad magic number): perhaps your file is in a "
+    "different file format\nstep 4 loss 1.2",
+    "killed_in_prose": "Processing batch 12 of 40 [done]\nnothing killed here, all workers joined",
+}
 
 
 # --- families a fourth labelled set showed (#19; collected like the third, not in the repo) -----
@@ -720,24 +715,19 @@ def test_families_of_the_fourth_set(log: str, category: str) -> None:
     assert _primary(log) == category
 
 
-@pytest.mark.parametrize(
-    "log",
-    [
-        # an IB device NCCL skips at start-up, after which it picks another
-        "node3:4411:4500 [0] misc/ibvwrap.cc:100 NCCL WARN Call to ibv_open_device failed\n"
-        "node3:4411:4500 [0] NCCL INFO Using network IB\nstep 1 loss 2.0",
-        # a script's advice names an error it did not have
-        "If you encounter CUDA out of memory, try to set --tile with a smaller number.\n"
-        "Testing 0 img_001\nTesting 1 img_002",
-        # Paddle's loader warns about an optional library and goes on
-        "W0101 10:00:00.000 4411 dynamic_loader.cc:287] The third-party dynamic library "
-        "(libcudnn.so) that Paddle depends on is not configured correctly. (error code is "
-        "libcudnn.so: cannot open shared object file: No such file or directory)\nstep 1 loss 2.0",
-    ],
-    ids=["ibv_open_device", "advice", "paddle_loader_warning"],
-)
-def test_look_alikes_of_the_fourth_set_are_no_crash(log: str) -> None:
-    assert _primary(log) == "none"
+LOOK_ALIKES |= {
+    # an IB device NCCL skips at start-up, after which it picks another
+    "ibv_open_device": "node3:4411:4500 [0] misc/ibvwrap.cc:100 NCCL WARN Call to ibv_open_device "
+    "failed\nnode3:4411:4500 [0] NCCL INFO Using network IB\nstep 1 loss 2.0",
+    # a script's advice names an error it did not have
+    "advice": "If you encounter CUDA out of memory, try to set --tile with a smaller number.\n"
+    "Testing 0 img_001\nTesting 1 img_002",
+    # Paddle's loader warns about an optional library and goes on
+    "paddle_loader_warning": "W0101 10:00:00.000 4411 dynamic_loader.cc:287] The third-party "
+    "dynamic library (libcudnn.so) that Paddle depends on is not configured correctly. (error "
+    "code is libcudnn.so: cannot open shared object file: No such file or directory)\n"
+    "step 1 loss 2.0",
+}
 
 
 def test_the_line_that_names_exit_137_beats_the_bare_status() -> None:
@@ -817,15 +807,14 @@ def test_families_of_the_fifth_set(log: str, category: str) -> None:
     assert _primary(log) == category
 
 
-@pytest.mark.parametrize(
-    "log",
-    [
-        "[TensorRT] WARNING: Skipping tactic 3 due to insufficient memory on requested size of "
-        "4000000 detected for tactic 0x1.\nBuilding engine done",
-        "E0101 delay_kernel_cuda.cc:50] Delay kernel timed out: measured time has sub-optimal "
-        "accuracy.\nEpoch 1/10 - loss: 0.41",
-    ],
-    ids=["tensorrt_tactic", "xla_delay_kernel"],
-)
-def test_look_alikes_of_the_fifth_set_are_no_crash(log: str) -> None:
+LOOK_ALIKES |= {
+    "tensorrt_tactic": "[TensorRT] WARNING: Skipping tactic 3 due to insufficient memory on "
+    "requested size of 4000000 detected for tactic 0x1.\nBuilding engine done",
+    "xla_delay_kernel": "E0101 delay_kernel_cuda.cc:50] Delay kernel timed out: measured time "
+    "has sub-optimal accuracy.\nEpoch 1/10 - loss: 0.41",
+}
+
+
+@pytest.mark.parametrize("log", LOOK_ALIKES.values(), ids=LOOK_ALIKES.keys())
+def test_look_alikes_the_labelled_sets_showed_are_no_crash(log: str) -> None:
     assert _primary(log) == "none"
