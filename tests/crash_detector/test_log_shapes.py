@@ -801,6 +801,18 @@ def test_the_line_that_names_exit_137_beats_the_bare_status() -> None:
          "store->get('0') got error: wait timeout after 600000ms", "timeout"),
         ("E0101 grpc_tpu_driver.cc:1070] Failed to open the gRPC driver: 4: Deadline Exceeded:",
          "timeout"),
+        # loaders and launchers of the environment
+        ("PreconditionNotMetError: The third-party dynamic library (cudnn64_8.dll) that Paddle "
+         "depends on is not configured correctly. (error code is 126)", "import_error"),
+        ("ValueError: File not found: filepath=model.keras. Please ensure the file is an "
+         "accessible `.keras` zip file.", "file_not_found"),
+        ("AssertionError: no checkpoint files found in weights/7b/", "file_not_found"),
+        ("node2: ssh: connect to host node2 port 22: Connection refused\npdsh@node1: node2: ssh "
+         "exited with exit code 255", "network"),
+        ("[rank3]:[E101 ProcessGroupGloo.cpp:143] Gloo connectFullMesh failed with "
+         "[../third_party/gloo/gloo/transport/tcp/pair.cc:144] no error", "network"),
+        ("AssertionError: Micro batch size per gpu: 0 has to be greater than 0",
+         "config_error"),
     ],
 )  # fmt: skip
 def test_families_of_the_fifth_set(log: str, category: str) -> None:
