@@ -54,7 +54,7 @@ _COLOUR = re.compile(rb"\x1b?\[(?:\d{1,3};){0,4}\d{1,3}m")
 # Where one printed line ends and another begins on the same line of the file: a carriage
 # return (a progress bar redrawn in place), or the end of a tqdm bar ("[00:09<00:09, 1.1it/s]")
 # that the next message was written straight after, because the bar never printed its newline.
-_GLUE = re.compile(rb"\r|\d+/\d+ \[[\d:]+<[^\]\r\n]{0,80}\](?=\S)")
+_GLUE = re.compile(rb"\d+/\d+ \[[\d:]+<[^\]\r\n]{0,80}\](?=\S)")
 # ...and where a warning that another stream wrote begins ("...Good luck!/usr/lib/python3.10/
 # site-packages/torch/autograd/__init__.py:200: UserWarning: ..."): Python's warnings start
 # with the file and line that warned.
@@ -63,18 +63,21 @@ _WARNING = re.compile(rb"(?<=[^\s\w./\\:-])(?=[\w./\\:-]+\.py:\d+: [A-Z]\w*Warni
 
 @dataclass(frozen=True)
 class View:
-    """Lines read another way: line i of `buffer` stands for the original lines `pieces(i)`;
-    `changed` names the lines of `buffer` that differ from the original (the others need no
-    second look)."""
+    """Lines read another way: `lines[i]` stands for the original lines `pieces(i)`; `changed`
+    names those that differ from the original (the others need no second look)."""
 
-    buffer: bytes
-    first: list[int]  # index of the original line each line of `buffer` starts at (or is in)
+    lines: list[bytes]
+    first: list[int]  # index of the original line each of `lines` starts at (or is in)
     changed: frozenset[int]
-    lines: int  # lines in the original buffer
+    count: int  # lines in the original buffer
+
+    @property
+    def buffer(self) -> bytes:
+        return b"\n".join(self.lines)
 
     def pieces(self, index: int) -> range:
-        """The original lines that line `index` of `buffer` was made from."""
-        end = self.first[index + 1] if index + 1 < len(self.first) else self.lines
+        """The original lines that `lines[index]` was made from."""
+        end = self.first[index + 1] if index + 1 < len(self.first) else self.count
         return range(self.first[index], max(end, self.first[index] + 1))  # parts share one
 
 
@@ -85,11 +88,15 @@ def decolour(buffer: bytes) -> View | None:
     lines = buffer.split(b"\n")
     plain = [_COLOUR.sub(b"", line) for line in lines]
     changed = frozenset(i for i, (a, b) in enumerate(zip(lines, plain, strict=True)) if a != b)
-    return View(b"\n".join(plain), list(range(len(lines))), changed, len(lines))
+    return View(plain, list(range(len(lines))), changed, len(lines))
 
 
 def unglue(buffer: bytes) -> View | None:
-    """The buffer with each line that holds several cut apart, or None if none does."""
+    """The buffer with each line that holds several cut apart, or None if none does.
+
+    Only what follows a line's last CR can be a message of its own: a message ends with a
+    newline, so whatever a bar redrew over before it is more bar. That last part, and each
+    piece of it cut after a bar or before a warning, is what gets a second look."""
     if len(buffer) > MAX_BYTES or not (b"\r" in buffer or b"<" in buffer or b"Warning: " in buffer):
         return None
     parts: list[bytes] = []
@@ -97,22 +104,33 @@ def unglue(buffer: bytes) -> View | None:
     changed: set[int] = set()
     lines = buffer.split(b"\n")
     for index, line in enumerate(lines):
-        cut = _WARNING.sub(b"\n", _GLUE.sub(b"\\g<0>\n", line.rstrip(b"\r"))).split(b"\n")
-        cut = [part for part in cut if part.strip()] or [line]
-        if len(cut) > 1:
-            changed.update(range(len(parts), len(parts) + len(cut)))
-        parts += cut
-        first += [index] * len(cut)
+        head, cr, last = line.rstrip(b"\r").rpartition(b"\r")
+        if b"<" in last:
+            last = _GLUE.sub(b"\\g<0>\n", last)
+        if b"Warning: " in last:
+            last = _WARNING.sub(b"\n", last)
+        cut = last.split(b"\n")
+        kept = [head] if cr and head.strip() else []  # the redrawn bars: read already
+        pieces = [*kept, *(p for p in cut if p.strip())]
+        if len(pieces) > 1:
+            changed.update(range(len(parts) + len(kept), len(parts) + len(pieces)))
+        else:
+            pieces = [line]
+        parts += pieces
+        first += [index] * len(pieces)
     if not changed:
         return None
-    return View(b"\n".join(parts), first, frozenset(changed), len(lines))
+    return View(parts, first, frozenset(changed), len(lines))
 
 
 def _width(line: bytes) -> int:
-    """Columns a line takes, near enough: characters, without colour codes and a CR."""
+    """Columns a line takes, near enough: characters, without colour codes, of what is left
+    on screen after its last carriage return (a progress bar redrawn in place)."""
     if b"\x1b" in line:
         line = _ANSI.sub(b"", line)
     line = line.rstrip(b"\r")
+    if b"\r" in line:
+        line = line[line.rfind(b"\r") + 1 :]
     return len(line) if line.isascii() else len(line.decode("utf-8", "replace"))
 
 
@@ -153,4 +171,4 @@ def unwrap(buffer: bytes) -> View | None:
         index += 1
     if not runs:
         return None
-    return View(b"\n".join(joined), first, frozenset(runs), len(lines))
+    return View(joined, first, frozenset(runs), len(lines))

@@ -93,7 +93,8 @@ class Scanner:
         self.chains = catalog.chains
         # Chain markers ride in the rules' finder, after the rules (pattern index >=
         # len(rules)): a separate finder would be a second pass over every buffer.
-        searched = (*self.rules, *self.chains)
+        searched = (*self.rules, *self.chains, unraisable.HEADER_PATTERN)
+        self._header = len(searched) - 1  # so does the header of an ignored exception
         self._rule_re = _Compiled(searched)
         self._ignore_re = _Compiled(catalog.ignores)
         self._progress_re = _Compiled(catalog.progress)
@@ -125,14 +126,14 @@ class Scanner:
         `newlines`, the count of b"\\n" in `buffer` if the caller has it, saves counting them.
         """
         total = buffer.count(b"\n") if newlines is None else newlines
-        found, chains = self._matches(buffer, previous_line, total)
+        found, chains, headers = self._matches(buffer, previous_line, total)
         plain = log_views.decolour(buffer)
         lines = buffer if plain is None else plain.buffer  # as many lines as the buffer
         unwrapped = log_views.unwrap(lines)
         for view in (plain, log_views.unglue(lines), unwrapped):
             if view is not None:
                 found = self._with_view(buffer, found, view, previous_line)
-        if unraisable.HEADER in buffer:  # exceptions Python printed and went on from
+        if headers:  # exceptions Python printed and went on from
             ignored = unraisable.spans(buffer)
             if unwrapped is not None:  # a wrapped header or frame must not end one early
                 ignored += [
@@ -158,9 +159,10 @@ class Scanner:
 
     def _matches(
         self, buffer: bytes, previous_line: bytes, total: int
-    ) -> tuple[list[Match], list[int]]:
-        """The lines that match a rule, and the indexes of the chain markers."""
-        confirmed: list[tuple[int, str, tuple[Rule, ...], bool]] = []
+    ) -> tuple[list[Match], list[int], list[int]]:
+        """The lines that match a rule; the indexes of the chain markers, and of the headers of
+        ignored exceptions."""
+        confirmed: list[tuple[int, str, tuple[Rule, ...], str]] = []
         for start, candidates in sorted(self._rules.lines(buffer).items()):
             end = buffer.find(b"\n", start)
             match = self._confirm(
@@ -174,30 +176,34 @@ class Scanner:
             for index, (start, text, rules, _marker) in zip(indexes, confirmed, strict=True)
             if rules
         ]
-        chains = [index for index, (*_, marker) in zip(indexes, confirmed, strict=True) if marker]
-        return found, chains
+        marked = list(zip(indexes, (marker for *_, marker in confirmed), strict=True))
+        chains = [index for index, marker in marked if marker == "chain"]
+        headers = [index for index, marker in marked if marker == "header"]
+        return found, chains, headers
 
     def _with_view(
         self, buffer: bytes, found: list[Match], view: log_views.View, previous_line: bytes
     ) -> list[Match]:
         """`found` and what the view's changed lines match that their own lines did not."""
-        seen, _ = self._matches(view.buffer, previous_line, view.buffer.count(b"\n"))
+        changed = sorted(view.changed)  # only they are scanned: the others were already
+        part = b"\n".join(view.lines[i] for i in changed)
+        seen, _, _ = self._matches(part, b"", part.count(b"\n"))
         by_index = {match.index: match for match in found}
         order = {rule.id: position for position, rule in enumerate(self.rules)}
         starts: list[int] | None = None
         for match in seen:
-            if match.index not in view.changed:
-                continue
-            pieces = view.pieces(match.index)
+            pieces = view.pieces(changed[match.index])
             known = {r.id for i in pieces if i in by_index for r in by_index[i].rules}
             new = [rule for rule in match.rules if rule.id not in known]
             if not new:
                 continue
-            first = pieces.start
-            before = by_index[first].rules if first in by_index else ()
-            rules = tuple(sorted((*before, *new), key=lambda rule: order[rule.id]))
             if starts is None:  # rare: the offsets of the lines, counted once
                 starts = [0, *(m.end() for m in re.finditer(b"\n", buffer))]
+            first = pieces.start
+            if _quotes_source(buffer, starts[first], previous_line):
+                continue  # source quoted under a frame, however it was printed
+            before = by_index[first].rules if first in by_index else ()
+            rules = tuple(sorted((*before, *new), key=lambda rule: order[rule.id]))
             by_index[first] = Match(first, starts[first], match.text, rules)
         return [by_index[index] for index in sorted(by_index)]
 
@@ -208,8 +214,9 @@ class Scanner:
         end: int,
         candidates: _Hits,
         previous_line: bytes,
-    ) -> tuple[str, tuple[Rule, ...], bool] | None:
-        """(text, the rules it matches, whether it is a chain marker), or None if neither."""
+    ) -> tuple[str, tuple[Rule, ...], str] | None:
+        """(text, the rules it matches, "chain" or "header" if it is such a marker, else ""), or
+        None if it is none of these."""
         if _quotes_source(buffer, start, previous_line):
             return None
         text = _clean(buffer[start:end])
@@ -220,7 +227,7 @@ class Scanner:
         hits = [i for i in sorted(indexes) if self._rule_re[i].search(text)]
         rules = len(self.rules)
         matched = tuple(self.rules[i] for i in hits if i < rules)
-        marker = bool(hits) and hits[-1] >= rules
+        marker = "header" if self._header in hits else "chain" if hits and hits[-1] >= rules else ""
         return (text, matched, marker) if matched or marker else None
 
     def _ignored(self, text: str, encoded: bytes) -> bool:

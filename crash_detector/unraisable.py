@@ -17,7 +17,12 @@ worker prefix in front of the header is taken off the lines after it.
 
 from __future__ import annotations
 
+from crash_detector.rules import CatalogPattern
+
 HEADER = b"Exception ignored in"
+# Searched by the scanner's engine with the rules, in the same pass: a big log costs nothing
+# more, and the spans are looked for only where a header was seen.
+HEADER_PATTERN = CatalogPattern(id="unraisable.header", pattern=HEADER.decode())
 MAX_LINES = 200  # a traceback longer than this is not read to its end: the rest is scanned
 _CHAINED = (b"During handling of the above exception", b"The above exception was the direct")
 
