@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 
 MIN_WIDTH = 60  # narrower "wraps" are more likely short lines of equal length
 MIN_PIECES = 2  # lines exactly as wide as the widest, for the log to count as wrapped
@@ -48,17 +49,24 @@ MAX_BYTES = 4 * 1024 * 1024
 
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 # SGR codes with or without their ESC byte ("[0;31m", "[1m", "[0m"): what a paste keeps.
-_COLOUR = re.compile(rb"\x1b?\[(?:\d{1,3};){0,4}\d{1,3}m")
+_COLOUR = rb"\x1b?\[(?:\d{1,3};){0,4}\d{1,3}m"
+_SGR = re.compile(rb"\[[\d;]{1,19}m")  # the same, found fast (a literal first): is there any?
 
 
 # Where one printed line ends and another begins on the same line of the file: a carriage
 # return (a progress bar redrawn in place), or the end of a tqdm bar ("[00:09<00:09, 1.1it/s]")
 # that the next message was written straight after, because the bar never printed its newline.
-_GLUE = re.compile(rb"\d+/\d+ \[[\d:]+<[^\]\r\n]{0,80}\](?=\S)")
+_GLUE = rb"\d+/\d+ \[[\d:]+<[^\]\r\n]{0,80}\](?=\S)"
 # ...and where a warning that another stream wrote begins ("...Good luck!/usr/lib/python3.10/
 # site-packages/torch/autograd/__init__.py:200: UserWarning: ..."): Python's warnings start
 # with the file and line that warned.
-_WARNING = re.compile(rb"(?<=[^\s\w./\\:-])(?=[\w./\\:-]+\.py:\d+: [A-Z]\w*Warning: )")
+_WARNING = rb"(?<=[^\s\w./\\:-])(?=[\w./\\:-]+\.py:\d+: [A-Z]\w*Warning: )"
+
+
+@cache
+def _compiled(pattern: bytes) -> re.Pattern[bytes]:
+    """Compiled when first needed: most tails need none of them, and start-up counts."""
+    return re.compile(pattern)
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,11 @@ class View:
 
 def decolour(buffer: bytes) -> View | None:
     """The buffer without colour codes inside its lines, or None if none has one."""
-    if len(buffer) > MAX_BYTES or _COLOUR.search(buffer) is None:
+    if len(buffer) > MAX_BYTES or _SGR.search(buffer) is None:
         return None
     lines = buffer.split(b"\n")
-    plain = [_COLOUR.sub(b"", line) for line in lines]
+    colour = _compiled(_COLOUR)
+    plain = [colour.sub(b"", line) for line in lines]
     changed = frozenset(i for i, (a, b) in enumerate(zip(lines, plain, strict=True)) if a != b)
     return View(plain, list(range(len(lines))), changed, len(lines))
 
@@ -106,9 +115,9 @@ def unglue(buffer: bytes) -> View | None:
     for index, line in enumerate(lines):
         head, cr, last = line.rstrip(b"\r").rpartition(b"\r")
         if b"<" in last:
-            last = _GLUE.sub(b"\\g<0>\n", last)
+            last = _compiled(_GLUE).sub(b"\\g<0>\n", last)
         if b"Warning: " in last:
-            last = _WARNING.sub(b"\n", last)
+            last = _compiled(_WARNING).sub(b"\n", last)
         cut = last.split(b"\n")
         kept = [head] if cr and head.strip() else []  # the redrawn bars: read already
         pieces = [*kept, *(p for p in cut if p.strip())]
@@ -149,7 +158,10 @@ def unwrap(buffer: bytes) -> View | None:
     if len(buffer) > MAX_BYTES:
         return None
     lines = buffer.split(b"\n")
-    widths = [_width(line) for line in lines]
+    if buffer.isascii() and b"\x1b" not in buffer and b"\r" not in buffer:
+        widths = list(map(len, lines))  # the usual case: bytes are columns
+    else:
+        widths = [_width(line) for line in lines]
     width = wrap_width(widths)
     if width is None:
         return None
