@@ -819,7 +819,58 @@ def test_families_of_the_fifth_set(log: str, category: str) -> None:
     assert _primary(log) == category
 
 
+# --- families a sixth set showed (#19: launchers, chains of consequences, locales, notebooks) ---
+
+
+@pytest.mark.parametrize(
+    ("log", "category"),
+    [
+        ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n"
+         "  exitcode  : -7 (pid: 100)\n  traceback : Signal 7 (SIGBUS) received by PID 100",
+         "segfault"),
+        ("ray.exceptions.RayTaskError(AcceleratorError): ray::TrainActor.train() (pid=4411)",
+         "cuda_error"),
+        ("RuntimeError: Using hostfile at /job/hostfile but host=node7 was not reachable via ssh.",
+         "network"),
+        ("Warning  Evicted  109s  kubelet  Pod ephemeral local storage usage exceeds the total "
+         "limit of containers 5Gi.", "disk_full"),
+        ("Warning  Evicted  3m  kubelet  The node was low on resource: memory.", "host_oom"),
+        ("node1:4411:4500 [2] misc/nvmlwrap.cc:187 NCCL WARN nvmlDeviceGetHandleByPciBusId() "
+         "failed: Not Found\nnode1:4411:4500 [2] NCCL INFO init.cc:1929 -> 2\n"
+         "[rank1]: Traceback (most recent call last):", "nccl"),
+        ("Test CUDA failure common.cu:1007 'CUDA-capable device(s) is/are busy or unavailable'\n"
+         "NVRM: nvAssertOkFailedNoLog: Assertion failed: Reset required [NV_ERR_RESET_REQUIRED]",
+         "gpu_hardware"),
+        ("RuntimeError: Distributed package doesn't have NCCL built in", "nccl"),
+        ("Your session crashed after using all available RAM. If you are interested in access to "
+         "high-RAM runtimes, you may want to check out Colab Pro.", "host_oom"),
+        ("Epoch 1 of 10:   0%|          | 0/10 [00:00<?, ?it/szsh: bus error  python train.py",
+         "segfault"),
+        ('  File "C:\\Python310\\lib\\multiprocessing\\reduction.py", line 60, in dump\n'
+         "    ForkingPickler(file, protocol).dump(obj)\nBrokenPipeError: [Errno 32] Broken pipe",
+         "multiprocessing"),
+        ('  File "/opt/venv/lib/python3.10/site-packages/ml_collections/config_dict/'
+         'config_dict.py", line 952, in __getitem__\nKeyError: \'batch_size\'', "config_error"),
+        ("RuntimeError: parallel_for failed: too many resources requested for launch",
+         "cuda_error"),
+        ("CUDA error 98 [/usr/local/cuda/include/cub/device/dispatch/dispatch_reduce.cuh, 612]: "
+         "invalid device function", "cuda_error"),
+    ],
+)  # fmt: skip
+def test_families_of_the_sixth_set(log: str, category: str) -> None:
+    assert _primary(log) == category
+
+
+def test_a_build_without_nccl_is_not_retried() -> None:
+    primary = classify_text("RuntimeError: Distributed package doesn't have NCCL built in").primary
+    assert primary is not None and not primary.retryable
+
+
 LOOK_ALIKES |= {
+    # TensorFlow's input thread, cancelled as training ends
+    "tf_enqueue_cancelled": "iteration: 1030000 loss: 0.0007 lr: 0.001\nException in thread "
+    "Thread-1:\ntensorflow.python.framework.errors_impl.CancelledError: Enqueue operation was "
+    "cancelled",
     "tensorrt_tactic": "[TensorRT] WARNING: Skipping tactic 3 due to insufficient memory on "
     "requested size of 4000000 detected for tactic 0x1.\nBuilding engine done",
     "xla_delay_kernel": "E0101 delay_kernel_cuda.cc:50] Delay kernel timed out: measured time "
