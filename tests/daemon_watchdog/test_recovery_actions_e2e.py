@@ -5,7 +5,6 @@ config.json rewritten, `restart --reset-recovery` through the real CLI."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ from typing import Any
 import pytest
 
 from daemon_watchdog.workspace_init import init_workspace
-from tests.daemon_watchdog.test_supervisor_e2e import SCRIPT, Run
+from tests.daemon_watchdog.test_supervisor_e2e import Run, _cli
 from tests.polling import wait_until
-from tests.trainguard.test_alerts import Receiver
+from tests.trainguard.test_alerts import Receiver, receiver  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -51,29 +50,18 @@ def _finished(status: dict[str, Any]) -> bool:
     )
 
 
-def _cli(run: Run, *args: str) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT
-    return subprocess.run(
-        [SCRIPT, *args, "-c", str(run.config)], capture_output=True, text=True, timeout=60
-    )
-
-
 def test_an_oom_halves_the_batch_size_resumes_and_finishes_then_reset_puts_it_back(
     run: Run,
+    receiver: Receiver,  # noqa: F811 - the fixture
 ) -> None:
     run.configure(command_extra=["--fault", "cuda_oom:32@30"])
     _recovery(run, 'cuda_oom = { halve = "config:batch_size", floor = 1 }')
-    receiver = Receiver()
-    try:
-        with open(run.config, "a") as fh:
-            fh.write(f'\n[alerts]\nurls = ["{receiver.url}"]\n')
-        run.start()
-        status = run.wait_for(_finished, "OOM at step 30, batch 32, finished", timeout=60)
-        wait_until(lambda: receiver.posts, timeout=30, message="the crash alert")
-        alert = receiver.posts[0]["message"]
-    finally:
-        receiver.server.shutdown()
-        receiver.server.server_close()
+    with open(run.config, "a") as fh:
+        fh.write(f'\n[alerts]\nurls = ["{receiver.url}"]\n')
+    run.start()
+    status = run.wait_for(_finished, "OOM at step 30, batch 32, finished", timeout=60)
+    wait_until(lambda: receiver.posts, timeout=30, message="the crash alert")
+    alert = receiver.posts[0]["message"]
     assert "recovery: cuda_oom after step 29: config:batch_size 64 -> 32" in alert, alert
     (restart,) = status["restarts"]
     assert restart["category"] == "cuda_oom" and restart["resume_from"] == "checkpoint-20"

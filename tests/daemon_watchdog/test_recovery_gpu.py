@@ -14,27 +14,17 @@ import pytest
 
 from daemon_watchdog.states import State
 from daemon_watchdog.supervisor import Supervisor
-from health_check.checks.gpu import survey
 from health_check.checks.gpu_model import GpuReading
+from tests.daemon_watchdog.test_crash_actions import XID_79_ON_GPU1, gpus
 from tests.daemon_watchdog.test_supervisor_progress import (
     driven_supervisor,
     handle_until,
     killing_its_daemon,
 )
-from tests.fakes import FakeGpu, FakeNvml
-from trainguard.config import HealthSection
 from trainguard.progress import write_progress
 
 CHILD = Path(__file__).resolve().parents[2] / "edge_cases" / "children" / "gpu_falls_off.py"
-BUS0, BUS1 = "00000000:3B:00.0", "00000000:86:00.0"
-XID_79_ON_GPU1 = "[ 512.1] NVRM: Xid (PCI:0000:86:00): 79, pid=1, name=python, GPU has fallen off"
-
-
-def two_gpus_one_fallen_off() -> Sequence[GpuReading]:
-    nvml = FakeNvml([FakeGpu(bus_id=BUS0), FakeGpu(bus_id=BUS1)])
-    health = HealthSection(rocm_smi_command=["/nonexistent/rocm-smi"])
-    return survey(health, budget=5, ours=lambda _p: True, nvml=nvml,
-                  kernel_log=lambda: XID_79_ON_GPU1).gpus  # fmt: skip
+two_gpus_one_fallen_off = gpus(XID_79_ON_GPU1)
 
 
 def make_supervisor(tmp_path: Path, min_gpus: int) -> Supervisor:

@@ -37,8 +37,17 @@ def make(clock: FakeClock, **overrides: Any) -> RestartPolicy:
     return RestartPolicy(**knobs, clock=clock)
 
 
-def crash(policy: RestartPolicy, step: int | None = None, *, retryable: bool = True) -> Decision:
-    return policy.decide(retryable=retryable, category="cuda_oom", checkpoint_step=step)
+def crash(
+    policy: RestartPolicy,
+    step: int | None = None,
+    *,
+    retryable: bool = True,
+    reached: int | None = None,
+    category: str = "cuda_oom",
+) -> Decision:
+    return policy.decide(
+        retryable=retryable, category=category, checkpoint_step=step, reached_step=reached
+    )
 
 
 def crash_and_restart(policy: RestartPolicy, clock: FakeClock, step: int | None = None) -> Decision:
@@ -329,15 +338,11 @@ def test_after_a_change_only_getting_past_the_step_it_died_at_is_progress(
     # The same checkpoint again, but the run got past step 29 this time: progress.
     for _ in range(5):
         clock.advance(2.0)
-        decision = policy.decide(
-            retryable=True, category="cuda_oom", checkpoint_step=20, reached_step=35
-        )
+        decision = crash(policy, 20, reached=35)
         assert decision.action == "restart", decision.reason
         policy.changed_for_restart(35)
         clock.advance(2.0)
-        decision = policy.decide(
-            retryable=True, category="cuda_oom", checkpoint_step=20, reached_step=41
-        )
+        decision = crash(policy, 20, reached=41)
         assert decision.action == "restart", decision.reason
         policy.changed_for_restart(29)
 
@@ -348,16 +353,12 @@ def test_after_a_change_dying_before_that_step_again_is_no_progress(clock: FakeC
     for _ in range(2):  # halved twice, and each run died before step 29 again
         policy.changed_for_restart(29)
         clock.advance(2.0)
-        decision = policy.decide(
-            retryable=True, category="cuda_oom", checkpoint_step=30, reached_step=29
-        )
+        decision = crash(policy, 30, reached=29)
         assert decision.action == "restart", decision.reason
     policy.changed_for_restart(29)
     clock.advance(2.0)
     # A newer checkpoint (30) would be progress without the change; with it, it is not.
-    decision = policy.decide(
-        retryable=True, category="cuda_oom", checkpoint_step=30, reached_step=29
-    )
+    decision = crash(policy, 30, reached=29)
     assert decision == Decision(
         "give_up",
         0.0,
@@ -372,10 +373,7 @@ def test_a_restart_without_a_change_is_judged_by_checkpoints_again(clock: FakeCl
     policy.changed_for_restart(29)
     clock.advance(2.0)
     assert (
-        policy.decide(
-            retryable=True, category="cuda_oom", checkpoint_step=20, reached_step=30
-        ).action
-        == "restart"
+        crash(policy, 20, reached=30).action == "restart"
     )  # past 29; and this restart changes nothing
     clock.advance(2.0)
     assert crash(policy, 20).action == "restart"  # stuck at 20: one allowed
@@ -392,15 +390,11 @@ def test_the_bar_never_falls_until_the_run_gets_past_it(clock: FakeClock) -> Non
     policy.changed_for_restart(980)
     for died in (970, 975):
         clock.advance(2.0)
-        decision = policy.decide(
-            retryable=True, category="nan_loss", checkpoint_step=900, reached_step=died
-        )
+        decision = crash(policy, 900, reached=died, category="nan_loss")
         assert decision.action == "restart", decision.reason
         policy.changed_for_restart(died)  # lower than 980: the bar stays at 980
     clock.advance(2.0)
-    decision = policy.decide(
-        retryable=True, category="nan_loss", checkpoint_step=900, reached_step=979
-    )
+    decision = crash(policy, 900, reached=979, category="nan_loss")
     assert decision.action == "give_up" and "past step 980" in decision.reason
 
 
@@ -412,8 +406,6 @@ def test_a_trainer_that_reports_no_step_is_judged_by_its_checkpoints_after_a_cha
     policy.changed_for_restart(20)  # no step known: the checkpoint's
     for step in (30, 40, 50):  # hours later, checkpoints far on: progress every time
         clock.advance(2.0)
-        decision = policy.decide(
-            retryable=True, category="cuda_oom", checkpoint_step=step, reached_step=None
-        )
+        decision = crash(policy, step, reached=None)
         assert decision.action == "restart", decision.reason
         policy.changed_for_restart(step)
