@@ -62,6 +62,7 @@ class Applied:
     state: RecoveryState
     events: list[RecoveryEvent] = field(default_factory=list)
     fatal: str | None = None
+    backed_up: bool = False  # config.json kept as it was before this crash's first change
 
     @property
     def changed(self) -> bool:
@@ -176,7 +177,8 @@ class CrashActions:
                         )
                         self._forget(out, knob)
                         continue
-                    write_config_key(self.ws, knob, change.original)
+                    write_config_key(self.ws, knob, change.original, backup=not out.backed_up)
+                    out.backed_up = True
             except KnobError as exc:  # kept: a later reset may succeed
                 self._event(out, "", "skipped", f"reset: {exc}; still changed")
                 continue
@@ -364,11 +366,12 @@ class CrashActions:
         if kind == "config":
             self.record(changed)  # first: the original is on record before the file changes
             try:
-                write_config_key(self.ws, knob, after)
+                write_config_key(self.ws, knob, after, backup=not out.backed_up)
             except KnobError as exc:
                 self.record(out.state)
                 self._event(out, category, "skipped", f"{where}: {exc}; not changed", step)
                 return False
+            out.backed_up = True
         out.state = changed
         text = f"{where}: {knob} {show_scalar(before)} -> {show_scalar(stored)}"
         self._event(out, category, action, text, step, knob=knob, before=before, after=stored)

@@ -71,10 +71,12 @@ def number(knob: str, value: Scalar) -> int | float:
     raise KnobError(f"{knob} is {shown}, not a number")
 
 
-def write_config_key(ws: Workspace, knob: str, value: Scalar) -> None:
+def write_config_key(ws: Workspace, knob: str, value: Scalar, *, backup: bool = True) -> None:
     """Set config.json's key `knob` (`config:KEY`) to `value`: atomically, the previous file
-    kept beside it. Other keys and their order are kept; the file is written indented by 2
-    (compact if it was one line), with its permissions, through a symlink to its target."""
+    kept beside it (`backup`; a second key changed for the same crash keeps the first's
+    backup, the file as it was). Other keys and their order are kept; the file is written
+    indented by 2 (compact if it was one line), with its permissions, through a symlink to its
+    target."""
     _, _, name = knob.partition(":")
     path = Path(os.path.realpath(ws.job_config))
     raw = _read_bytes(path, knob)
@@ -90,7 +92,8 @@ def write_config_key(ws: Workspace, knob: str, value: Scalar) -> None:
     text = json.dumps(data, indent=indent) + "\n"
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
-        write_bytes_atomic(previous_config(ws), raw, mode=mode)
+        if backup:
+            write_bytes_atomic(previous_config(ws), raw, mode=mode)
         write_bytes_atomic(path, text.encode("utf-8"), mode=mode)
     except OSError as exc:
         raise KnobError(f"{knob}: cannot write {path}: {exc.strerror or exc}") from None

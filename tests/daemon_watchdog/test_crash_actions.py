@@ -116,6 +116,19 @@ def test_gradient_accumulation_doubles_with_the_halved_batch(tmp_path: Path) -> 
     assert [e.action for e in done.events] == ["halve", "double"]
 
 
+def test_the_backup_is_the_file_as_it_was_before_both_keys_changed(tmp_path: Path) -> None:
+    ws = workspace(
+        tmp_path,
+        'cuda_oom = { halve = "config:batch_size", double = "config:grad_accum" }',
+        batch_size=64,
+    )
+    ws.job_config.write_text(json.dumps({**job(ws), "grad_accum": 3}, indent=2) + "\n")
+    before = ws.job_config.read_text()
+    CrashActions(ws, no_gpus).apply(RecoveryState(), category="cuda_oom", evidence="", step=7)
+    assert (job(ws)["batch_size"], job(ws)["grad_accum"]) == (32, 6)
+    assert previous_config(ws).read_text() == before
+
+
 def test_an_environment_knob_is_halved_in_the_daemons_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,11 +393,11 @@ def test_an_action_that_breaks_half_way_keeps_and_says_what_it_changed(
     real_write = knobs.write_config_key
     calls: list[str] = []
 
-    def second_write_breaks(ws_: Workspace, knob: str, value: object) -> None:
+    def second_write_breaks(ws_: Workspace, knob: str, value: object, *, backup: bool) -> None:
         calls.append(knob)
         if len(calls) == 2:
             raise RuntimeError("disk on fire")
-        real_write(ws_, knob, value)  # type: ignore[arg-type]
+        real_write(ws_, knob, value, backup=backup)  # type: ignore[arg-type]
 
     monkeypatch.setattr(crash_actions, "write_config_key", second_write_breaks)
     done = CrashActions(ws, no_gpus).apply(RecoveryState(), category="cuda_oom", evidence="",
