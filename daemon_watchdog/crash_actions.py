@@ -33,6 +33,7 @@ from health_check.checks.xid import bus_key, parse_xids
 from health_check.result import Status
 from trainguard.config import GpuAction, HalveAction, RecoverySection
 from trainguard.watchdog_status import (
+    NOT_COUNTED,
     RECOVERY_EVENTS_KEPT,
     KnobChange,
     RecoveryEvent,
@@ -50,8 +51,6 @@ _GPU_EVIDENCE = re.compile(
     r"\bXid\b|\bECC\b|uncorrectable|fallen off the bus|GPU is lost|row remap", re.IGNORECASE
 )
 VISIBLE_VAR = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "HIP_VISIBLE_DEVICES"}
-# Events that are not an action taken (for the metric's counter and the restart policy).
-NOT_COUNTED = frozenset({"skipped", "fatal", "noop", "device_order"})
 
 
 @dataclass

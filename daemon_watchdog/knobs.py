@@ -17,12 +17,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainguard.atomicio import write_bytes_atomic
+from trainguard.atomicio import UnreadableJson, read_small_file, write_bytes_atomic
 from trainguard.errors import TrainguardError
 from trainguard.watchdog_status import Scalar
 from trainguard.workspace import Workspace
 
 BEFORE_SUFFIX = ".before-recovery"
+MAX_CONFIG_BYTES = 16 * 2**20  # a job config is small; anything bigger is not one
 
 
 class KnobError(TrainguardError):
@@ -40,12 +41,8 @@ def read_knob(ws: Workspace, knob: str, env: Mapping[str, str | None]) -> Scalar
     kind, _, name = knob.partition(":")
     if kind == "env":
         return env[name] if name in env else os.environ.get(name)
-    data = _load(ws.job_config, knob)
-    node: Any = data
-    for part in name.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KnobError(f"{knob}: no key {name!r} in {ws.job_config}")
-        node = node[part]
+    parent, key = _holder(_load(ws.job_config, knob), knob, ws.job_config)
+    node = parent[key]
     if isinstance(node, bool) or not isinstance(node, (int, float, str)):
         raise KnobError(f"{knob}: {ws.job_config} holds {json.dumps(node)[:60]}, not a number")
     return node
@@ -77,17 +74,11 @@ def write_config_key(ws: Workspace, knob: str, value: Scalar, *, backup: bool = 
     backup, the file as it was). Other keys and their order are kept; the file is written
     indented by 2 (compact if it was one line), with its permissions, through a symlink to its
     target."""
-    _, _, name = knob.partition(":")
     path = Path(os.path.realpath(ws.job_config))
     raw = _read_bytes(path, knob)
     data = _parse(raw, path, knob)
-    node: Any = data
-    parts = name.split(".")
-    for part in parts[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or parts[-1] not in node:
-        raise KnobError(f"{knob}: no key {name!r} in {path}")
-    node[parts[-1]] = value
+    parent, key = _holder(data, knob, path)
+    parent[key] = value
     indent = 2 if raw.lstrip()[1:2] in (b"\n", b"\r") else None
     text = json.dumps(data, indent=indent) + "\n"
     try:
@@ -99,15 +90,28 @@ def write_config_key(ws: Workspace, knob: str, value: Scalar, *, backup: bool = 
         raise KnobError(f"{knob}: cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _holder(data: Any, knob: str, path: Path) -> tuple[dict[str, Any], str]:
+    """The object holding `knob`'s key (dots reach into nested objects), and the key."""
+    name = knob.partition(":")[2]
+    *parents, key = name.split(".")
+    node = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or key not in node:
+        raise KnobError(f"{knob}: no key {name!r} in {path}")
+    return node, key
+
+
 def _load(path: Path, knob: str) -> Any:
     return _parse(_read_bytes(path, knob), path, knob)
 
 
 def _read_bytes(path: Path, knob: str) -> bytes:
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise KnobError(f"{knob}: cannot read {path}: {exc.strerror or exc}") from None
+        return read_small_file(path, max_bytes=MAX_CONFIG_BYTES)
+    except (OSError, UnreadableJson) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise KnobError(f"{knob}: cannot read {path}: {why}") from None
 
 
 def _parse(raw: bytes, path: Path, knob: str) -> Any:

@@ -21,14 +21,12 @@ from daemon_watchdog.states import State
 from trainguard.checkpoints import find_candidates
 from trainguard.procs import locate_marked
 from trainguard.timestamps import parse_iso_utc
-from trainguard.watchdog_status import WatchdogStatus
+from trainguard.watchdog_status import COUNTED_ACTIONS, WatchdogStatus
 from trainguard.workspace import Workspace
 
 log = logging.getLogger("daemon_watchdog")
 
 PREFIX = "trainguard"
-# What crash_actions records as actions taken (a reset counts too); at 0 from the start.
-RECOVERY_ACTIONS = ("halve", "double", "exclude_gpu", "rewind", "scale", "prune", "reset")
 NVML_RETRY_S = 300.0  # a host without a usable NVML is asked again this rarely
 
 
@@ -71,7 +69,7 @@ class WatchdogCollector:
             labels=["action"],
         )
         taken = status.recovery.totals if status is not None else {}
-        for action in sorted({*RECOVERY_ACTIONS, *taken}):
+        for action in sorted({*COUNTED_ACTIONS, *taken}):  # at 0 from the start
             actions.add_metric([action], float(taken.get(action, 0)))
         yield actions
         changed = len(status.recovery.knobs) if status is not None else 0

@@ -535,8 +535,11 @@ class Supervisor:
         path = restart_request_file(self.ws)
         try:
             request = read_json(path)
-        except (OSError, ValueError):
-            request = {}  # a request all the same; read_json says what was wrong on its own
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:  # a request all the same, if a plain one
+            log.warning("restart request %s unreadable (%s): a plain restart", path, exc)
+            request = {}
         try:
             os.unlink(path)
         except FileNotFoundError:

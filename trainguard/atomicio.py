@@ -61,6 +61,13 @@ class UnreadableJson(ValueError):
 def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """Read a small JSON file; raises OSError, or ValueError for what is not one (JSON errors,
     and UnreadableJson for a FIFO or device, which is never read, or a file over `max_bytes`).
+    """
+    return json.loads(read_small_file(path, max_bytes=max_bytes))
+
+
+def read_small_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """A small regular file's bytes; raises OSError, or UnreadableJson for a FIFO or device,
+    which is never read, or a file over `max_bytes`.
 
     O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever (a watchdog whose
     progress file someone replaced with a FIFO must not hang on it).
@@ -78,7 +85,7 @@ def read_json(path: str | os.PathLike[str], *, max_bytes: int = MAX_JSON_BYTES) 
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise UnreadableJson(f"larger than {max_bytes} bytes")
-    return json.loads(data)
+    return data
 
 
 def _kind(mode: int) -> str:

@@ -140,6 +140,12 @@ class KnobChange:
         return {"original": self.original, "value": self.value}
 
 
+# A RecoveryEvent's actions: those taken (counted by the watchdog's metric and the restart
+# policy) and those that record no action (why one was skipped, a floor, a reset of nothing).
+COUNTED_ACTIONS = ("halve", "double", "exclude_gpu", "rewind", "scale", "prune", "reset")
+NOT_COUNTED = frozenset({"skipped", "fatal", "noop", "device_order"})
+
+
 @dataclass(frozen=True)
 class RecoveryEvent:
     """One recovery action (or its reset, or why it was skipped): from what to what."""

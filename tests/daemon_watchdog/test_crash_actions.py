@@ -173,6 +173,16 @@ def test_a_knob_that_cannot_be_changed_is_one_line_and_the_restart_goes_on(
     assert not previous_config(ws).exists()
 
 
+def test_a_config_json_replaced_by_a_fifo_is_never_opened_for_reading(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, 'cuda_oom = { halve = "config:batch_size" }')
+    ws.job_config.unlink()
+    os.mkfifo(ws.job_config)  # no writer: a plain open would wait forever
+    done = CrashActions(ws, no_gpus).apply(RecoveryState(), category="cuda_oom", evidence="",
+                                          step=1)  # fmt: skip
+    (event,) = done.events
+    assert event.action == "skipped" and "not a regular file (a FIFO)" in event.text, event.text
+
+
 def test_no_action_is_taken_unless_configured(tmp_path: Path) -> None:
     ws = workspace(tmp_path, 'host_oom = { halve = "config:batch_size" }', batch_size=64)
     for category in ("cuda_oom", "nan_loss", "gpu_hardware", "segfault", "unknown"):
