@@ -82,13 +82,9 @@ class CheckpointJobs:
         try:
             if refused is not None:
                 stuck = refuse(*refused) is None
-            if prune:
-                try:  # the daemon is gone: fresh checkpoints count too
-                    pruned = len(prune_now(self.ws, self._closing.is_set, settle=0.0))
-                except OSError as exc:
-                    log.error("recovery: cannot prune checkpoints: %s", exc)
-            if room:
-                disk_low = make_room(self.ws, self._closing.is_set)
+            if room or prune:  # one prune at most, forced by a disk_full recovery action
+                disk_low, done = make_room(self.ws, self._closing.is_set, force=prune)
+                pruned = done if prune else None
             checkpoint, rewound = choose_after_rewind(self.ws, skip)
         except (CheckpointsUnreadable, NoValidCheckpoint) as exc:
             error = str(exc)

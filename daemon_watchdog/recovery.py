@@ -130,28 +130,37 @@ def refuse(path: Path, why: str) -> Path | None:
     return moved
 
 
-def make_room(ws: Workspace, cancelled: Callable[[], bool] | None = None) -> str | None:
-    """Prune old checkpoints when free disk is below [health].disk_min_free_gb; say what
-    happened (for the log and a disk_low alert), or None when there was room."""
+def make_room(
+    ws: Workspace, cancelled: Callable[[], bool] | None = None, *, force: bool = False
+) -> tuple[str | None, int | None]:
+    """Prune old checkpoints when free disk is below [health].disk_min_free_gb, or always
+    (`force`: a disk_full crash's recovery action). Returns what to say of a low disk (for
+    the log and a disk_low alert; None when there was room) and how many checkpoints were
+    pruned (None: no prune, or it failed)."""
     need = ws.config.health.disk_min_free_gb * 1e9
     target = ws.checkpoints_dir if ws.checkpoints_dir.exists() else ws.base_dir
     free = shutil.disk_usage(target).free
-    if free >= need:
-        return None
+    if free >= need and not force:
+        return None, None
     try:
         # The daemon is gone: nothing is being written, so fresh checkpoints count too.
         removed = prune_now(ws, cancelled, settle=0.0)
     except OSError as exc:
+        if free >= need:
+            log.error("recovery: cannot prune checkpoints: %s", exc)
+            return None, None
         message = f"low disk: {free / 1e9:.1f} GB free on {target}; cannot prune: {exc}"
         log.error("%s", message)
-        return message
+        return message, None
+    if free >= need:
+        return None, len(removed)
     free_after = shutil.disk_usage(target).free
     message = (
         f"low disk: {free / 1e9:.1f} GB free (< {need / 1e9:.1f} GB) on {target}; pruned "
         f"{len(removed)} old checkpoints, now {free_after / 1e9:.1f} GB free"
     )
     log.warning("%s", message)
-    return message
+    return message, len(removed)
 
 
 def prune_now(
