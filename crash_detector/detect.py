@@ -131,7 +131,13 @@ def scan_file(
         for chunk in reader:
             index = base_index + chunk.first_line_number - 1
             scan = scanner.scan(
-                chunk.data, previous_line=previous, track=track, newlines=chunk.newlines
+                chunk.data,
+                previous_line=previous,
+                track=track,
+                newlines=chunk.newlines,
+                # A full scan reads lines as written, whatever the file's size; a tail that
+                # turned out to hold the whole file is still a tail (see Scanner.scan).
+                views=last_n_lines is not None,
             )
             pending.append((scan.matches, chunk.first_line_number, chunk.offset, index))
             track.update(r.id for m in scan.matches for r in m.rules if r.cleared_by)

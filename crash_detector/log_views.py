@@ -5,8 +5,8 @@ words they look for. Each view below is the same lines read another way; the sca
 view when a buffer needs it and keeps only what a view ADDS (see Scanner.scan): a rule that
 matches a line of the view but none of the lines it was made from is a finding on the first
 of them; whatever the lines matched stays as it was. A wrong guess can therefore never hide a
-crash. Only buffers up to MAX_BYTES are looked at (the tails the watchdog, the task queue and
-`--last-n-lines` read); a full scan of a big log reads its lines as they were written.
+crash. Views are for tails (what the watchdog, the task queue and `--last-n-lines` read, up
+to MAX_BYTES of it); a full scan reads lines as they were written (Scanner.scan's `views`).
 
 Colour inside a line. IPython, rich and colorlog colour parts of a line ("\x1b[0;31m
 ModuleNotFoundError\x1b[0m: No module named 'x'"); a log pasted from a terminal or a web page
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import cache
 
 MIN_WIDTH = 60  # narrower "wraps" are more likely short lines of equal length
-MIN_PIECES = 2  # lines exactly as wide as the widest, for the log to count as wrapped
+MIN_PIECES = 2  # distinct lines as wide as the widest, for the log to count as wrapped
 # Widths terminals open at: one line of exactly such a width is enough (one long error line
 # wrapped once is the common case, in a tail of short lines).
 TERMINAL_WIDTHS = frozenset({80, 100, 120, 132, 160, 200})
@@ -50,7 +50,7 @@ MAX_BYTES = 4 * 1024 * 1024
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 # SGR codes with or without their ESC byte ("[0;31m", "[1m", "[0m"): what a paste keeps.
 _COLOUR = rb"\x1b?\[(?:\d{1,3};){0,4}\d{1,3}m"
-_SGR = re.compile(rb"\[[\d;]{1,19}m")  # the same, found fast (a literal first): is there any?
+_SGR = re.compile(rb"\[[\d;]{1,19}m")  # the same, found fast (a literal first)
 
 
 # Where one printed line ends and another begins on the same line of the file: a carriage
@@ -61,6 +61,8 @@ _GLUE = rb"\d+/\d+ \[[\d:]+<[^\]\r\n]{0,80}\](?=\S)"
 # site-packages/torch/autograd/__init__.py:200: UserWarning: ..."): Python's warnings start
 # with the file and line that warned.
 _WARNING = rb"(?<=[^\s\w./\\:-])(?=[\w./\\:-]+\.py:\d+: [A-Z]\w*Warning: )"
+# What marks a line to cut: a CR with text after it, a bar's end with text glued on, a warning.
+_GLUED = rb"\r[^\r\n]|<[^\]\r\n]{0,80}\]\S|Warning: "
 
 
 @cache
@@ -90,14 +92,18 @@ class View:
 
 
 def decolour(buffer: bytes) -> View | None:
-    """The buffer without colour codes inside its lines, or None if none has one."""
-    if len(buffer) > MAX_BYTES or _SGR.search(buffer) is None:
+    """The buffer without colour codes inside its lines, or None if none has one. Codes at a
+    line's ends are read through already; only lines with one inside are made anew."""
+    if len(buffer) > MAX_BYTES:
+        return None
+    inside = [m.start() for m in _SGR.finditer(buffer) if _inside_a_line(buffer, m)]
+    if not inside:
         return None
     lines = buffer.split(b"\n")
     colour = _compiled(_COLOUR)
-    plain = [colour.sub(b"", line) for line in lines]
-    changed = frozenset(i for i, (a, b) in enumerate(zip(lines, plain, strict=True)) if a != b)
-    return View(plain, list(range(len(lines))), changed, len(lines))
+    return _view(
+        lines, {i: ([colour.sub(b"", lines[i])], 0) for i in _line_numbers(buffer, inside)}
+    )
 
 
 def unglue(buffer: bytes) -> View | None:
@@ -105,30 +111,68 @@ def unglue(buffer: bytes) -> View | None:
 
     Only what follows a line's last CR can be a message of its own: a message ends with a
     newline, so whatever a bar redrew over before it is more bar. That last part, and each
-    piece of it cut after a bar or before a warning, is what gets a second look."""
-    if len(buffer) > MAX_BYTES or not (b"\r" in buffer or b"<" in buffer or b"Warning: " in buffer):
+    piece of it cut after a bar or before a warning, is what gets a second look. The lines to
+    look at are found by one search of the buffer: most tails have none."""
+    if len(buffer) > MAX_BYTES:
         return None
-    parts: list[bytes] = []
-    first: list[int] = []
-    changed: set[int] = set()
+    found = [m.start() for m in _compiled(_GLUED).finditer(buffer)]
+    if not found:
+        return None
     lines = buffer.split(b"\n")
-    for index, line in enumerate(lines):
-        head, cr, last = line.rstrip(b"\r").rpartition(b"\r")
+    cut: dict[int, tuple[list[bytes], int]] = {}
+    for index in _line_numbers(buffer, found):
+        head, cr, last = lines[index].rstrip(b"\r").rpartition(b"\r")
         if b"<" in last:
             last = _compiled(_GLUE).sub(b"\\g<0>\n", last)
         if b"Warning: " in last:
             last = _compiled(_WARNING).sub(b"\n", last)
-        cut = last.split(b"\n")
-        kept = [head] if cr and head.strip() else []  # the redrawn bars: read already
-        pieces = [*kept, *(p for p in cut if p.strip())]
-        if len(pieces) > 1:
-            changed.update(range(len(parts) + len(kept), len(parts) + len(pieces)))
-        else:
-            pieces = [line]
+        pieces = [p for p in last.split(b"\n") if p.strip()]
+        if cr and head.strip() and pieces:
+            cut[index] = ([head, *pieces], 1)  # the redrawn bars, read already, stay first
+        elif len(pieces) > 1:
+            cut[index] = (pieces, 0)
+    return _view(lines, cut)
+
+
+def _inside_a_line(buffer: bytes, code: re.Match[bytes]) -> bool:
+    """Whether a colour code has text of its line on both sides (not at the line's ends)."""
+    start = code.start() - (code.start() > 0 and buffer[code.start() - 1] == 0x1B)
+    before = buffer[start - 1 : start]
+    after = buffer[code.end() : code.end() + 1]
+    return before not in (b"", b"\n", b"\r") and after not in (b"", b"\n", b"\r", b"\x1b")
+
+
+def _line_numbers(buffer: bytes, offsets: list[int]) -> list[int]:
+    """The distinct line indexes of ascending byte `offsets`, counting newlines once."""
+    numbers: list[int] = []
+    line = at = 0
+    for offset in offsets:
+        line += buffer.count(b"\n", at, offset)
+        at = offset
+        if not numbers or numbers[-1] != line:
+            numbers.append(line)
+    return numbers
+
+
+def _view(lines: list[bytes], made: dict[int, tuple[list[bytes], int]]) -> View | None:
+    """A View of `lines` where line i is replaced by the lines of `made[i]`, of which all but
+    the first `made[i][1]` (text read already) changed."""
+    if not made:
+        return None
+    parts: list[bytes] = []
+    first: list[int] = []
+    changed: list[int] = []
+    done = 0
+    for index in sorted(made):
+        parts += lines[done:index]
+        first += range(done, index)
+        pieces, skip = made[index]
+        changed += range(len(parts) + skip, len(parts) + len(pieces))
         parts += pieces
         first += [index] * len(pieces)
-    if not changed:
-        return None
+        done = index + 1
+    parts += lines[done:]
+    first += range(done, len(lines))
     return View(parts, first, frozenset(changed), len(lines))
 
 
@@ -143,13 +187,16 @@ def _width(line: bytes) -> int:
     return len(line) if line.isascii() else len(line.decode("utf-8", "replace"))
 
 
-def wrap_width(widths: list[int]) -> int | None:
-    """The width a terminal wrapped lines of these widths at, or None if they look as written."""
+def wrap_width(lines: list[bytes], widths: list[int]) -> int | None:
+    """The width a terminal wrapped `lines` (of these `widths`) at, or None if they look as
+    written. Lines repeated word for word (a warning each rank printed) count once."""
     widest = max(widths, default=0)
     if widest < MIN_WIDTH:
         return None
-    if widest not in TERMINAL_WIDTHS and widths.count(widest) < MIN_PIECES:
-        return None
+    if widest not in TERMINAL_WIDTHS:
+        pieces = {line for line, width in zip(lines, widths, strict=True) if width == widest}
+        if len(pieces) < MIN_PIECES:
+            return None
     return widest
 
 
@@ -162,7 +209,7 @@ def unwrap(buffer: bytes) -> View | None:
         widths = list(map(len, lines))  # the usual case: bytes are columns
     else:
         widths = [_width(line) for line in lines]
-    width = wrap_width(widths)
+    width = wrap_width(lines, widths)
     if width is None:
         return None
     joined: list[bytes] = []

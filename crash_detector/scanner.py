@@ -13,7 +13,7 @@ rule (`cleared_by`) was last cleared, the last line that shows training going on
 that link the tracebacks of a chained exception. The chain patterns are searched by the same
 engine in the same pass as the rules, so on a big log they cost next to nothing.
 
-A buffer the size of a tail is also read as `log_views` shows it (colour codes inside lines
+A tail is also read as `log_views` shows it (colour codes inside lines
 removed, glued lines cut apart, wrapped ones joined), keeping what that adds; and the lines of
 an exception Python printed and ignored (`unraisable`) are no finding.
 """
@@ -90,6 +90,7 @@ class Scanner:
                 pkg = "google-re2" if name == "re2" else name
                 raise RuntimeError(f"the {name} engine is not installed (pip install {pkg})")
         self.rules = catalog.rules
+        self._order = {rule.id: position for position, rule in enumerate(self.rules)}
         self.chains = catalog.chains
         # Chain markers ride in the rules' finder, after the rules (pattern index >=
         # len(rules)): a separate finder would be a second pass over every buffer.
@@ -117,6 +118,7 @@ class Scanner:
         previous_line: bytes = b"",
         track: Collection[str] = (),
         newlines: int | None = None,
+        views: bool = True,
     ) -> ScanResult:
         """What `buffer` (whole lines separated by b"\\n") shows, in line order.
 
@@ -124,17 +126,21 @@ class Scanner:
         a traceback frame there still marks the buffer's first line as quoted source. `track`
         names state rules matched in earlier buffers whose clearing the caller still needs.
         `newlines`, the count of b"\\n" in `buffer` if the caller has it, saves counting them.
+        `views`: also read the buffer as `log_views` shows it (a tail); a full scan's chunks
+        are read as written, so that its answer never depends on where a chunk ends.
         """
         total = buffer.count(b"\n") if newlines is None else newlines
         found, chains, headers = self._matches(buffer, previous_line, total)
-        plain = log_views.decolour(buffer)
-        lines = buffer if plain is None else plain.buffer  # as many lines as the buffer
-        unwrapped = log_views.unwrap(lines)
-        for view in (plain, log_views.unglue(lines), unwrapped):
-            if view is not None:
-                found = self._with_view(buffer, found, view, previous_line)
+        plain = unwrapped = None
+        if views:
+            plain = log_views.decolour(buffer)
+            lines = buffer if plain is None else plain.buffer  # as many lines as the buffer
+            unwrapped = log_views.unwrap(lines)
+            for view in (plain, log_views.unglue(lines), unwrapped):
+                if view is not None:
+                    found = self._with_view(buffer, found, view, previous_line)
         if headers:  # exceptions Python printed and went on from
-            ignored = unraisable.spans(buffer)
+            ignored = unraisable.spans(buffer, headers)
             if unwrapped is not None:  # a wrapped header or frame must not end one early
                 ignored += [
                     (unwrapped.pieces(a).start, unwrapped.pieces(b).stop - 1)
@@ -159,7 +165,7 @@ class Scanner:
 
     def _matches(
         self, buffer: bytes, previous_line: bytes, total: int
-    ) -> tuple[list[Match], list[int], list[int]]:
+    ) -> tuple[list[Match], list[int], list[tuple[int, int]]]:
         """The lines that match a rule; the indexes of the chain markers, and of the headers of
         ignored exceptions."""
         confirmed: list[tuple[int, str, tuple[Rule, ...], str]] = []
@@ -178,7 +184,11 @@ class Scanner:
         ]
         marked = list(zip(indexes, (marker for *_, marker in confirmed), strict=True))
         chains = [index for index, marker in marked if marker == "chain"]
-        headers = [index for index, marker in marked if marker == "header"]
+        headers = [
+            (index, start)
+            for index, (start, *_, marker) in zip(indexes, confirmed, strict=True)
+            if marker == "header"
+        ]
         return found, chains, headers
 
     def _with_view(
@@ -189,7 +199,6 @@ class Scanner:
         part = b"\n".join(view.lines[i] for i in changed)
         seen, _, _ = self._matches(part, b"", part.count(b"\n"))
         by_index = {match.index: match for match in found}
-        order = {rule.id: position for position, rule in enumerate(self.rules)}
         starts: list[int] | None = None
         for match in seen:
             pieces = view.pieces(changed[match.index])
@@ -203,7 +212,7 @@ class Scanner:
             if _quotes_source(buffer, starts[first], previous_line):
                 continue  # source quoted under a frame, however it was printed
             before = by_index[first].rules if first in by_index else ()
-            rules = tuple(sorted((*before, *new), key=lambda rule: order[rule.id]))
+            rules = tuple(sorted((*before, *new), key=lambda rule: self._order[rule.id]))
             by_index[first] = Match(first, starts[first], match.text, rules)
         return [by_index[index] for index in sorted(by_index)]
 

@@ -27,21 +27,42 @@ MAX_LINES = 200  # a traceback longer than this is not read to its end: the rest
 _CHAINED = (b"During handling of the above exception", b"The above exception was the direct")
 
 
-def spans(buffer: bytes) -> list[tuple[int, int]]:
-    """The [first, last] line indexes of each ignored exception printed in `buffer`."""
+def spans(
+    buffer: bytes, headers: list[tuple[int, int]] | None = None
+) -> list[tuple[int, int]]:
+    """The [first, last] line indexes of each ignored exception printed in `buffer`.
+
+    `headers`: the (line index, line start offset) of each header line, ascending, as the
+    scanner's pass found them; without them the buffer is searched (a tail-sized view)."""
+    if headers is None:
+        headers = _find_headers(buffer)
     found: list[tuple[int, int]] = []
+    for index, start in headers:
+        if found and index <= found[-1][1]:
+            continue  # a header inside the one before (a chained traceback's own)
+        at = buffer.find(HEADER, start)
+        end = start
+        for _ in range(MAX_LINES + 1):  # a bounded slice: never the rest of a big chunk
+            end = buffer.find(b"\n", end) + 1
+            if end == 0:
+                end = len(buffer)
+                break
+        lines = buffer[start:end].split(b"\n")[1 : MAX_LINES + 1]
+        found.append((index, index + _length(lines, prefix=buffer[start:at])))
+    return found
+
+
+def _find_headers(buffer: bytes) -> list[tuple[int, int]]:
+    headers: list[tuple[int, int]] = []
     at = buffer.find(HEADER)
     counted = index = 0
     while at >= 0:
         start = buffer.rfind(b"\n", 0, at) + 1
         index += buffer.count(b"\n", counted, start)
         counted = start
-        lines = buffer[start:].split(b"\n", MAX_LINES + 1)[1 : MAX_LINES + 1]
-        taken = _length(lines, prefix=buffer[start:at])
-        found.append((index, index + taken))
-        after = start + sum(len(line) + 1 for line in lines[:taken]) + 1
-        at = buffer.find(HEADER, after) if after < len(buffer) else -1
-    return found
+        headers.append((index, start))
+        at = buffer.find(HEADER, buffer.find(b"\n", at) + 1 or len(buffer))
+    return headers
 
 
 def _length(lines: list[bytes], *, prefix: bytes) -> int:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from crash_detector import log_views
 from crash_detector.classify import classify_text
+from crash_detector.detect import detect
 from crash_detector.rules import load_rules
 from crash_detector.scanner import Scanner, hyperscan, re2
 
@@ -83,6 +86,12 @@ def test_a_log_as_written_is_not_joined() -> None:
     assert log_views.unwrap(b"short\nlines\n") is None
 
 
+def test_a_line_repeated_word_for_word_is_no_sign_of_wrapping() -> None:
+    warning = b"UserWarning: the mask of a padded batch is deprecated; pass attention_mask"
+    assert log_views.unwrap(b"\n".join([warning, b"step 1", warning, b"step 2"])) is None
+    assert log_views.unwrap(b"\n".join([warning, b"step 1", warning[::-1], b"step 2"]))
+
+
 def test_wide_characters_count_as_columns_not_bytes() -> None:
     # 80 characters, most of them 3 bytes in UTF-8: still 80 columns wide.
     piece = "显存不足" * 20
@@ -94,8 +103,8 @@ def test_wide_characters_count_as_columns_not_bytes() -> None:
 
 
 def test_a_buffer_too_big_to_be_a_tail_is_read_as_written() -> None:
-    line = b"a" * 79 + b"\n"
-    big = line * (log_views.MAX_BYTES // len(line) + 1)
+    lines = (b"%07d " % i + b"a" * 71 + b"\n" for i in range(log_views.MAX_BYTES // 80 + 1))
+    big = b"".join(lines)  # 79 wide each, all different
     assert log_views.unwrap(big[:4000]) is not None
     assert log_views.unwrap(big) is None
 
@@ -212,3 +221,25 @@ def test_a_run_of_full_width_lines_is_joined_a_bounded_number_at_a_time() -> Non
     longest = max(len(line) for line in unwrapped.buffer.split(b"\n"))
     assert longest == 80 * (log_views.MAX_PIECES + 1)
     assert unwrapped.buffer.replace(b"\n", b"") == "".join([*bars, "done"]).encode()
+
+
+# --- which reads get the views -----------------------------------------------------------------
+
+
+def _category(log: Path, **read: int) -> str | None:
+    primary = detect([log], SCANNER, **read).result.primary
+    return primary.category if primary else None
+
+
+@pytest.mark.parametrize("mib", [0, 5, 9])  # one chunk; one chunk over 4 MiB; two chunks
+def test_a_full_scan_answers_alike_whatever_the_files_size_and_a_tail_reads_the_views(
+    tmp_path: Path, mib: int
+) -> None:
+    """Views are for tails: a full scan reads lines as written, so its answer never depends
+    on the file's size or where a chunk ends; `--last-n-lines` reads the coloured line."""
+    coloured = (_ipython("ModuleNotFoundError", "No module named 'x'", "") + "\n").encode()
+    small, log = tmp_path / "small.log", tmp_path / "train.log"
+    small.write_bytes(coloured)
+    log.write_bytes(b"step 1 loss 1.0 lr 3e-4\n" * (mib * 2**20 // 24) + coloured)
+    assert _category(log) == _category(small)
+    assert _category(log, last_n_lines=50) == "import_error"
