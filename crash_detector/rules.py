@@ -129,7 +129,7 @@ def load_rules(extra: Path | None = None) -> Catalog:
         raise RulesError(
             f"{extra}: cannot read rules: {getattr(exc, 'strerror', None) or exc}"
         ) from None
-    added = parse_catalog(text, str(extra))
+    added = parse_catalog(expand(text), str(extra))
     return Catalog(
         _merge(catalog.rules, added.rules),
         _merge(catalog.ignores, added.ignores),
@@ -138,10 +138,24 @@ def load_rules(extra: Path | None = None) -> Catalog:
     )
 
 
+# What `{line_start}` in a rules file stands for: a line's start behind the prefixes put on
+# every line (colour codes, Ray's `(pid=..) `, kubectl and journald timestamps, up to two tags
+# such as `[rank3]: ` or `[1,3]<stderr>:`). One definition for every line-anchored rule.
+LINE_START = (
+    r"^(?:\x1b\[[0-9;]*m)*(?:\([^)\n]*\) |\d{4}-\d\d-\d\dT\S+ |[A-Z][a-z]{2} [ \d]\d "
+    r"\d\d:\d\d:\d\d \S+ [^:\s]+: )?(?:\x1b\[[0-9;]*m)*(?:\S*[:\]>]\s*){0,2}(?:\x1b\[[0-9;]*m)*"
+)
+
+
+def expand(text: str) -> str:
+    """A rules file's text with `{line_start}` written out (see LINE_START)."""
+    return text.replace("{line_start}", LINE_START)
+
+
 def bundled_text() -> str:
     # Next to this file, as setuptools installs it: importlib.resources would add ~5 ms to
     # every crash-detector start (#19).
-    return Path(__file__).with_name("rules.toml").read_text("utf-8")
+    return expand(Path(__file__).with_name("rules.toml").read_text("utf-8"))
 
 
 def bundled_catalog() -> Catalog:

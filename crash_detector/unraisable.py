@@ -27,9 +27,7 @@ MAX_LINES = 200  # a traceback longer than this is not read to its end: the rest
 _CHAINED = (b"During handling of the above exception", b"The above exception was the direct")
 
 
-def spans(
-    buffer: bytes, headers: list[tuple[int, int]] | None = None
-) -> list[tuple[int, int]]:
+def spans(buffer: bytes, headers: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
     """The [first, last] line indexes of each ignored exception printed in `buffer`.
 
     `headers`: the (line index, line start offset) of each header line, ascending, as the

@@ -6,6 +6,8 @@ set in ../shared/data is scored by bench/score_crash_detector.py, never copied h
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from crash_detector.classify import classify_text
@@ -368,3 +370,17 @@ def test_a_metrics_summary_printed_after_a_crash_is_not_progress() -> None:
     )
     primary = classify_text(CUDA_OOM + "wandb: Run summary:\n" + summary, scanner=SCANNER).primary
     assert primary is not None and primary.category == "cuda_oom"
+
+
+def test_a_rules_file_may_anchor_at_a_line_start_behind_its_prefixes(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[[rule]]\nid = "site.stuck"\ncategory = "timeout"\n'
+        "pattern = '{line_start}Queue stuck\\b'\n"
+        'priority = 80\nretryable = true\nsuggestion = "Restart the broker."\n'
+    )
+    scanner = Scanner(load_rules(site))
+    for line in ("Queue stuck", "[rank0]: Queue stuck", "[1,0]<stderr>:Queue stuck"):
+        primary = classify_text(line, scanner=scanner).primary
+        assert primary is not None and primary.rule == "site.stuck", line
+    assert classify_text("the Queue stuck", scanner=scanner).primary is None
