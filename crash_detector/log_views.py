@@ -47,7 +47,8 @@ MAX_PIECES = 24  # lines joined into one at most (2,000 characters at 80 columns
 # full-width progress bars is no message, and a finding's text stays readable
 MAX_BYTES = 4 * 1024 * 1024
 
-_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+ANSI = rb"\x1b\[[0-9;?]*[A-Za-z]"  # an escape sequence (the scanner strips these too)
+_ANSI = re.compile(ANSI)
 # SGR codes with or without their ESC byte ("[0;31m", "[1m", "[0m"): what a paste keeps.
 _COLOUR = rb"\x1b?\[(?:\d{1,3};){0,4}\d{1,3}m"
 _SGR = re.compile(rb"\[[\d;]{1,19}m")  # the same, found fast (a literal first)

@@ -52,7 +52,7 @@ ENGINES = ("auto", "hyperscan", "re2", "re")
 # the frame's 2): code, not an error that happened. Frames without source (`<string>`, frozen
 # importlib) are followed directly by the exception, which must stay evidence.
 _FRAME = re.compile(rb'(?P<prefix>.*?)(?P<indent>[ \t]*)File "[^"]*", line \d+')
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_ANSI = re.compile(log_views.ANSI.decode())
 _WINDOW = 4096  # bytes at the end of a buffer where the last progress line is sought first
 
 
